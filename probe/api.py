@@ -1,0 +1,484 @@
+"""The public API: train a source, measure one layer, scan every layer."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from . import __version__
+from .adapters import create_model, default_layers
+from .checkpoint import (
+    SourceInfo,
+    attach_info,
+    file_sha256,
+    load_raw,
+    load_state_into,
+    save_checkpoint,
+    source_info,
+)
+from .data import DatasetSpec, TaskData, default_target, load_task, parse_spec
+from .device import resolve_device
+from .errors import CheckpointError, DataError, LayerError, ProbeError
+from .gate import QuantaGate
+from .hooks import quanta_hooks, resolve_layer, source_forward
+from .results import Measurement, RunResult, RunSpec, final_figures
+from .settings import RunSettings
+from .targets import TargetFactory
+from .trainer import EpochEvent, autocast_for, fit, make_optimizer
+
+
+@dataclass
+class ProgressEvent:
+    """Sent to a ``progress`` callback after every epoch of every run."""
+
+    spec: RunSpec | None
+    epoch: int
+    epochs: int
+    metrics: dict[str, float]
+    run_index: int  # 0-based index of the run in the grid
+    total_runs: int
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+
+
+def _settings(settings: RunSettings | None, overrides: dict) -> RunSettings:
+    return (settings or RunSettings()).with_(**overrides) if overrides else (settings or RunSettings())
+
+
+def train_source(
+    arch: str = "paper-cnn",
+    data: str | DatasetSpec = "digits[0-4]",
+    *,
+    settings: RunSettings | None = None,
+    out: str | os.PathLike | None = None,
+    arch_options: dict | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    **overrides,
+) -> nn.Module:
+    """Train a source model of ``arch`` on task ``data``; save a checkpoint to ``out`` when given.
+
+    The returned model carries a :class:`SourceInfo` (architecture, options, data, settings, test top-1)
+    that :func:`measure` and :func:`scan` use to pick the paper-style target task.
+    """
+    settings = _settings(settings, overrides)
+    device = resolve_device(settings.device)
+    task = load_task(data, data_dir=data_dir)
+    arch_options = dict(arch_options or {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = create_model(arch, num_classes=task.num_classes, in_chans=task.in_chans, input_size=task.input_size, **arch_options)
+    model.to(device)
+    train, test = task.train.to(device), task.test.to(device)
+    task = _replace_splits(task, train, test)
+    optimizer = make_optimizer(model, settings)
+    on_epoch = None
+    if progress is not None:
+        on_epoch = lambda e: progress(ProgressEvent(None, e.epoch, e.epochs, e.metrics, 0, 1))  # noqa: E731
+    outcome = fit(
+        forward=lambda x, idx, split: model(x),
+        trainable=model,
+        optimizer=optimizer,
+        task=task,
+        settings=settings,
+        seed=settings.seed,
+        device=device,
+        on_epoch=on_epoch,
+    )
+    if outcome.failure:
+        raise ProbeError(f"source training diverged: {outcome.failure}; lower --lr")
+    model.eval().cpu()
+    info = SourceInfo(
+        arch=arch,
+        arch_options=arch_options,
+        num_classes=task.num_classes,
+        in_chans=task.in_chans,
+        input_size=tuple(task.input_size),
+        dataset=str(task.spec),
+        settings=settings.to_dict(),
+        test_top1=final_figures(outcome.history, 1)["top1"],
+    )
+    attach_info(model, info)
+    if out is not None:
+        save_checkpoint(model, info, out)
+        info.checkpoint, info.sha256 = str(out), file_sha256(out)
+    return model
+
+
+def load_source(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    *,
+    num_classes: int | None = None,
+    data: str | DatasetSpec | None = None,
+    data_dir: str | os.PathLike | None = None,
+    **arch_options,
+) -> nn.Module:
+    """Load a source from a checkpoint (``probe train`` output, a plain state_dict, or .safetensors).
+
+    The file is read with ``weights_only=True`` and never written. A plain state_dict needs ``arch`` and
+    the source task ``data`` (or ``num_classes``, with in_chans/input_size from ``data``).
+    """
+    digest = file_sha256(path) if Path(path).is_file() else None
+    raw = load_raw(path)
+    if "info" in raw:
+        info = SourceInfo.from_dict(raw["info"])
+        if arch is not None and info.arch is not None and arch != info.arch:
+            raise CheckpointError(f"'{path}' holds a '{info.arch}' model, not '{arch}'; drop --arch or pass the right checkpoint")
+        info.arch_options = {**info.arch_options, **arch_options}
+    else:
+        if arch is None:
+            raise CheckpointError(f"'{path}' is a plain state_dict: say which architecture it is (--arch NAME)")
+        if data is None:
+            raise CheckpointError(f"'{path}' records no source task: give it (--source-data, e.g. cifar10)")
+        task = load_task(data, data_dir=data_dir)
+        info = SourceInfo(
+            arch=arch,
+            arch_options=dict(arch_options),
+            num_classes=num_classes or task.num_classes,
+            in_chans=task.in_chans,
+            input_size=tuple(task.input_size),
+            dataset=str(task.spec),
+        )
+    model = create_model(info.arch, num_classes=info.num_classes, in_chans=info.in_chans, input_size=info.input_size, **info.arch_options)
+    load_state_into(model, raw["state_dict"], origin=f"checkpoint '{path}'")
+    model.eval()
+    info.checkpoint, info.sha256 = str(path), digest
+    return attach_info(model, info)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "quanta-probe"))
+
+
+def cached_source(
+    arch: str = "paper-cnn",
+    data: str = "digits[0-4]",
+    *,
+    settings: RunSettings | None = None,
+    arch_options: dict | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> tuple[nn.Module, bool]:
+    """A source trained on ``data``, reused from the cache when one with the same settings exists.
+
+    Returns ``(model, reused)``. The cache key covers architecture, options, data and training settings.
+    """
+    settings = settings or RunSettings()
+    key_data = {"arch": arch, "options": arch_options or {}, "data": str(parse_spec(data)), "settings": settings.to_dict()}
+    key_data["settings"].pop("jobs", None)
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    path = _cache_dir() / "sources" / f"{arch.replace(':', '_')}-{str(parse_spec(data)).replace('[', '_').replace(']', '')}-{key}.pt"
+    if path.is_file():
+        try:
+            return load_source(path), True
+        except ProbeError:
+            path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt
+    model = train_source(arch, data, settings=settings, out=path, arch_options=arch_options, data_dir=data_dir, progress=progress)
+    return model, False
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs
+
+
+def _replace_splits(task: TaskData, train, test) -> TaskData:
+    new = copy.copy(task)
+    new.train, new.test = train, test
+    return new
+
+
+@dataclass
+class ProbeContext:
+    """Everything a run needs; a run is a pure function of (context, spec)."""
+
+    source: nn.Module
+    targets: TargetFactory
+    tasks: dict[str, TaskData]
+    settings: RunSettings
+    device: torch.device
+    _cache_key: tuple | None = field(default=None, repr=False)
+    _cache: dict | None = field(default=None, repr=False)
+
+    def source_tensors(self, layer: str, task_name: str) -> dict[str, torch.Tensor] | None:
+        """Source tensors at ``layer`` for every train and test example, when they can be reused.
+
+        Only without augmentation (then they are the same every epoch) and within the memory budget;
+        None means: recompute them for every batch.
+        """
+        task = self.tasks[task_name]
+        if not self.settings.cache_source or (self.settings.augment and task.augment.enabled):
+            return None
+        key = (layer, task_name)
+        if self._cache_key == key:
+            return self._cache
+        self._cache_key, self._cache = None, None  # release the previous layer's tensors first
+        point = resolve_layer(self.source, layer)
+        with autocast_for(self.device, self.settings):
+            probe = source_forward(self.source, point, task.train.x[:1])
+        examples = len(task.train) + len(task.test)
+        if probe.element_size() * probe[0].numel() * examples > self.settings.cache_budget_mb * 2**20:
+            return None
+        cache = {}
+        for split_name, split in (("train", task.train), ("test", task.test)):
+            parts = []
+            for start in range(0, len(split), 256):
+                with autocast_for(self.device, self.settings):
+                    parts.append(source_forward(self.source, point, split.x[start : start + 256]))
+            cache[split_name] = torch.cat(parts)
+        self._cache_key, self._cache = key, cache
+        return cache
+
+
+def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent], None] | None = None) -> RunResult:
+    """Train one fresh target with a QUANTA gate at ``spec.layer``; return its history and finals."""
+    settings, device = context.settings, context.device
+    task = context.tasks[spec.task]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        target = context.targets(task.num_classes, task.in_chans, task.input_size)
+    target.to(device)
+    if device.type == "cuda" and settings.channels_last:
+        target.to(memory_format=torch.channels_last)
+    gate = QuantaGate(spec.init).to(device)
+    optimizer = make_optimizer(target, settings, gate)
+    with quanta_hooks(context.source, target, spec.layer, gate) as wiring:
+        cache = context.source_tensors(spec.layer, spec.task)
+        if cache is None:
+            forward = lambda x, idx, split: wiring(x)  # noqa: E731
+        else:
+            forward = lambda x, idx, split: wiring(x, z_source=cache[split][idx])  # noqa: E731
+        outcome = fit(
+            forward=forward,
+            trainable=target,
+            optimizer=optimizer,
+            task=task,
+            settings=settings,
+            seed=spec.seed,
+            device=device,
+            read_lambda=lambda: gate.lambda_source,
+            on_epoch=on_epoch,
+        )
+    return RunResult(
+        spec=spec,
+        history=outcome.history,
+        final=final_figures(outcome.history, settings.last_epochs) if outcome.history else {},
+        steps=outcome.steps,
+        gate_lr=settings.effective_gate_lr,
+        status="failed" if outcome.failure else "ok",
+        failure=outcome.failure,
+        seconds=outcome.seconds,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Measure and scan
+
+
+def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+    """The default probe layers: the adapter's set when the model has one, else every discovered point."""
+    info = source_info(model)
+    if info is not None and info.arch is not None:
+        layers = default_layers(info.arch, model)
+        if layers is not None:
+            return layers
+    from .layers import discover_layers
+
+    if input_shape is None and info is not None and info.input_size is not None:
+        input_shape = (info.in_chans, *info.input_size)
+    if input_shape is None:
+        raise LayerError("cannot discover layers without an input shape: pass layers=[...] or a target task")
+    return [layer.name for layer in discover_layers(model, tuple(input_shape)) if layer.default]
+
+
+def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Sequence[str]) -> list[str]:
+    """Names and glob patterns → concrete layer names (checked), in the order of ``candidates`` for globs."""
+    layers: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matched = [c for c in candidates if fnmatch.fnmatch(c, pattern)]
+            if not matched:
+                raise LayerError(f"no probeable layer matches '{pattern}'; available: {', '.join(candidates)}")
+            layers += matched
+        else:
+            resolve_layer(model, pattern)
+            layers.append(pattern)
+    return list(dict.fromkeys(layers))
+
+
+def _environment(device: torch.device) -> dict:
+    env = {
+        "quanta_probe": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0 and (root / "probe").is_dir():
+            env["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+def _resolve_target(model: nn.Module, target, data_dir) -> TaskData:
+    if isinstance(target, TaskData):
+        return target
+    if target is None:
+        info = source_info(model)
+        if info is None or info.dataset is None:
+            raise DataError(
+                "this model records no source task, so a target task is needed: "
+                "probe.measure(model, 'layer', target='digits[5-9]')"
+            )
+        target = default_target(info.dataset)
+    return load_task(target, data_dir=data_dir)
+
+
+def prepare(
+    model: nn.Module | str | os.PathLike,
+    target=None,
+    *,
+    settings: RunSettings,
+    control: bool = False,
+    source_data=None,
+    data_dir=None,
+) -> tuple[ProbeContext, nn.Module, dict]:
+    """Resolve model, tasks, device and target factory for a measurement."""
+    if isinstance(model, (str, os.PathLike)):
+        model = load_source(model, data=source_data, data_dir=data_dir)
+    if not isinstance(model, nn.Module):
+        raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
+    device = resolve_device(settings.device)
+    info = source_info(model) or SourceInfo()
+    target_task = _resolve_target(model, target, data_dir)
+    if info.in_chans is not None and (info.in_chans, tuple(info.input_size)) != (target_task.in_chans, tuple(target_task.input_size)):
+        raise DataError(
+            f"the source takes {info.in_chans}×{info.input_size[0]}×{info.input_size[1]} inputs but "
+            f"{target_task.spec} has {target_task.in_chans}×{target_task.input_size[0]}×{target_task.input_size[1]}; "
+            "pick a target of the same image format"
+        )
+    tasks = {"AnB": target_task}
+    if control:
+        source_task_spec = source_data or info.dataset
+        if source_task_spec is None:
+            raise DataError("the control (AnA) needs the source's task: pass source_data='digits[0-4]' (--source-data)")
+        tasks["AnA"] = load_task(source_task_spec, data_dir=data_dir)
+    tasks = {name: _replace_splits(t, t.train.to(device), t.test.to(device)) for name, t in tasks.items()}
+    # The source is never modified: a copy goes to another device, the original stays where it is.
+    source = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
+    factory = TargetFactory(info.arch, dict(info.arch_options)) if info.arch else TargetFactory(template=model)
+    context = ProbeContext(source, factory, tasks, settings, device)
+    source_record = info.to_dict()
+    source_record["class"] = type(model).__name__
+    return context, model, source_record
+
+
+def grid(layers: Sequence[str], settings: RunSettings, tasks: Sequence[str]) -> list[RunSpec]:
+    """Every run of a scan, task-major then init, layer, seed (the order the results are shown in)."""
+    seeds = range(settings.seed, settings.seed + settings.runs)
+    return [RunSpec(layer, init, task, seed) for task in tasks for init in settings.init for layer in layers for seed in seeds]
+
+
+def execute(
+    context: ProbeContext,
+    specs: Sequence[RunSpec],
+    progress: Progress | None = None,
+) -> list[RunResult]:
+    """Run ``specs`` one after another in this process."""
+    results = []
+    for index, spec in enumerate(specs):
+        on_epoch = None
+        if progress is not None:
+            on_epoch = lambda e, spec=spec, index=index: progress(  # noqa: E731
+                ProgressEvent(spec, e.epoch, e.epochs, e.metrics, index, len(specs))
+            )
+        results.append(run_one(context, spec, on_epoch))
+    return results
+
+
+def scan(
+    model: nn.Module | str | os.PathLike,
+    layers: Sequence[str] | None = None,
+    target=None,
+    *,
+    settings: RunSettings | None = None,
+    control: bool = False,
+    source_data=None,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    **overrides,
+) -> Measurement:
+    """Measure λS at each layer (default: every probeable layer, in forward order), one fresh target per run.
+
+    ``target`` is a dataset spec such as ``'digits[5-9]'`` or ``'cifar100'``; None uses the pairing recorded
+    with a source trained by the toolkit. ``control=True`` also runs AnA (target task = source task).
+    """
+    settings = _settings(settings, overrides)
+    context, model, source_record = prepare(
+        model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir
+    )
+    target_task = context.tasks["AnB"]
+    candidates = probeable_layers(model, (target_task.in_chans, *target_task.input_size))
+    chosen = candidates if layers is None else expand_layers(model, [layers] if isinstance(layers, str) else layers, candidates)
+    started = time.perf_counter()
+    runs = execute(context, grid(chosen, settings, list(context.tasks)), progress)
+    environment = _environment(context.device)
+    environment["seconds"] = time.perf_counter() - started
+    return Measurement(
+        settings=settings.to_dict(),
+        source=source_record,
+        target=str(target_task.spec),
+        layers=list(chosen),
+        runs=runs,
+        environment=environment,
+        extras={"tasks": {name: str(t.spec) for name, t in context.tasks.items()}},
+    )
+
+
+def measure(
+    model: nn.Module | str | os.PathLike,
+    layer: str,
+    target=None,
+    *,
+    settings: RunSettings | None = None,
+    control: bool = False,
+    source_data=None,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    **overrides,
+) -> Measurement:
+    """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
+    return scan(
+        model, [layer], target, settings=settings, control=control, source_data=source_data,
+        data_dir=data_dir, progress=progress, **overrides,
+    )

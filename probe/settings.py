@@ -1,0 +1,100 @@
+"""One dataclass of run settings, shared by the Python API and the CLI."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from .errors import SettingsError
+
+PAPER_INITS = (0.90, 0.75, 0.50)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How every QUANTA run of a measurement is trained.
+
+    Defaults follow the paper (Adam, lr 1e-4, weight decay 1e-6, batch 32, 60 epochs, λS init 0.90)
+    except ``gate_lr``: the gate gets its own learning rate because Adam moves each of vS, vT by about
+    ``gate_lr`` per step, so λS can only travel ``gate_lr × steps`` (see docs/gate-budget.md).
+    ``gate_lr=None`` means "same as lr", i.e. the paper exactly.
+    """
+
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    gate_lr: float | None = None
+    init: tuple[float, ...] = (0.90,)
+    runs: int = 1
+    seed: int = 0
+    augment: bool = True
+    last_epochs: int = 10
+    device: str = "auto"
+    # performance knobs (they never change results on CPU)
+    cache_source: bool = True
+    cache_budget_mb: int = 1024
+    jobs: int = 1
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.init, (int, float)):
+            object.__setattr__(self, "init", (float(self.init),))
+        object.__setattr__(self, "init", tuple(float(v) for v in self.init))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SettingsError with one actionable line for any value out of range."""
+        for name in ("epochs", "batch_size", "runs", "last_epochs", "jobs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        for name in ("lr", "gate_lr"):
+            value = getattr(self, name)
+            if value is None and name == "gate_lr":
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise SettingsError(f"{name} must be a positive number, got {value!r}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise SettingsError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
+        if not self.init:
+            raise SettingsError("init needs at least one λS value in (0, 1), e.g. 0.9")
+        for value in self.init:
+            if not 0.0 < value < 1.0:
+                raise SettingsError(
+                    f"init λS must lie strictly between 0 and 1 (the paper uses 0.9, 0.75, 0.5), got {value}"
+                )
+        if self.cache_budget_mb < 0:
+            raise SettingsError(f"cache_budget_mb must be ≥ 0, got {self.cache_budget_mb}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise SettingsError(f"unknown device '{self.device}': use auto, cpu or cuda")
+
+    @property
+    def effective_gate_lr(self) -> float:
+        return self.lr if self.gate_lr is None else self.gate_lr
+
+    def with_(self, **changes) -> "RunSettings":
+        """A copy with ``changes`` applied (validated); unknown names are a SettingsError."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["init"] = list(self.init)
+        data.pop("extra")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "init" else v) for k, v in data.items() if k in known})
+
+
+# The embedded digits default: chosen by experiment so that λS can travel (docs/gate-budget.md).
+DIGITS_DEFAULTS = dict(epochs=12, lr=1e-3, gate_lr=0.03)
