@@ -12,7 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .data import DatasetSpec, TaskData, default_target, load_task, parse_spec
 from .device import resolve_device
-from .errors import CheckpointError, DataError, LayerError, ProbeError
+from .errors import CheckpointError, DataError, LayerError, ProbeError, SettingsError
 from .gate import QuantaGate
 from .hooks import quanta_hooks, resolve_layer, source_forward
 from .results import Measurement, RunResult, RunSpec, final_figures
@@ -308,14 +308,16 @@ def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None)
     return [layer.name for layer in discover_layers(model, tuple(input_shape)) if layer.default]
 
 
-def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Sequence[str]) -> list[str]:
-    """Names and glob patterns → concrete layer names (checked), in the order of ``candidates`` for globs."""
+def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Callable[[], Sequence[str]]) -> list[str]:
+    """Names and glob patterns → concrete layer names (checked); globs match ``candidates()`` in forward order."""
     layers: list[str] = []
+    known: list[str] | None = None
     for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
-            matched = [c for c in candidates if fnmatch.fnmatch(c, pattern)]
+            known = list(candidates()) if known is None else known
+            matched = [name for name in known if fnmatch.fnmatch(name, pattern)]
             if not matched:
-                raise LayerError(f"no probeable layer matches '{pattern}'; available: {', '.join(candidates)}")
+                raise LayerError(f"no probeable layer matches '{pattern}'; available: {', '.join(known)}")
             layers += matched
         else:
             resolve_layer(model, pattern)
@@ -400,7 +402,18 @@ def prepare(
     context = ProbeContext(source, factory, tasks, settings, device)
     source_record = info.to_dict()
     source_record["class"] = type(model).__name__
+    source_record["state_sha256"] = state_dict_sha256(model)
     return context, model, source_record
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """A hash of every tensor in ``model.state_dict()`` (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def grid(layers: Sequence[str], settings: RunSettings, tasks: Sequence[str]) -> list[RunSpec]:
@@ -409,21 +422,66 @@ def grid(layers: Sequence[str], settings: RunSettings, tasks: Sequence[str]) -> 
     return [RunSpec(layer, init, task, seed) for task in tasks for init in settings.init for layer in layers for seed in seeds]
 
 
+def execute_serial(
+    context: ProbeContext,
+    specs: Sequence[RunSpec],
+    progress: Progress | None = None,
+    offset: int = 0,
+    total: int | None = None,
+) -> Iterator[RunResult]:
+    """Run ``specs`` one after another in this process, yielding each result as it finishes."""
+    total = len(specs) if total is None else total
+    for index, spec in enumerate(specs, start=offset):
+        on_epoch = None
+        if progress is not None:
+            on_epoch = lambda e, spec=spec, index=index: progress(  # noqa: E731
+                ProgressEvent(spec, e.epoch, e.epochs, e.metrics, index, total)
+            )
+        yield run_one(context, spec, on_epoch)
+
+
 def execute(
     context: ProbeContext,
     specs: Sequence[RunSpec],
     progress: Progress | None = None,
-) -> list[RunResult]:
-    """Run ``specs`` one after another in this process."""
-    results = []
-    for index, spec in enumerate(specs):
-        on_epoch = None
-        if progress is not None:
-            on_epoch = lambda e, spec=spec, index=index: progress(  # noqa: E731
-                ProgressEvent(spec, e.epoch, e.epochs, e.metrics, index, len(specs))
-            )
-        results.append(run_one(context, spec, on_epoch))
-    return results
+    *,
+    backend: str = "local",
+    backend_options: dict | None = None,
+    offset: int = 0,
+    total: int | None = None,
+) -> Iterator[RunResult]:
+    """Run ``specs`` on the chosen back-end and yield results as they finish (in any order).
+
+    ``local`` runs in this process (``settings.jobs == 1``) or in worker processes; ``ray`` on a Ray cluster.
+    """
+    if backend == "ray":
+        from .ray_backend import execute_ray
+
+        yield from execute_ray(context, specs, progress, offset=offset, total=total, **(backend_options or {}))
+    elif backend != "local":
+        raise SettingsError(f"unknown backend '{backend}': use local or ray")
+    elif context.settings.jobs > 1 and len(specs) > 1:
+        from .parallel import execute_parallel
+
+        yield from execute_parallel(context, specs, progress, offset=offset, total=total)
+    else:
+        yield from execute_serial(context, specs, progress, offset=offset, total=total)
+
+
+def fingerprint(context: ProbeContext, source_record: dict, layers: Sequence[str]) -> dict:
+    """What must match for a results folder to be resumed: everything that changes a run's numbers."""
+    settings = context.settings.to_dict()
+    for knob in ("jobs", "cache_source", "cache_budget_mb", "device"):
+        settings.pop(knob, None)
+    return {
+        "arch": source_record.get("arch") or source_record.get("class"),
+        "arch_options": source_record.get("arch_options", {}),
+        "source_sha256": source_record.get("sha256") or source_record.get("state_sha256"),
+        "source_dataset": source_record.get("dataset"),
+        "tasks": {name: str(task.spec) for name, task in context.tasks.items()},
+        "layers": list(layers),
+        "settings": settings,
+    }
 
 
 def scan(
@@ -436,33 +494,66 @@ def scan(
     source_data=None,
     data_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    out: str | os.PathLike | None = None,
+    fresh: bool = False,
+    backend: str = "local",
+    backend_options: dict | None = None,
+    baselines: Sequence[str] = (),
     **overrides,
 ) -> Measurement:
     """Measure λS at each layer (default: every probeable layer, in forward order), one fresh target per run.
 
     ``target`` is a dataset spec such as ``'digits[5-9]'`` or ``'cifar100'``; None uses the pairing recorded
     with a source trained by the toolkit. ``control=True`` also runs AnA (target task = source task).
+    With ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts over);
+    ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer (see probe.baselines).
     """
     settings = _settings(settings, overrides)
     context, model, source_record = prepare(
         model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir
     )
     target_task = context.tasks["AnB"]
-    candidates = probeable_layers(model, (target_task.in_chans, *target_task.input_size))
-    chosen = candidates if layers is None else expand_layers(model, [layers] if isinstance(layers, str) else layers, candidates)
+    shape = (target_task.in_chans, *target_task.input_size)
+    if layers is None:
+        chosen = probeable_layers(model, shape)
+    else:
+        chosen = expand_layers(model, [layers] if isinstance(layers, str) else layers, lambda: probeable_layers(model, shape))
+    specs = grid(chosen, settings, list(context.tasks))
+    store = None
+    if out is not None:
+        from .store import ResultsFolder
+
+        store = ResultsFolder(out, fingerprint(context, source_record, chosen), fresh=fresh)
+    finished = store.finished() if store is not None else {}
+    todo = [spec for spec in specs if spec.key not in finished]
+    results = {key: finished[key] for key in (spec.key for spec in specs) if key in finished}
     started = time.perf_counter()
-    runs = execute(context, grid(chosen, settings, list(context.tasks)), progress)
+    for result in execute(
+        context, todo, progress, backend=backend, backend_options=backend_options,
+        offset=len(specs) - len(todo), total=len(specs),
+    ):
+        if store is not None:
+            store.save_run(result)
+        results[result.spec.key] = result
     environment = _environment(context.device)
     environment["seconds"] = time.perf_counter() - started
-    return Measurement(
+    environment["resumed_runs"] = len(specs) - len(todo)
+    measurement = Measurement(
         settings=settings.to_dict(),
         source=source_record,
         target=str(target_task.spec),
         layers=list(chosen),
-        runs=runs,
+        runs=[results[spec.key] for spec in specs],
         environment=environment,
         extras={"tasks": {name: str(t.spec) for name, t in context.tasks.items()}},
     )
+    if baselines:
+        from .baselines import run_baselines
+
+        measurement.extras["baselines"] = run_baselines(context, measurement, list(baselines), progress=progress)
+    if store is not None:
+        store.save_measurement(measurement)
+    return measurement
 
 
 def measure(
@@ -475,10 +566,11 @@ def measure(
     source_data=None,
     data_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    out: str | os.PathLike | None = None,
     **overrides,
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
         model, [layer], target, settings=settings, control=control, source_data=source_data,
-        data_dir=data_dir, progress=progress, **overrides,
+        data_dir=data_dir, progress=progress, out=out, **overrides,
     )

@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+# Tests share two cores with each other; one thread per process keeps them fast and deterministic.
+torch.set_num_threads(int(os.environ.get("PROBE_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep the source cache out of the user's home."""
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path_factory.getbasetemp() / "probe-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_source():
+    """A quarter-width paper CNN trained for one epoch on digits[0-4] (seconds on CPU)."""
+    import probe
+
+    return probe.train_source("paper-cnn", "digits[0-4]", epochs=1, lr=1e-3, arch_options={"width": 0.25}, seed=0)
