@@ -164,6 +164,10 @@ def load_source(
     return attach_info(model, info)
 
 
+# The settings that change how a source is trained (and so key the source cache).
+SOURCE_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment")
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "quanta-probe"))
 
@@ -182,8 +186,8 @@ def cached_source(
     Returns ``(model, reused)``. The cache key covers architecture, options, data and training settings.
     """
     settings = settings or RunSettings()
-    key_data = {"arch": arch, "options": arch_options or {}, "data": str(parse_spec(data)), "settings": settings.to_dict()}
-    key_data["settings"].pop("jobs", None)
+    trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING_FIELDS}
+    key_data = {"arch": arch, "options": arch_options or {}, "data": str(parse_spec(data)), "settings": trained_with}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     path = _cache_dir() / "sources" / f"{arch.replace(':', '_')}-{str(parse_spec(data)).replace('[', '_').replace(']', '')}-{key}.pt"
     if path.is_file():

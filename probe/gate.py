@@ -26,6 +26,7 @@ class QuantaGate(nn.Module):
             if not 0.0 <= lambda_source <= 1.0:
                 raise SettingsError(f"a pinned λS must lie in [0, 1], got {lambda_source}")
             self.register_buffer("pinned_lambdas", torch.tensor([lambda_source, 1.0 - lambda_source]))
+            self._pinned_value = lambda_source  # a Python float: no device read in forward
             self.v = None
         else:
             if not 0.0 < lambda_source < 1.0 or math.isnan(lambda_source):
@@ -51,9 +52,9 @@ class QuantaGate(nn.Module):
             # Exact identities for pinned 1 and 0 (no 0·z term, so inf/nan in the unused side cannot leak).
             # The source side is cloned: an in-place activation after the hooked layer must not
             # overwrite the caller's (possibly cached) source tensor.
-            if self.pinned_lambdas[0] == 1:
+            if self._pinned_value == 1.0:
                 return z_source.to(z_target.dtype, copy=True)
-            if self.pinned_lambdas[0] == 0:
+            if self._pinned_value == 0.0:
                 return z_target
         return lambdas[0] * z_source + lambdas[1] * z_target
 
