@@ -33,8 +33,9 @@ from .device import resolve_device
 from .errors import CheckpointError, DataError, LayerError, ProbeError, SettingsError
 from .gate import QuantaGate
 from .hooks import quanta_hooks, resolve_layer, source_forward
+from .layers import check_layers, discover_layers
 from .results import Measurement, RunResult, RunSpec, final_figures
-from .settings import RunSettings
+from .settings import RunSettings, init_seed
 from .targets import TargetFactory
 from .trainer import EpochEvent, autocast_for, fit, make_optimizer
 
@@ -83,7 +84,7 @@ def train_source(
     task = load_task(data, data_dir=data_dir)
     arch_options = dict(arch_options or {})
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(init_seed("source", settings.seed))
         model = create_model(arch, num_classes=task.num_classes, in_chans=task.in_chans, input_size=task.input_size, **arch_options)
     model.to(device)
     train, test = task.train.to(device), task.test.to(device)
@@ -157,6 +158,8 @@ def load_source(
             input_size=tuple(task.input_size),
             dataset=str(task.spec),
         )
+    # The weights come from the file: never ask for (or download) pretrained ones.
+    info.arch_options = {k: v for k, v in info.arch_options.items() if k != "pretrained"}
     model = create_model(info.arch, num_classes=info.num_classes, in_chans=info.in_chans, input_size=info.input_size, **info.arch_options)
     load_state_into(model, raw["state_dict"], origin=f"checkpoint '{path}'")
     model.eval()
@@ -251,16 +254,23 @@ class ProbeContext:
         return cache
 
 
+def fresh_target(context: ProbeContext, task_name: str, seed: int) -> nn.Module:
+    """The fresh target of run seed ``seed`` for task ``task_name``, on the context's device."""
+    task = context.tasks[task_name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed("target", seed))
+        target = context.targets(task.num_classes, task.in_chans, task.input_size)
+    target.to(context.device)
+    if context.device.type == "cuda" and context.settings.channels_last:
+        target.to(memory_format=torch.channels_last)
+    return target
+
+
 def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent], None] | None = None) -> RunResult:
     """Train one fresh target with a QUANTA gate at ``spec.layer``; return its history and finals."""
     settings, device = context.settings, context.device
     task = context.tasks[spec.task]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        target = context.targets(task.num_classes, task.in_chans, task.input_size)
-    target.to(device)
-    if device.type == "cuda" and settings.channels_last:
-        target.to(memory_format=torch.channels_last)
+    target = fresh_target(context, spec.task, spec.seed)
     gate = QuantaGate(spec.init).to(device)
     optimizer = make_optimizer(target, settings, gate)
     with quanta_hooks(context.source, target, spec.layer, gate) as wiring:
@@ -303,13 +313,16 @@ def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None)
         layers = default_layers(info.arch, model)
         if layers is not None:
             return layers
-    from .layers import discover_layers
-
     if input_shape is None and info is not None and info.input_size is not None:
         input_shape = (info.in_chans, *info.input_size)
     if input_shape is None:
         raise LayerError("cannot discover layers without an input shape: pass layers=[...] or a target task")
     return [layer.name for layer in discover_layers(model, tuple(input_shape)) if layer.default]
+
+
+def all_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    """Every discovered probe point of ``model`` in forward order (what glob patterns match)."""
+    return [layer.name for layer in discover_layers(model, tuple(input_shape))]
 
 
 def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Callable[[], Sequence[str]]) -> list[str]:
@@ -521,7 +534,8 @@ def scan(
     if layers is None:
         chosen = probeable_layers(model, shape)
     else:
-        chosen = expand_layers(model, [layers] if isinstance(layers, str) else layers, lambda: probeable_layers(model, shape))
+        chosen = expand_layers(model, [layers] if isinstance(layers, str) else layers, lambda: all_layers(model, shape))
+    check_layers(model, chosen, shape)
     specs = grid(chosen, settings, list(context.tasks))
     store = None
     if out is not None:

@@ -96,5 +96,16 @@ class RunSettings:
         return cls(**{k: (tuple(v) if k == "init" else v) for k, v in data.items() if k in known})
 
 
+def init_seed(role: str, seed: int) -> int:
+    """The seed that initialises a model of ``role`` ("source" or "target") for run seed ``seed``.
+
+    Sources and targets draw from distinct streams, so a target of run seed 0 never starts from the very
+    weights its source started from (which would make the AnA control a copy of the source's training).
+    """
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"quanta-probe/{role}/{seed}".encode()).digest()[:7], "big")
+
+
 # The embedded digits default: chosen by experiment so that λS can travel (docs/gate-budget.md).
 DIGITS_DEFAULTS = dict(epochs=12, lr=1e-3, gate_lr=0.03)

@@ -82,7 +82,9 @@ class TargetFactory:
 
     def __call__(self, num_classes: int, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         if self.arch is not None:
-            return create_model(self.arch, num_classes=num_classes, in_chans=in_chans, input_size=input_size, **self.options)
+            # A target is always freshly initialised, even when its source came with pretrained weights.
+            options = {k: v for k, v in self.options.items() if k != "pretrained"}
+            return create_model(self.arch, num_classes=num_classes, in_chans=in_chans, input_size=input_size, **options)
         if self.template is None:
             raise ArchitectureError("a target needs an architecture name or a template model")
         model = copy.deepcopy(self.template)

@@ -332,3 +332,15 @@ def test_results_round_trip_through_json_and_csv(tiny_source):
     rows = result.to_csv().strip().splitlines()
     assert len(rows) == 1 + 2 * 2  # header + layers × inits
     assert rows[1].startswith("conv1,0.9,AnB,2,2")
+
+
+def test_targets_never_start_from_the_sources_initial_weights():
+    from probe.settings import init_seed
+
+    assert init_seed("source", 0) != init_seed("target", 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed("source", 0))
+        source_init = PaperCNN(5, 1, (8, 8), width=0.25)
+        torch.manual_seed(init_seed("target", 0))
+        target_init = PaperCNN(5, 1, (8, 8), width=0.25)
+    assert not torch.equal(source_init.conv1.weight, target_init.conv1.weight)
