@@ -1,0 +1,306 @@
+#!/usr/bin/env python
+"""Reproduce the QUANTA paper's protocol (Orhand et al., KES 2021) on the embedded digits data.
+
+The paper's protocol, scaled to a laptop: a paper CNN (full width) is trained on task A, then λS is
+measured at each of its 7 layers for task B (AnB) and for A itself (the AnA control), with the three λS
+inits 0.9 / 0.75 / 0.5 and several runs (seeds) per layer and init; every run's final figures are the mean
+of its last 10 epochs. Beside λS, on the same data, seeds and trainer: Yosinski et al.'s transfer accuracy
+(frozen AnB / AnA, fine-tuned AnB+ / AnA+), LogME and H-score per layer, and the target trained alone
+(for the paper's question 1: does a QUANTA layer impair learning?).
+
+Two splits of the ten digits: ``halves`` (A = 0-4, B = 5-9) and ``parity`` (A = even, B = odd).
+Each split gets a results folder in the layout of ``probe scan --out`` (``probe report DIR`` reads it);
+``summary.json`` and ``summary.md`` beside them gather the figures for docs/reproduction.md.
+
+    python scripts/reproduce_digits.py --out results/reproduction            # the full protocol
+    python scripts/reproduce_digits.py --smoke --out /tmp/smoke              # a check that it runs (a minute)
+
+An interrupted run resumes where it stopped when started again with the same options (the QUANTA runs;
+the baselines are recomputed). See docs/reproduction.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPLITS = {
+    "halves": ("digits[0-4]", "digits[5-9]"),
+    "parity": ("digits[0,2,4,6,8]", "digits[1,3,5,7,9]"),
+}
+PAPER_INITS = "0.9,0.75,0.5"
+SOURCE_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment", "device", "amp", "channels_last")
+SMOKE = {"epochs": 1, "runs": 1, "layers": "conv1,fc", "inits": "0.9", "width": 0.25}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results/reproduction"), help="folder for the results (default: %(default)s)")
+    parser.add_argument("--splits", default=",".join(SPLITS), help=f"comma-separated, of {', '.join(SPLITS)} (default: all)")
+    parser.add_argument("--epochs", type=int, help="epochs of every training, source included (default: 12, the digits default)")
+    parser.add_argument("--source-epochs", type=int, help="epochs of the source's training (default: --epochs)")
+    parser.add_argument(
+        "--source-seed", type=int, default=1000,
+        help="seed of the source's training (default: %(default)s, apart from the run seeds 0..runs-1, so that no "
+        "target starts from the source's own initial weights)",
+    )
+    parser.add_argument("--runs", type=int, help="runs (seeds) per layer, init and task (default: 5)")
+    parser.add_argument("--layers", help="comma-separated layers (default: all 7: conv1..conv6, fc)")
+    parser.add_argument("--inits", help=f"comma-separated λS inits (default: {PAPER_INITS})")
+    parser.add_argument("--width", type=float, help="paper-cnn width (default: 1.0, the paper's CNN)")
+    parser.add_argument("--baselines", default="yosinski,logme,hscore", help="comma-separated, or 'none' (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: 1 per split with several workers, else torch's)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="splits run side by side in separate processes (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
+    parser.add_argument("--smoke", action="store_true", help="a tiny check that everything runs: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
+    args = parser.parse_args(argv)
+    defaults = SMOKE if args.smoke else {"epochs": 12, "runs": 5, "layers": None, "inits": PAPER_INITS, "width": 1.0}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.splits = [name.strip() for name in args.splits.split(",") if name.strip()]
+    unknown = [name for name in args.splits if name not in SPLITS]
+    if unknown:
+        parser.error(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
+    args.baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    args.inits = tuple(float(v) for v in args.inits.split(","))
+    args.layers = [v.strip() for v in args.layers.split(",")] if args.layers else None
+    return args
+
+
+def clean(value):
+    """JSON-ready: NaN and infinities become null, tuples lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------------------------- one split
+
+
+class Printer:
+    """Progress as plain lines, one per finished training, with an ETA over the whole split."""
+
+    def __init__(self, split: str, total_epochs: int) -> None:
+        self.split, self.total, self.done, self.started = split, total_epochs, 0, time.perf_counter()
+
+    def __call__(self, event) -> None:
+        self.done += 1
+        if event.epoch < event.epochs:
+            return
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * max(0, self.total - self.done)
+        spec, metrics = event.spec, event.metrics
+        what = "source" if spec is None else f"{spec.task} {spec.layer or '-'}" + (f" init {spec.init:g}" if spec.task in ("AnB", "AnA") else "") + f" seed {spec.seed}"
+        lam = f" λS {metrics['lambda_source']:.3f}" if "lambda_source" in metrics else ""
+        print(
+            f"[{self.split}] {what}: top-1 {metrics.get('top1', math.nan):.3f}{lam}"
+            f"  ({elapsed / 60:.1f} min, ~{eta / 60:.0f} min left)",
+            flush=True,
+        )
+
+
+def run_split(name: str, args: argparse.Namespace) -> dict:
+    """Source, scan with baselines, figures and the target alone for one split; returns its summary."""
+    import torch
+
+    import probe
+    from probe.api import ProgressEvent, cached_source, prepare
+    from probe.baselines import comparison_figure, train_alone
+    from probe.checkpoint import save_checkpoint, source_info
+    from probe.results import RunSpec
+    from probe.settings import DIGITS_DEFAULTS, RunSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task_a, task_b = SPLITS[name]
+    settings = RunSettings(
+        **{**DIGITS_DEFAULTS, "epochs": args.epochs}, runs=args.runs, init=args.inits, device=args.device,
+    )
+    # The source's settings as `probe train` / `probe scan` make them, so the source cache is shared with the CLI.
+    source_settings = RunSettings(**{field: getattr(settings, field) for field in SOURCE_SETTINGS})
+    source_settings = source_settings.with_(epochs=args.source_epochs or args.epochs, seed=args.source_seed)
+    layers = args.layers or ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
+    tasks = 2  # AnB and the AnA control
+    yosinski = "yosinski" in args.baselines
+    per_run = len(layers) * tasks * settings.runs
+    total_epochs = settings.epochs * (per_run * len(settings.init) + (2 * per_run if yosinski else 0) + tasks * settings.runs)
+    printer = Printer(name, total_epochs + source_settings.epochs)
+    started = time.perf_counter()
+
+    print(f"[{name}] A = {task_a}, B = {task_b}: {total_epochs // settings.epochs} trainings of {settings.epochs} epochs", flush=True)
+    source, reused = cached_source("paper-cnn", task_a, settings=source_settings, arch_options={"width": args.width}, progress=printer)
+    info = source_info(source)
+    print(f"[{name}] source {'reused' if reused else 'trained'}: test top-1 {info.test_top1:.4f}", flush=True)
+    sources = args.out / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(source, info, sources / f"{name}-source.pt")
+
+    folder = args.out / name
+    measurement = probe.scan(
+        source, layers, task_b, settings=settings, control=True, source_data=task_a,
+        out=folder, fresh=args.fresh, baselines=args.baselines, progress=printer,
+    )
+    try:
+        from probe.report import write_figures
+
+        write_figures(measurement, folder)
+    except ImportError:
+        if args.baselines:
+            comparison_figure(measurement, folder / "comparison.png")
+
+    # The target trained alone, same settings and seeds (question 1); the Yosinski baseline already has it.
+    alone = measurement.extras.get("baselines", {}).get("alone")
+    if not alone:
+        context, _, _ = prepare(source, task_b, settings=settings, control=True, source_data=task_a)
+        alone = {}
+        for task in context.tasks:
+            values = []
+            for seed in range(settings.seed, settings.seed + settings.runs):
+                spec = RunSpec("", 0.0, f"{task}_alone", seed)
+                on_epoch = lambda e, spec=spec: printer(ProgressEvent(spec, e.epoch, e.epochs, e.metrics, 0, 1))  # noqa: E731
+                values.append(train_alone(context, task, seed, on_epoch).top1)
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            alone[task] = {"mean": mean, "std": std, "runs": len(values), "values": values}
+    summary = summarise(name, measurement, alone, time.perf_counter() - started)
+    write_json(args.out / f"{name}.summary.json", summary)
+    return summary
+
+
+def summarise(name: str, measurement, alone: dict, seconds: float) -> dict:
+    """The figures the write-up needs, per task, init and layer."""
+    task_a, task_b = SPLITS[name]
+    per_task: dict = {}
+    for s in measurement.summaries:
+        entry = per_task.setdefault(s.task, {}).setdefault(f"{s.init:g}", {})
+        entry[s.layer] = {
+            "lambda_source": {"mean": s.mean["lambda_source"], "std": s.std["lambda_source"]},
+            "top1": {"mean": s.mean["top1"], "std": s.std["top1"]},
+            "ok_runs": s.ok_runs,
+        }
+    question1 = {}
+    for task, inits in per_task.items():
+        reference = alone.get(task, {}).get("mean", math.nan)
+        for init, layers in inits.items():
+            average = sum(v["top1"]["mean"] for v in layers.values()) / len(layers)
+            question1[f"{task} init {init}"] = {"quanta_top1_over_layers": average, "alone_top1": reference, "difference": average - reference}
+    return {
+        "split": name,
+        "A": task_a,
+        "B": task_b,
+        "source_test_top1": measurement.source.get("test_top1"),
+        "settings": measurement.settings,
+        "layers": measurement.layers,
+        "quanta": per_task,
+        "alone": alone,
+        "question1": question1,
+        "baselines": {k: v for k, v in measurement.extras.get("baselines", {}).items() if k != "alone"},
+        "seconds": seconds,
+    }
+
+
+# -------------------------------------------------------------------------------------- the write-up
+
+
+def fmt(entry, digits: int = 3) -> str:
+    if entry is None:
+        return "—"
+    if isinstance(entry, dict):
+        mean, std = entry.get("mean"), entry.get("std")
+        if mean is None or (isinstance(mean, float) and not math.isfinite(mean)):
+            return "—"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None and math.isfinite(std) else f"{mean:.{digits}f}"
+    return f"{entry:.{digits}f}" if isinstance(entry, (int, float)) and math.isfinite(entry) else "—"
+
+
+def markdown(summaries: list[dict]) -> str:
+    lines = ["# QUANTA on digits: reproduction summary", ""]
+    for s in summaries:
+        inits = list(s["quanta"].get("AnB", {}))
+        first = inits[0] if inits else None
+        per_layer = s["baselines"].get("per_layer", {})
+        keys = list(dict.fromkeys(k for row in per_layer.values() for k in row))
+        settings = s["settings"]
+        lines += [
+            f"## {s['split']}: A = {s['A']}, B = {s['B']}",
+            "",
+            f"paper-cnn, source test top-1 {fmt(s['source_test_top1'], 4)}; {settings['runs']} runs × {settings['epochs']} epochs "
+            f"(lr {settings['lr']:g}, gate lr {settings['gate_lr'] or settings['lr']:g}), finals = mean of the last {settings['last_epochs']} epochs; "
+            f"{s['seconds'] / 60:.0f} min.",
+            "",
+        ]
+        header = ["layer"] + [f"λS AnB {i}" for i in inits] + [f"top-1 AnB {first}"]
+        header += [f"λS AnA {i}" for i in inits] + [f"top-1 AnA {first}"] + keys
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for layer in s["layers"]:
+            row = [layer]
+            for task in ("AnB", "AnA"):
+                cells = s["quanta"].get(task, {})
+                row += [fmt(cells.get(i, {}).get(layer, {}).get("lambda_source")) for i in inits]
+                row.append(fmt(cells.get(first, {}).get(layer, {}).get("top1")))
+            row += [fmt(per_layer.get(layer, {}).get(k)) for k in keys]
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "Target trained alone (no transfer): " + ", ".join(f"{t} {fmt(v)}" for t, v in s["alone"].items()), ""]
+        lines += ["Question 1, mean QUANTA top-1 over layers vs the target alone:", ""]
+        lines += [f"- {k}: {fmt(v['quanta_top1_over_layers'])} vs {fmt(v['alone_top1'])} (difference {fmt(v['difference'])})" for k, v in s["question1"].items()]
+        correlations = s["baselines"].get("correlations", {})
+        if correlations:
+            lines += ["", "Rank correlation of λS (init " + f"{first}) with each baseline over layers:", ""]
+            lines += [f"- {k}: Spearman {fmt(c.get('spearman'))}, Kendall τb {fmt(c.get('kendall'))}" for k, c in correlations.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.runs < 5 and not args.smoke:
+        print(f"note: {args.runs} runs per layer; the protocol asks for at least 5", file=sys.stderr)
+    workers = max(1, min(args.workers, len(args.splits)))
+    if workers == 1:
+        summaries = [run_split(name, args) for name in args.splits]
+    else:
+        # One process per split (small convolutions on 8×8 images use one core far better than two).
+        argv = list(sys.argv[1:] if argv is None else argv)
+        children = []
+        for name in args.splits:
+            command = [sys.executable, __file__, *argv, "--splits", name, "--workers", "1", "--threads", str(args.threads or 1)]
+            log = open(args.out / f"{name}.log", "w")
+            print(f"split {name}: running in process, log in {log.name}", flush=True)
+            children.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))
+        failed = []
+        for name, child, log in children:
+            if child.wait() != 0:
+                failed.append(name)
+            log.close()
+        if failed:
+            print(f"split(s) {', '.join(failed)} failed: see their .log in {args.out}", file=sys.stderr)
+            return 1
+        summaries = [json.loads((args.out / f"{name}.summary.json").read_text()) for name in args.splits]
+        summaries = [clean(s) for s in summaries]
+    write_json(args.out / "summary.json", summaries)
+    (args.out / "summary.md").write_text(markdown([clean(s) for s in summaries]))
+    print(f"done: {args.out / 'summary.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
