@@ -491,6 +491,8 @@ def fingerprint(context: ProbeContext, source_record: dict, layers: Sequence[str
     for knob in ("jobs", "cache_source", "cache_budget_mb", "device"):
         settings.pop(knob, None)
     return {
+        # Runs of another release are not mixed into one folder (the trainer may have changed).
+        "quanta_probe": __version__,
         "arch": source_record.get("arch") or source_record.get("class"),
         "arch_options": source_record.get("arch_options", {}),
         "source_sha256": source_record.get("sha256") or source_record.get("state_sha256"),
@@ -546,16 +548,23 @@ def scan(
     todo = [spec for spec in specs if spec.key not in finished]
     results = {key: finished[key] for key in (spec.key for spec in specs) if key in finished}
     started = time.perf_counter()
-    for result in execute(
-        context, todo, progress, backend=backend, backend_options=backend_options,
-        offset=len(specs) - len(todo), total=len(specs),
-    ):
+    try:
+        for result in execute(
+            context, todo, progress, backend=backend, backend_options=backend_options,
+            offset=len(specs) - len(todo), total=len(specs),
+        ):
+            if store is not None:
+                store.save_run(result)
+            results[result.spec.key] = result
+    except BaseException:
         if store is not None:
-            store.save_run(result)
-        results[result.spec.key] = result
+            store.close()
+        raise
     environment = _environment(context.device)
     environment["seconds"] = time.perf_counter() - started
     environment["resumed_runs"] = len(specs) - len(todo)
+    if store is not None and store.corrupt:
+        environment["redone_corrupt_runs"] = [name for name, _ in store.corrupt]
     measurement = Measurement(
         settings=settings.to_dict(),
         source=source_record,
@@ -570,7 +579,10 @@ def scan(
 
         measurement.extras["baselines"] = run_baselines(context, measurement, list(baselines), progress=progress)
     if store is not None:
-        store.save_measurement(measurement)
+        try:
+            store.save_measurement(measurement)
+        finally:
+            store.close()
     return measurement
 
 
@@ -585,10 +597,11 @@ def measure(
     data_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     out: str | os.PathLike | None = None,
+    fresh: bool = False,
     **overrides,
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
         model, [layer], target, settings=settings, control=control, source_data=source_data,
-        data_dir=data_dir, progress=progress, out=out, **overrides,
+        data_dir=data_dir, progress=progress, out=out, fresh=fresh, **overrides,
     )
