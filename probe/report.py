@@ -337,7 +337,8 @@ def dynamics_figure(measurement: Measurement, path: str | os.PathLike) -> Path:
             axis.grid(True, alpha=0.3)
             axis.legend(title="layer", fontsize="small", loc="best", ncols=2 if len(layers) > 4 else 1)
     runs = (measurement.settings or {}).get("runs", 1)
-    figure.suptitle(f"Evolution of λS during training: {describe(measurement)}" + (f" (mean ± std over {runs} runs)" if runs and runs > 1 else ""))
+    band = f"\nmean ± std over {runs} runs" if runs and runs > 1 else ""
+    figure.suptitle(f"Evolution of λS during training\n{describe(measurement)}{band}")
     return save_figure(figure, path)
 
 
