@@ -108,4 +108,4 @@ def init_seed(role: str, seed: int) -> int:
 
 
 # The embedded digits default: chosen by experiment so that λS can travel (docs/gate-budget.md).
-DIGITS_DEFAULTS = dict(epochs=12, lr=1e-3, gate_lr=0.03)
+DIGITS_DEFAULTS = dict(epochs=12, lr=1e-3, gate_lr=0.1)
