@@ -48,8 +48,28 @@ def autocast_for(device: torch.device, settings: RunSettings):
     return contextlib.nullcontext()
 
 
+def memory_format_for(device: torch.device, settings: RunSettings) -> torch.memory_format:
+    """channels_last on CUDA when ``settings.channels_last`` (faster bf16 convolutions); NCHW on CPU."""
+    if device.type == "cuda" and settings.channels_last:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _in_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    if memory_format is torch.contiguous_format or x.dim() != 4:
+        return x
+    return x.contiguous(memory_format=memory_format)
+
+
 @torch.no_grad()
-def evaluate(forward: Forward, split: Split, num_classes: int, batch_size: int = 1000, amp=contextlib.nullcontext) -> dict[str, float]:
+def evaluate(
+    forward: Forward,
+    split: Split,
+    num_classes: int,
+    batch_size: int = 1000,
+    amp=contextlib.nullcontext,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> dict[str, float]:
     """Top-1, top-3, mean cross-entropy, macro precision and macro recall on ``split``."""
     device = split.x.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -57,8 +77,9 @@ def evaluate(forward: Forward, split: Split, num_classes: int, batch_size: int =
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
     k = min(3, num_classes)
     for start in range(0, len(split), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(split)), device=device)
-        x, y = split.x[idx], split.y[idx]
+        stop = min(start + batch_size, len(split))
+        idx = torch.arange(start, stop, device=device)
+        x, y = _in_format(split.x[start:stop], memory_format), split.y[start:stop]  # views: no copy
         with amp():
             logits = forward(x, idx, "test")
         logits = logits.float()
@@ -109,30 +130,32 @@ def fit(
     augment_rng = torch.Generator(device=device).manual_seed(seed + 1_000_003)
     augment = settings.augment and task.augment.enabled
     amp = lambda: autocast_for(device, settings)  # noqa: E731
+    memory_format = memory_format_for(device, settings)
     history: list[dict[str, float]] = []
     steps, n = 0, len(train)
     for epoch in range(1, settings.epochs + 1):
         trainable.train()
         loss_sum = torch.zeros((), device=device)
         order = torch.randperm(n, generator=order_rng).to(device)
+        # No host read inside this loop: the next batch is queued while the device works on this one.
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            x, y = train.x[idx], train.y[idx]
+            x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
             if augment:
                 x = augment_batch(x, task.augment, augment_rng)
             with amp():
-                logits = forward(x, idx, "train")
+                logits = forward(_in_format(x, memory_format), idx, "train")
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum.add_(loss.detach(), alpha=len(idx))
             steps += 1
         train_loss = float(loss_sum) / n  # one host read per epoch
         if not math.isfinite(train_loss):
             return TrainOutcome(history, steps, f"training loss became {train_loss} in epoch {epoch}", time.perf_counter() - started)
         trainable.eval()
-        metrics = evaluate(forward, test, task.num_classes, amp=amp)
+        metrics = evaluate(forward, test, task.num_classes, amp=amp, memory_format=memory_format)
         metrics["train_loss"] = train_loss
         if read_lambda is not None:
             metrics["lambda_source"] = read_lambda()
@@ -146,8 +169,25 @@ def fit(
 
 
 def make_optimizer(target: nn.Module, settings: RunSettings, gate: nn.Module | None = None) -> torch.optim.Adam:
-    """Adam over the target's weights (lr, weight decay) and the gate's v (its own lr, no decay)."""
+    """Adam over the target's weights (lr, weight decay) and the gate's v (its own lr, no decay).
+
+    The fused implementation (one kernel over all parameters) where this PyTorch has it for the
+    parameters' device: on CPU it is about 10× faster than the per-tensor loop, which at full width
+    would otherwise cost a quarter of every step. Call it after moving the target to its device.
+    """
     groups = [{"params": [p for p in target.parameters() if p.requires_grad], "lr": settings.lr, "weight_decay": settings.weight_decay}]
     if gate is not None and any(True for _ in gate.parameters()):
         groups.append({"params": list(gate.parameters()), "lr": settings.effective_gate_lr, "weight_decay": 0.0})
-    return torch.optim.Adam(groups)
+    params = [p for group in groups for p in group["params"]]
+    return torch.optim.Adam(groups, fused=bool(params) and all(_has_fused_adam(p) for p in params))
+
+
+def _has_fused_adam(parameter: torch.Tensor) -> bool:
+    """Whether this PyTorch has a fused Adam kernel for the parameter's device and dtype."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # an older PyTorch: CUDA only
+        devices = {"cuda"}
+    return parameter.is_floating_point() and parameter.device.type in devices
