@@ -271,6 +271,9 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
     settings, device = context.settings, context.device
     task = context.tasks[spec.task]
     target = fresh_target(context, spec.task, spec.seed)
+    if settings.compile:
+        torch.compiler.reset()  # this run's graphs only: a scan's many layers would exceed dynamo's recompile limit
+        target.compile()  # in place: the layer names and the QUANTA hooks on submodules are kept
     gate = QuantaGate(spec.init).to(device)
     optimizer = make_optimizer(target, settings, gate)
     with quanta_hooks(context.source, target, spec.layer, gate) as wiring:
@@ -278,7 +281,7 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
         if cache is None:
             forward = lambda x, idx, split: wiring(x)  # noqa: E731
         else:
-            forward = lambda x, idx, split: wiring(x, z_source=cache[split][idx])  # noqa: E731
+            forward = lambda x, idx, split: wiring(x, z_source=cache[split].index_select(0, idx))  # noqa: E731
         outcome = fit(
             forward=forward,
             trainable=target,

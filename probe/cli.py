@@ -393,7 +393,7 @@ def scan(
         typer.Option("--out", help="Results folder: results.json, results.csv, one file per run, transferability.png, dynamics.png. Re-running resumes."),
     ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the runs already in --out and start over.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", help="Runs trained in parallel by the local backend. \\[default: 1]")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 on a GPU]")] = None,
     no_augment: NoAugmentOption = False,
     baselines: Annotated[
         Optional[list[str]],
@@ -477,6 +477,10 @@ def scan(
 
     # 3. One RunSettings for every run (digits defaults for digits, the paper's otherwise).
     settings = _run_settings(target, given)
+    if jobs is None:
+        from .parallel import default_jobs
+
+        settings = settings.with_(jobs=default_jobs(device=settings.device))
 
     fetch(target)
     fetch(source_data)

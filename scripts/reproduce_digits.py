@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: 1 per split with several workers, else torch's)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="splits run side by side in separate processes (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=1, help="QUANTA runs trained in parallel per split (default: 1)")
     parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
     parser.add_argument("--smoke", action="store_true", help="a tiny check that everything runs: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
     args = parser.parse_args(argv)
@@ -133,6 +134,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     task_a, task_b = SPLITS[name]
     settings = RunSettings(
         **{**DIGITS_DEFAULTS, "epochs": args.epochs}, runs=args.runs, init=args.inits, device=args.device,
+        jobs=args.jobs,
     )
     # The source's settings as `probe train` / `probe scan` make them, so the source cache is shared with the CLI.
     source_settings = RunSettings(**{field: getattr(settings, field) for field in SOURCE_SETTINGS})

@@ -24,6 +24,7 @@ import probe
 from probe.cli import LiveProgress, app
 from probe.report import format_mean_std, results_table, to_json
 from probe.results import Measurement, RunSpec, SCHEMA
+from probe.settings import DIGITS_DEFAULTS
 
 TINY = ["--width", "0.25", "--device", "cpu"]
 PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
@@ -140,7 +141,7 @@ def test_scan_writes_results_table_and_figures(scanned):
     data = json.loads((out / "results.json").read_text())
     assert data["schema"] == SCHEMA
     # Digits defaults fill the options the user did not give; the given ones win.
-    assert data["settings"]["epochs"] == 2 and data["settings"]["lr"] == 1e-3 and data["settings"]["gate_lr"] == 0.03
+    assert data["settings"]["epochs"] == 2 and data["settings"]["lr"] == DIGITS_DEFAULTS["lr"] and data["settings"]["gate_lr"] == DIGITS_DEFAULTS["gate_lr"]
     assert data["settings"]["init"] == [0.9, 0.5]
     assert data["layers"] == ["conv1", "fc"]
     assert data["target"] == "digits[5-9]"
@@ -204,7 +205,7 @@ def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanne
 
     monkeypatch.setattr(probe.api, "run_one", interrupted_after_first)
     out = tmp_path / "partial"
-    args = ["scan", *TINY, "--epochs", "1", "--layers", "conv1,fc", "--out", out]
+    args = ["scan", *TINY, "--epochs", "1", "--layers", "conv1,fc", "--jobs", "1", "--out", out]  # in-process runs
     result = invoke(args, env=cache)
     assert result.exit_code == 130
     assert "Traceback" not in result.output

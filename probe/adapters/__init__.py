@@ -77,6 +77,10 @@ def _load_namespaces() -> None:
 
 def get_arch(name: str) -> ArchSpec:
     """Resolve an architecture name: a built-in adapter, ``prefix:NAME``, else a timm name."""
+    from . import paper_cnn  # noqa: F401  (built-ins first: importing timm/torchvision costs seconds)
+
+    if name in _REGISTRY:
+        return _REGISTRY[name]
     _load_namespaces()
     if name in _REGISTRY:
         return _REGISTRY[name]
