@@ -376,13 +376,21 @@ def run_baselines(
         if "hscore" in chosen:
             result["hscore_shrinkage"] = H_SCORE_SHRINKAGE
 
+    result["correlations"] = correlations(measurement, per_layer)
+    return result
+
+
+def correlations(measurement: Measurement, per_layer: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Spearman and Kendall rank correlation, across layers, between λS and each baseline in ``per_layer``."""
+    layers = list(measurement.layers)
     keys = list(dict.fromkeys(key for entry in per_layer.values() for key in entry))
     lambdas = {task: _lambda_per_layer(measurement, task) for task in ("AnB", "AnA")}
+    found = {}
     for key in keys:
         reference = lambdas["AnA" if key.startswith("AnA") else "AnB"]
-        values = [_value(per_layer[layer].get(key, math.nan)) for layer in layers]
-        result["correlations"][key] = {"spearman": spearman(reference, values), "kendall": kendall_tau_b(reference, values)}
-    return result
+        values = [_value(per_layer.get(layer, {}).get(key, math.nan)) for layer in layers]
+        found[key] = {"spearman": spearman(reference, values), "kendall": kendall_tau_b(reference, values)}
+    return found
 
 
 def _run_yosinski(context, layers, per_layer, progress, self_source) -> dict:

@@ -1,7 +1,12 @@
 import os
+import signal
 
 import pytest
 import torch
+
+# A shell that starts a job in the background (`cmd &`, as some CI runners do) makes it ignore SIGINT, and
+# every child inherits that; the interruption tests need Ctrl-C to behave as it does in a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Tests share two cores with each other; one thread per process keeps them fast and deterministic.
 torch.set_num_threads(int(os.environ.get("PROBE_TEST_THREADS", "1")))
