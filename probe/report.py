@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .checkpoint import atomic_write_bytes
-from .results import Measurement, Summary
+from .results import Measurement, Summary, strict_json
 
 METRIC_LABELS = {
     "lambda_source": "λS",
@@ -66,20 +66,9 @@ def format_mean_std(mean: float, std: float, ok_runs: int, digits: int = 3) -> s
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def json_ready(value: Any) -> Any:
-    """``value`` with every NaN/±inf float replaced by None (strict JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
-
-
 def to_json(data: Any) -> str:
-    """Strict, indented JSON of ``data`` (see :func:`json_ready`)."""
-    return json.dumps(json_ready(data), indent=2, allow_nan=False, ensure_ascii=False)
+    """Strict, indented JSON of ``data`` (NaN and ±inf become null)."""
+    return json.dumps(strict_json(data), indent=2, allow_nan=False, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------------------- table

@@ -9,7 +9,7 @@ import csv
 import io
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 SCHEMA = "quanta-probe/results/1"
 METRICS = ("lambda_source", "top1", "top3", "loss", "precision", "recall")
@@ -62,6 +62,17 @@ class RunResult:
         data.pop("gate_budget", None)
         data["spec"] = RunSpec(**data["spec"])
         return cls(**data)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN/±inf float replaced by None (strict JSON has no NaN), tuples as lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def final_figures(history: list[dict[str, float]], last_epochs: int) -> dict[str, float]:

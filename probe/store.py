@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -29,7 +28,7 @@ from typing import Any
 
 from .checkpoint import atomic_write_bytes
 from .errors import ResultsError
-from .results import Measurement, RunResult, RunSpec
+from .results import Measurement, RunResult, RunSpec, strict_json
 
 FOLDER_SCHEMA = "quanta-probe/folder/1"
 RUN_SCHEMA = "quanta-probe/run/1"
@@ -55,17 +54,6 @@ class CorruptRunFile(ResultsError):
 
 # --------------------------------------------------------------------------------------------------
 # Files
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every NaN/±inf float replaced by None, so it is valid (strict) JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def canonical_json(value: Any) -> bytes:

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from probe.results import strict_json
+
 SPLITS = {
     "halves": ("digits[0-4]", "digits[5-9]"),
     "parity": ("digits[0,2,4,6,8]", "digits[1,3,5,7,9]"),
@@ -76,20 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def clean(value):
-    """JSON-ready: NaN and infinities become null, tuples lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
-
-
 def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -297,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"split(s) {', '.join(failed)} failed: see their .log in {args.out}", file=sys.stderr)
             return 1
         summaries = [json.loads((args.out / f"{name}.summary.json").read_text()) for name in args.splits]
-        summaries = [clean(s) for s in summaries]
+        summaries = [strict_json(s) for s in summaries]
     write_json(args.out / "summary.json", summaries)
-    (args.out / "summary.md").write_text(markdown([clean(s) for s in summaries]))
+    (args.out / "summary.md").write_text(markdown([strict_json(s) for s in summaries]))
     print(f"done: {args.out / 'summary.md'}", flush=True)
     return 0
 
