@@ -23,6 +23,7 @@ from rich.table import Column, Table
 from typer.core import TyperGroup
 from typer.exceptions import Exit, TyperException
 
+from .settings import DIGITS_DEFAULTS
 from . import __version__
 from .errors import ProbeError, ResultsError, SettingsError
 from .interrupt import graceful_interrupts, resume_hint
@@ -290,9 +291,9 @@ ArchOption = Annotated[
     Optional[str],
     typer.Option("--arch", help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or the checkpoint's]"),
 ]
-EpochsOption = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs. \\[default: 60; digits: 12]")]
+EpochsOption = Annotated[Optional[int], typer.Option("--epochs", help=f"Training epochs. \\[default: 60; digits: {DIGITS_DEFAULTS['epochs']}]")]
 BatchOption = Annotated[Optional[int], typer.Option("--batch-size", help="Mini-batch size. \\[default: 32]")]
-LrOption = Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate. \\[default: 1e-4; digits: 1e-3]")]
+LrOption = Annotated[Optional[float], typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_DEFAULTS['lr']:g}]")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")]
 DeviceOption = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N. \\[default: auto]")]
 DataDirOption = Annotated[
@@ -381,7 +382,7 @@ def scan(
     lr: LrOption = None,
     gate_lr: Annotated[
         Optional[float],
-        typer.Option("--gate-lr", help="Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; digits: 0.03]"),
+        typer.Option("--gate-lr", help=f"Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; digits: {DIGITS_DEFAULTS['gate_lr']:g}]"),
     ] = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
