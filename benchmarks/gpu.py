@@ -10,7 +10,7 @@ CIFAR-shaped data kept on the device, as probe keeps it.
    torch.cuda.set_sync_debug_mode, for two epoch lengths: equal counts mean none happens per step;
 4. with --compile: eager against torch.compile of the target (Module.compile), bf16 + channels_last.
 
-    /work/main/.venv/bin/python benchmarks/gpu.py [--batches 32 512] [--repeats 5] [--compile]
+    .venv/bin/python benchmarks/gpu.py [--batches 32 512] [--repeats 5] [--compile]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ CIFAR-shaped data and reports its peak RSS (VmHWM, else ru_maxrss). A QUANTA run
 exactly as a scan calls it; the plain run is probe.trainer.fit on the target alone. "idle" is a
 process that imports everything and builds the data but trains nothing: the floor both share.
 
-    /work/main/.venv/bin/python benchmarks/memory.py [--width 1] [--examples 512] [--layers conv1 conv4 fc]
+    .venv/bin/python benchmarks/memory.py [--width 1] [--examples 512] [--layers conv1 conv4 fc]
 """
 
 from __future__ import annotations

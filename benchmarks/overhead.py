@@ -4,7 +4,7 @@ A QUANTA step = the source's truncated no-grad forward up to layer n + the wired
 backward and Adam step (gate included). "reuse" takes the source's tensors from a cache built once,
 as probe does without augmentation. Paper CNN, batch 32, 3×32×32 inputs, CPU.
 
-    /work/main/.venv/bin/python benchmarks/overhead.py [--widths 1 0.25] [--repeats 7] [--threads 1] [--clock wall|cpu]
+    .venv/bin/python benchmarks/overhead.py [--widths 1 0.25] [--repeats 7] [--threads 1] [--clock wall|cpu]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ jobs=1 runs in this process with every usable core as torch threads (what a user
 jobs=N spawns N workers with cores // N threads each. Worker start-up (a fresh Python importing
 torch, the context sent once) is included: it is part of what the user waits for.
 
-    /work/main/.venv/bin/python benchmarks/scan.py [--jobs 2] [--width 1] [--epochs 3] [--repeats 1]
+    .venv/bin/python benchmarks/scan.py [--jobs 2] [--width 1] [--epochs 3] [--repeats 1]
 """
 
 from __future__ import annotations

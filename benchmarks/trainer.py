@@ -6,7 +6,7 @@ probe: its five metrics). Images/s counts training images over the whole epoch, 
 "same Adam" is the optimizer probe builds (fused where PyTorch has it); the hand loop with PyTorch's
 default Adam is shown too, as the loop a user would write.
 
-    /work/main/.venv/bin/python benchmarks/trainer.py [--width 0.25] [--examples 1024] [--repeats 5] [--threads 1] [--clock wall|cpu]
+    .venv/bin/python benchmarks/trainer.py [--width 0.25] [--examples 1024] [--repeats 5] [--threads 1] [--clock wall|cpu]
 """
 
 from __future__ import annotations
