@@ -563,18 +563,25 @@ def _interrupted(out: Path | None, argv: list[str], finished: int) -> None:
     sys.stderr.write(f"interrupted: {saved} run{'' if saved == 1 else 's'} saved in {out}; resume with: {resume_hint(argv)}\n")
 
 
+def _print_tables(measurement) -> None:
+    """The results table, and the rank correlations with the baselines when there are any, on stdout."""
+    from .report import correlations_table, results_table
+
+    console = _stdout()
+    console.print(results_table(measurement))
+    correlations = correlations_table(measurement)
+    if correlations is not None:
+        console.print(correlations)
+
+
 def _render(measurement, out: Path | None, json_output: bool, err: Console) -> None:
     """The results table (or JSON) on stdout; the figures in ``out``."""
-    from .report import correlations_table, results_table, write_figures
+    from .report import write_figures
 
     if json_output:
         _write_json(measurement.to_dict())
     else:
-        console = _stdout()
-        console.print(results_table(measurement))
-        correlations = correlations_table(measurement)
-        if correlations is not None:
-            console.print(correlations)
+        _print_tables(measurement)
     if out is None:
         return
     try:
@@ -672,7 +679,7 @@ def report(
     A partial folder (an interrupted scan) is rendered as far as it goes, and report says how many runs are missing.
     Example: [bold]probe report results/digits[/bold]
     """
-    from .report import correlations_table, results_table, write_figures
+    from .report import write_figures
 
     measurement, status = _load_folder(folder)
     if measurement is None:
@@ -680,11 +687,7 @@ def report(
     if json_output:
         _write_json({"folder": str(folder), "status": status, "results": measurement.to_dict()})
     else:
-        console = _stdout()
-        console.print(results_table(measurement))
-        correlations = correlations_table(measurement)
-        if correlations is not None:
-            console.print(correlations)
+        _print_tables(measurement)
     err = _stderr()
     if status["missing"] or status["corrupt"]:
         err.print(escape(f"partial results: {status['description']}"))
