@@ -34,7 +34,7 @@ from .errors import CheckpointError, DataError, LayerError, ProbeError, Settings
 from .gate import QuantaGate
 from .hooks import quanta_hooks, resolve_layer, source_forward
 from .layers import check_layers, discover_layers
-from .results import Measurement, RunResult, RunSpec, final_figures
+from .results import Measurement, RunResult, RunSpec, final_figures, run_grid
 from .settings import RunSettings, init_seed
 from .targets import TargetFactory
 from .trainer import EpochEvent, autocast_for, fit, make_optimizer
@@ -87,8 +87,7 @@ def train_source(
         torch.manual_seed(init_seed("source", settings.seed))
         model = create_model(arch, num_classes=task.num_classes, in_chans=task.in_chans, input_size=task.input_size, **arch_options)
     model.to(device)
-    train, test = task.train.to(device), task.test.to(device)
-    task = _replace_splits(task, train, test)
+    task = task.to(device)
     optimizer = make_optimizer(model, settings)
     on_epoch = None
     if progress is not None:
@@ -204,12 +203,6 @@ def cached_source(
 
 # --------------------------------------------------------------------------------------------------
 # Runs
-
-
-def _replace_splits(task: TaskData, train, test) -> TaskData:
-    new = copy.copy(task)
-    new.train, new.test = train, test
-    return new
 
 
 @dataclass
@@ -415,7 +408,7 @@ def prepare(
         if source_task_spec is None:
             raise DataError("the control (AnA) needs the source's task: pass source_data='digits[0-4]' (--source-data)")
         tasks["AnA"] = load_task(source_task_spec, data_dir=data_dir)
-    tasks = {name: _replace_splits(t, t.train.to(device), t.test.to(device)) for name, t in tasks.items()}
+    tasks = {name: task.to(device) for name, task in tasks.items()}
     # The source is never modified: a copy goes to another device, the original stays where it is.
     source = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
     factory = TargetFactory(info.arch, dict(info.arch_options)) if info.arch else TargetFactory(template=model)
@@ -438,8 +431,7 @@ def state_dict_sha256(model: nn.Module) -> str:
 
 def grid(layers: Sequence[str], settings: RunSettings, tasks: Sequence[str]) -> list[RunSpec]:
     """Every run of a scan, task-major then init, layer, seed (the order the results are shown in)."""
-    seeds = range(settings.seed, settings.seed + settings.runs)
-    return [RunSpec(layer, init, task, seed) for task in tasks for init in settings.init for layer in layers for seed in seeds]
+    return run_grid(layers, settings.init, settings.seed, settings.runs, tasks)
 
 
 def execute_serial(

@@ -9,7 +9,7 @@ import csv
 import io
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 SCHEMA = "quanta-probe/results/1"
 METRICS = ("lambda_source", "top1", "top3", "loss", "precision", "recall")
@@ -27,6 +27,12 @@ class RunSpec:
     @property
     def key(self) -> str:
         return f"{self.task}__{self.layer}__init{self.init:g}__seed{self.seed}"
+
+
+def run_grid(layers: Sequence[str], inits: Sequence[float], seed: int, runs: int, tasks: Sequence[str]) -> list[RunSpec]:
+    """Every run of a scan, task-major then init, layer, seed (the order the results are shown in)."""
+    seeds = range(seed, seed + runs)
+    return [RunSpec(layer, float(init), task, s) for task in tasks for init in inits for layer in layers for s in seeds]
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 
 from .checkpoint import atomic_write_bytes
 from .errors import ResultsError
-from .results import Measurement, RunResult, RunSpec, strict_json
+from .results import Measurement, RunResult, RunSpec, run_grid, strict_json
 
 FOLDER_SCHEMA = "quanta-probe/folder/1"
 RUN_SCHEMA = "quanta-probe/run/1"
@@ -163,14 +163,7 @@ def fingerprint_differences(old: dict, new: dict, prefix: str = "") -> list[str]
 def expected_specs(fingerprint: dict) -> list[RunSpec]:
     """Every run a folder's scan consists of, in the order of :func:`probe.api.grid`."""
     settings = fingerprint["settings"]
-    seeds = range(settings["seed"], settings["seed"] + settings["runs"])
-    return [
-        RunSpec(layer, float(init), task, seed)
-        for task in fingerprint["tasks"]
-        for init in settings["init"]
-        for layer in fingerprint["layers"]
-        for seed in seeds
-    ]
+    return run_grid(fingerprint["layers"], settings["init"], settings["seed"], settings["runs"], fingerprint["tasks"])
 
 
 def _read_fingerprint(folder: Path) -> dict:
