@@ -39,6 +39,14 @@ def header(title: str, **config) -> None:
         print("# " + "  ".join(f"{k}={v}" for k, v in config.items()))
 
 
+def retain_memory() -> str:
+    """Keep freed memory for the next step, as the ``probe`` command and its workers do (probe.allocator);
+    ``PROBE_RETAIN_MEMORY=0`` measures the C library's default instead. Returns the state, for the header."""
+    from probe.allocator import retain_freed_memory
+
+    return "retained" if retain_freed_memory() else "C library default"
+
+
 def synthetic_task(n_train: int, n_test: int, num_classes: int = 10, chans: int = 3, size: int = 32, seed: int = 0) -> TaskData:
     """A CIFAR-shaped task of random images (timings do not depend on the pixel values)."""
     generator = torch.Generator().manual_seed(seed)

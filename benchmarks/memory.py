@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from _common import header, synthetic_task, verdict
+from _common import header, retain_memory, synthetic_task, verdict
 
 TARGET = 1.3
 
@@ -44,6 +44,7 @@ def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> No
     from probe.trainer import fit, make_optimizer
 
     torch.set_num_threads(1)
+    retain_memory()  # as the probe command does; PROBE_RETAIN_MEMORY=0 (inherited) measures the default
     device = torch.device("cpu")
     task = synthetic_task(examples, examples // 4)
     settings = RunSettings(epochs=1, augment=False, cache_source=cache)
@@ -79,7 +80,8 @@ def main() -> None:
         child(args.child[0], args.child[1], args.width, args.examples, args.cache)
         return
 
-    header("peak memory: QUANTA run vs plain target training", width=args.width, examples=args.examples)
+    header("peak memory: QUANTA run vs plain target training", width=args.width, examples=args.examples,
+           freed_memory=retain_memory())
     idle, plain = measure("idle", args), measure("plain", args)
     print(f"\npeak RSS, one epoch of {args.examples} 3×32×32 images, paper CNN width {args.width}, batch 32, CPU")
     print(f"  {'run':<36} {'peak MB':>9} {'/ plain':>8} {'above idle / plain above idle':>30}")

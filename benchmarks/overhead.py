@@ -14,7 +14,7 @@ import copy
 
 import torch
 
-from _common import add_clock_option, header, interleaved, median, ratios, spread, synthetic_task, training_steps, verdict
+from _common import add_clock_option, header, interleaved, median, ratios, retain_memory, spread, synthetic_task, training_steps, verdict
 from probe.adapters import create_model
 from probe.adapters.paper_cnn import PAPER_CNN_LAYERS
 from probe.gate import QuantaGate
@@ -107,7 +107,7 @@ def main() -> None:
     add_clock_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    header("QUANTA step overhead", batch=args.batch_size, repeats=args.repeats, examples=args.examples, clock=args.clock)
+    header("QUANTA step overhead", batch=args.batch_size, repeats=args.repeats, examples=args.examples, clock=args.clock, freed_memory=retain_memory())
     for width in args.widths:
         print(f"\nwidth {width}:", flush=True)
         report(width, measure_width(width, args.layers, args.repeats, args.batch_size, args.examples, args.clock))

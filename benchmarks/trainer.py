@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from _common import add_clock_option, header, interleaved, median, ratios, spread, synthetic_task, verdict
+from _common import add_clock_option, header, interleaved, median, ratios, retain_memory, spread, synthetic_task, verdict
 from probe.adapters import create_model
 from probe.settings import RunSettings
 from probe.trainer import fit, make_optimizer
@@ -76,7 +76,7 @@ def main() -> None:
     add_clock_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    header("probe trainer vs a hand-written loop", width=args.width, examples=args.examples, batch=args.batch_size, repeats=args.repeats, clock=args.clock)
+    header("probe trainer vs a hand-written loop", width=args.width, examples=args.examples, batch=args.batch_size, repeats=args.repeats, clock=args.clock, freed_memory=retain_memory())
 
     task = synthetic_task(args.examples, args.examples // 4)
     settings = RunSettings(epochs=1, batch_size=args.batch_size, augment=False)

@@ -114,6 +114,9 @@ def _root(
 
 def main() -> None:
     """Console-script entry point (``probe``)."""
+    from .allocator import retain_freed_memory
+
+    retain_freed_memory()  # this process is ours: keep freed tensors' memory for the next step
     typer.main.get_command(app).main(prog_name="probe")
 
 

@@ -118,6 +118,9 @@ def _worker(payload: tuple[str, bytes], threads: int, conn: Connection) -> None:
     """A worker's life: load the context once, then train the specs the parent sends until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
     torch.set_num_threads(threads)
+    from .allocator import retain_freed_memory
+
+    retain_freed_memory()  # a process of ours: keep freed tensors' memory for the next step
     from .api import run_one
 
     try:
