@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from probe.allocator import retain_freed_memory
 from probe.results import strict_json
 
 SPLITS = {
@@ -264,6 +265,7 @@ def markdown(summaries: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    retain_freed_memory()  # this script's processes are ours, as the probe command's are
     args.out.mkdir(parents=True, exist_ok=True)
     if args.runs < 5 and not args.smoke:
         print(f"note: {args.runs} runs per layer; the protocol asks for at least 5", file=sys.stderr)

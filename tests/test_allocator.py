@@ -49,3 +49,36 @@ def test_opt_out_keeps_the_c_library_default_which_faults_every_time():
     applied, faults = run("0")
     assert not applied
     assert faults >= 5 * PAGES_PER_TENSOR
+
+
+TRAIN = """
+import hashlib, torch
+from probe.allocator import retain_freed_memory
+from probe.adapters import create_model
+from probe.settings import RunSettings
+from probe.trainer import make_optimizer
+torch.set_num_threads(1)
+print(retain_freed_memory())
+torch.manual_seed(0)
+model = create_model("paper-cnn", 10, 3, (32, 32), width=0.5)  # 4 MB activations: mmap-sized by default
+optimizer = make_optimizer(model, RunSettings())
+x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+for _ in range(3):
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+digest = hashlib.sha256()
+for tensor in model.state_dict().values():
+    digest.update(tensor.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_training_gives_the_same_weights_bit_for_bit_either_way():
+    outputs = {}
+    for retain in ("1", "0"):
+        env = {**os.environ, "PROBE_RETAIN_MEMORY": retain}
+        out = subprocess.run([sys.executable, "-c", TRAIN], env=env, capture_output=True, text=True, check=True).stdout
+        outputs[retain] = out.split()
+    assert outputs["1"][0] == "True" and outputs["0"][0] == "False"
+    assert outputs["1"][1] == outputs["0"][1]
