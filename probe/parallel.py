@@ -59,9 +59,9 @@ def available_cores() -> int:
 def default_jobs(runs: int | None = None, device: str | torch.device = "auto") -> int:
     """How many runs to train at once by default: one per CPU core on CPU, one on a GPU.
 
-    On CPU a run at batch 32 uses extra threads poorly (small convolutions, many small ops), while
-    separate runs scale almost linearly; so one worker per core, each with one thread (more threads
-    each when there are fewer runs than cores). On CUDA one process already keeps the device busy, and
+    On CPU separate runs scale almost linearly, better than the threads of one run at batch 32 do
+    (see docs/performance.md); so one worker per core, each with one thread (more threads each when
+    there are fewer runs than cores). On CUDA one process already keeps the device busy, and
     every extra process costs its own CUDA context (~0.5 GB) and competes for the same device.
     """
     kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
