@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .adapters import create_model, list_archs, register_arch  # noqa: E402
+from .allocator import retain_freed_memory  # noqa: E402
 from .api import load_source, measure, scan, train_source  # noqa: E402
 from .errors import (  # noqa: E402
     ArchitectureError,
@@ -41,6 +42,7 @@ __all__ = [
     "measure",
     "quanta_hooks",
     "register_arch",
+    "retain_freed_memory",
     "scan",
     "source_forward",
     "train_source",

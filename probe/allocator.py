@@ -9,7 +9,7 @@ the next step reuses them. PyTorch's CPU tuning guide gets the same effect by pr
 tcmalloc; this uses glibc's own switches, so nothing is installed.
 
 It changes the whole process, so probe applies it only in processes it owns: the ``probe`` command
-and its worker processes. A script can call :func:`retain_freed_memory` itself, or set
+and its worker processes. A script can call ``probe.retain_freed_memory()`` itself, or set
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment. Set
 ``PROBE_RETAIN_MEMORY=0`` to keep the C library's defaults.
 """

@@ -53,12 +53,12 @@ def test_opt_out_keeps_the_c_library_default_which_faults_every_time():
 
 TRAIN = """
 import hashlib, torch
-from probe.allocator import retain_freed_memory
+import probe
 from probe.adapters import create_model
 from probe.settings import RunSettings
 from probe.trainer import make_optimizer
 torch.set_num_threads(1)
-print(retain_freed_memory())
+print(probe.retain_freed_memory())  # the public name
 torch.manual_seed(0)
 model = create_model("paper-cnn", 10, 3, (32, 32), width=0.5)  # 4 MB activations: mmap-sized by default
 optimizer = make_optimizer(model, RunSettings())
