@@ -20,11 +20,10 @@ import time
 
 import torch
 
-from _common import header, median, synthetic_task, training_steps
+from _common import header, median, retain_memory, synthetic_task, training_steps
 
 
 def child(width: float, steps: int, threads: int) -> None:
-    from _common import retain_memory
     from probe.adapters import create_model
     from probe.settings import RunSettings
     from probe.trainer import make_optimizer

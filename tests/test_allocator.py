@@ -30,12 +30,17 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 PAGES_PER_TENSOR = 32 * 2**20 // os.sysconf("SC_PAGE_SIZE")
 
 
-def run(retain: str) -> tuple[bool, int]:
+def python_output(script: str, retain: str) -> list[str]:
+    """The words ``script`` prints in a fresh interpreter with PROBE_RETAIN_MEMORY=retain (glibc's own
+    malloc variables removed, so "0" really is the C library's default)."""
     env = {**os.environ, "PROBE_RETAIN_MEMORY": retain}
     env.pop("MALLOC_MMAP_MAX_", None)
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True).stdout
-    applied, faults = out.split()
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout.split()
+
+
+def run(retain: str) -> tuple[bool, int]:
+    applied, faults = python_output(SCRIPT, retain)
     return applied == "True", int(faults)
 
 
@@ -75,10 +80,6 @@ print(digest.hexdigest())
 
 
 def test_training_gives_the_same_weights_bit_for_bit_either_way():
-    outputs = {}
-    for retain in ("1", "0"):
-        env = {**os.environ, "PROBE_RETAIN_MEMORY": retain}
-        out = subprocess.run([sys.executable, "-c", TRAIN], env=env, capture_output=True, text=True, check=True).stdout
-        outputs[retain] = out.split()
+    outputs = {retain: python_output(TRAIN, retain) for retain in ("1", "0")}
     assert outputs["1"][0] == "True" and outputs["0"][0] == "False"
     assert outputs["1"][1] == outputs["0"][1]
