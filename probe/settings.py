@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .errors import SettingsError
 
 PAPER_INITS = (0.90, 0.75, 0.50)
+# How the gate's v = (vS, vT) is optimised: "adam" (the paper: one Adam over target and gate) or "sgd" (plain
+# gradient steps, whose size shrinks with the gate's gradient, so λS can come to rest; Adam's steps stay ≈ lr).
+GATE_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class RunSettings:
     lr: float = 1e-4
     weight_decay: float = 1e-6
     gate_lr: float | None = None
+    gate_optimizer: str = "adam"
     init: tuple[float, ...] = (0.90,)
     runs: int = 1
     seed: int = 0
@@ -58,6 +62,8 @@ class RunSettings:
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise SettingsError(f"{name} must be a positive number, got {value!r}")
+        if self.gate_optimizer not in GATE_OPTIMIZERS:
+            raise SettingsError(f"unknown gate_optimizer {self.gate_optimizer!r}: use {' or '.join(GATE_OPTIMIZERS)}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             raise SettingsError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
         if not self.init:

@@ -110,7 +110,7 @@ def fit(
     *,
     forward: Forward,
     trainable: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | JointOptimizer,
     task: TaskData,
     settings: RunSettings,
     seed: int,
@@ -168,18 +168,40 @@ def fit(
     return TrainOutcome(history, steps, None, time.perf_counter() - started)
 
 
-def make_optimizer(target: nn.Module, settings: RunSettings, gate: nn.Module | None = None) -> torch.optim.Adam:
+class JointOptimizer:
+    """Several optimizers stepped as one (the target's Adam and a gate's own SGD)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def make_optimizer(
+    target: nn.Module, settings: RunSettings, gate: nn.Module | None = None
+) -> torch.optim.Optimizer | JointOptimizer:
     """Adam over the target's weights (lr, weight decay) and the gate's v (its own lr, no decay).
 
+    With ``settings.gate_optimizer == "sgd"`` the gate gets plain SGD at ``gate_lr`` instead.
     The fused implementation (one kernel over all parameters) where this PyTorch has it for the
     parameters' device: on CPU it is about 10× faster than the per-tensor loop, which at full width
     would otherwise cost a quarter of every step. Call it after moving the target to its device.
     """
     groups = [{"params": [p for p in target.parameters() if p.requires_grad], "lr": settings.lr, "weight_decay": settings.weight_decay}]
-    if gate is not None and any(True for _ in gate.parameters()):
-        groups.append({"params": list(gate.parameters()), "lr": settings.effective_gate_lr, "weight_decay": 0.0})
+    gate_params = list(gate.parameters()) if gate is not None else []
+    if gate_params and settings.gate_optimizer == "adam":
+        groups.append({"params": gate_params, "lr": settings.effective_gate_lr, "weight_decay": 0.0})
     params = [p for group in groups for p in group["params"]]
-    return torch.optim.Adam(groups, fused=bool(params) and all(_has_fused_adam(p) for p in params))
+    adam = torch.optim.Adam(groups, fused=bool(params) and all(_has_fused_adam(p) for p in params))
+    if gate_params and settings.gate_optimizer == "sgd":
+        return JointOptimizer(adam, torch.optim.SGD(gate_params, lr=settings.effective_gate_lr))
+    return adam
 
 
 def _has_fused_adam(parameter: torch.Tensor) -> bool:

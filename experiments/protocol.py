@@ -1,0 +1,292 @@
+"""Which protocol makes λS a measurement? The experiment that chooses the digits defaults (issue 12).
+
+One resumable command runs three stages and appends one JSON line per training run to ``--out``:
+
+* ``coarse``: halves split (digits[0-4] → digits[5-9], control digits[0-4]), layers conv1, conv4, fc, seeds 0-1,
+  12 epochs: the target's learning rate × the gate's learning rate × the gate's optimiser (Adam, as in the paper,
+  or plain SGD) × augmentation, plus the target trained alone for each (lr, augmentation).
+* ``final``: the two best coarse protocols (ranked by :func:`rank_key`) on all 7 layers, both splits (halves and
+  parity: digits[0,2,4,6,8] → digits[1,3,5,7,9]), seeds 0-2, with Yosinski frozen AnB per layer and the target
+  alone.
+* ``rule``: the best final protocol with 3× the epochs, once with the gate's learning rate divided by 3 (the
+  rule: ``gate_lr × steps`` constant) and once unchanged, halves, conv1/conv4/fc, seeds 0-1.
+
+    python experiments/protocol.py                 # all stages, 2 worker processes of 1 thread each
+    python experiments/protocol.py --stage coarse  # one stage
+    python experiments/protocol.py --summary       # print the tables of docs/protocol.md from the JSONL
+
+A re-run skips every unit already in the JSONL. docs/protocol.md reports the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+SPLITS = {
+    "halves": ("digits[0-4]", "digits[5-9]"),
+    "parity": ("digits[0,2,4,6,8]", "digits[1,3,5,7,9]"),
+}
+ALL_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc")
+COARSE_LAYERS = ("conv1", "conv4", "fc")
+SOURCE_TRAINING = dict(epochs=12, lr=1e-3)  # how every source of this experiment is trained (the digits source)
+
+
+def protocol(lr: float, gate_lr: float, gate_optimizer: str = "adam", augment: bool = False, epochs: int = 12) -> dict:
+    return dict(lr=lr, gate_lr=gate_lr, gate_optimizer=gate_optimizer, augment=augment, epochs=epochs)
+
+
+def coarse_protocols() -> list[dict]:
+    grid = [protocol(lr, g) for lr in (1e-4, 3e-4, 1e-3) for g in (0.01, 0.03, 0.1)]
+    grid += [protocol(lr, 0.03, augment=True) for lr in (1e-4, 3e-4, 1e-3)]
+    grid += [protocol(lr, g, "sgd") for lr in (1e-4, 3e-4) for g in (0.3, 1.0)]
+    grid += [protocol(1e-3, 1.0, "sgd")]
+    return grid
+
+
+def protocol_name(p: dict) -> str:
+    aug = "aug" if p["augment"] else "noaug"
+    return f"lr{p['lr']:g}-{p['gate_optimizer']}{p['gate_lr']:g}-{aug}-e{p['epochs']}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Work units (run in worker processes)
+
+
+def _settings(p: dict, seeds: int):
+    from probe.settings import RunSettings
+
+    return RunSettings(
+        epochs=p["epochs"], lr=p["lr"], gate_lr=p["gate_lr"], gate_optimizer=p["gate_optimizer"],
+        augment=p["augment"], runs=seeds, init=(0.9,), device="cpu",
+    )
+
+
+def _source(split: str):
+    from probe.api import cached_source
+    from probe.settings import RunSettings
+
+    model, _ = cached_source("paper-cnn", SPLITS[split][0], settings=RunSettings(**SOURCE_TRAINING))
+    return model
+
+
+def _context(p: dict, split: str, seeds: int):
+    from probe.api import prepare
+
+    context, _, _ = prepare(_source(split), SPLITS[split][1], settings=_settings(p, seeds), control=True)
+    return context
+
+
+def run_unit(unit: dict) -> list[dict]:
+    """Train what one unit asks for; return one record per training run."""
+    import probe
+    from probe.baselines import train_alone, train_transfer
+
+    p, split, seeds, kind = unit["protocol"], unit["split"], unit["seeds"], unit["kind"]
+    base = dict(stage=unit["stage"], protocol=protocol_name(p), **p, split=split, kind=kind, layer=unit.get("layer"))
+    records = []
+    if kind == "quanta":
+        result = probe.measure(_source(split), unit["layer"], SPLITS[split][1], settings=_settings(p, seeds), control=True)
+        for run in result.runs:
+            records.append(dict(
+                base, task=run.spec.task, seed=run.spec.seed, steps=run.steps, status=run.status,
+                lambda_source=run.final.get("lambda_source"), top1=run.final.get("top1"),
+                trajectory=[h["lambda_source"] for h in run.history], top1_trajectory=[h["top1"] for h in run.history],
+            ))
+    else:
+        context = _context(p, split, seeds)
+        tasks = ("AnB", "AnA") if kind == "alone" else ("AnB",)
+        for task in tasks:
+            for seed in range(seeds):
+                if kind == "alone":
+                    outcome = train_alone(context, task, seed)
+                else:
+                    outcome = train_transfer(context, unit["layer"], task, seed, frozen=True)
+                records.append(dict(base, task=task, seed=seed, top1=outcome.top1, status="failed" if outcome.failure else "ok"))
+    return records
+
+
+def _worker_init() -> None:
+    import torch
+
+    import probe
+
+    torch.set_num_threads(1)
+    probe.retain_freed_memory()
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+
+
+def unit_key(unit: dict) -> tuple:
+    return (unit["stage"], protocol_name(unit["protocol"]), unit["split"], unit["kind"], unit.get("layer"))
+
+
+def record_key(record: dict) -> tuple:
+    return (record["stage"], record["protocol"], record["split"], record["kind"], record["layer"])
+
+
+def units_for(stage: str, protocols: list[dict], splits, layers, seeds: int, yosinski: bool) -> list[dict]:
+    units = []
+    for p in protocols:
+        for split in splits:
+            units += [dict(stage=stage, protocol=p, split=split, kind="quanta", layer=layer, seeds=seeds) for layer in layers]
+            if yosinski:
+                units += [dict(stage=stage, protocol=p, split=split, kind="yosinski", layer=layer, seeds=seeds) for layer in layers[:-1]]
+    alone = {(p["lr"], p["augment"], p["epochs"]): p for p in protocols}
+    units += [dict(stage=stage, protocol=p, split=split, kind="alone", layer=None, seeds=seeds) for p in alone.values() for split in splits]
+    return units
+
+
+def load(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_units(units: list[dict], out: Path, jobs: int) -> None:
+    done = {record_key(r) for r in load(out)}
+    todo = [u for u in units if unit_key(u) not in done]
+    print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
+    if not todo:
+        return
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+        for i, records in enumerate(pool.imap_unordered(run_unit, todo), 1):
+            with out.open("a") as handle:
+                handle.write("".join(json.dumps(r) + "\n" for r in records))
+                handle.flush()
+                os.fsync(handle.fileno())
+            r = records[0]
+            print(f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {r['stage']} {r['protocol']} {r['split']} {r['kind']} {r['layer']}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis
+
+
+def _by(records, **match) -> list[dict]:
+    return [r for r in records if all(r.get(k) == v for k, v in match.items())]
+
+
+def evaluate_protocol(records: list[dict], stage: str, name: str, split: str, last_epochs: int = 10) -> dict:
+    """The quality measures of one protocol on one split (probe.quality does the arithmetic)."""
+    from probe.quality import impairment, repeatability, separation, settled_drift, spearman
+
+    quanta = _by(records, stage=stage, protocol=name, split=split, kind="quanta")
+    layers = [layer for layer in ALL_LAYERS if _by(quanta, layer=layer)]
+    per_task = {}
+    for task in ("AnB", "AnA"):
+        per_task[task] = {layer: [r["lambda_source"] for r in sorted(_by(quanta, layer=layer, task=task), key=lambda r: r["seed"])] for layer in layers}
+    sep = separation(per_task["AnA"], per_task["AnB"])
+    drift = {layer: max(settled_drift(r["trajectory"], last_epochs) for r in _by(quanta, layer=layer)) for layer in layers}
+    p = quanta[0]
+    alone = [r for r in records if r["kind"] == "alone" and r["split"] == split and r["lr"] == p["lr"]
+             and r["augment"] == p["augment"] and r["epochs"] == p["epochs"] and r["stage"] == stage]
+    alone_top1 = statistics.fmean(r["top1"] for r in alone if r["task"] == "AnB") if alone else math.nan
+    quanta_top1 = [statistics.fmean(r["top1"] for r in _by(quanta, layer=layer, task="AnB")) for layer in layers]
+    yos = {layer: statistics.fmean(r["top1"] for r in _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer))
+           for layer in layers if _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)}
+    anb_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnB"].items()}
+    ana_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnA"].items()}
+    agreement = spearman([anb_mean[layer] for layer in yos], list(yos.values())) if len(yos) >= 3 else math.nan
+    return dict(
+        layers=layers, anb=anb_mean, ana=ana_mean, separation=sep, drift=drift, agreement=agreement,
+        repeatability=repeatability(per_task["AnB"]),
+        impairment=impairment(quanta_top1, alone_top1), alone_top1=alone_top1,
+        quanta_top1=statistics.fmean(quanta_top1),
+    )
+
+
+def criteria(q: dict, drift_threshold: float = 0.05) -> dict[str, bool]:
+    """Issue 12's acceptance criteria, where the layers needed were run."""
+    found = {}
+    later = [layer for layer in q["layers"] if layer != "conv1"]
+    found["AnA ≥ 0.95 from conv2 on"] = all(q["ana"][layer] >= 0.95 for layer in later)
+    if "conv1" in q["anb"]:
+        found["AnB conv1 ≥ 0.95"] = q["anb"]["conv1"] >= 0.95
+    if "fc" in q["anb"]:
+        found["AnA fc − AnB fc ≥ 0.3"] = q["ana"]["fc"] - q["anb"]["fc"] >= 0.3
+    if not math.isnan(q["agreement"]):
+        found["ρ(AnB λS, Yosinski) ≥ 0.8"] = q["agreement"] >= 0.8
+    found["all settled"] = all(d <= drift_threshold for d in q["drift"].values())
+    found["impairment ≤ 0.02"] = q["impairment"] <= 0.02
+    return found
+
+
+def rank_key(q: dict) -> tuple:
+    """Protocols with more criteria met first; then the larger fc separation in units of the runs' spread."""
+    met = sum(criteria(q).values())
+    fc = q["separation"].get("fc", {})
+    return (met, min(fc.get("difference", 0.0), 0.6), fc.get("in_spread", 0.0))
+
+
+def summary_table(records: list[dict], stage: str, splits=("halves",)) -> list[tuple[dict, str, dict]]:
+    names = list(dict.fromkeys(r["protocol"] for r in records if r["stage"] == stage and r["kind"] == "quanta"))
+    rows = []
+    for name in names:
+        for split in splits:
+            if _by(records, stage=stage, protocol=name, split=split, kind="quanta"):
+                rows.append((evaluate_protocol(records, stage, name, split), name, dict(split=split)))
+    return rows
+
+
+def print_table(rows) -> None:
+    for q, name, extra in rows:
+        c = criteria(q)
+        lam = " ".join(f"{layer}:{q['anb'][layer]:.3f}/{q['ana'][layer]:.3f}" for layer in q["layers"])
+        fc = q["separation"].get("fc", {})
+        print(f"{name:34s} {extra['split']:6s} AnB/AnA {lam} | fc sep {fc.get('difference', math.nan):+.3f} "
+              f"({fc.get('in_spread', math.nan):.1f} sd) ρY {q['agreement']:.2f} rep {q['repeatability']:.2f} "
+              f"drift max {max(q['drift'].values()):.3f} top1 {q['quanta_top1']:.3f} alone {q['alone_top1']:.3f} "
+              f"| met {sum(c.values())}/{len(c)}: {', '.join(k for k, v in c.items() if not v) or 'all'}")
+
+
+def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) -> list[dict]:
+    scores: dict[str, list[tuple]] = {}
+    for q, name, _ in summary_table(records, stage, splits):
+        scores.setdefault(name, []).append(rank_key(q))
+    ranked = sorted(scores, key=lambda name: min(scores[name]), reverse=True)[:n]
+    by_name = {r["protocol"]: r for r in records if r["kind"] == "quanta"}
+    return [protocol(by_name[name]["lr"], by_name[name]["gate_lr"], by_name[name]["gate_optimizer"], by_name[name]["augment"], by_name[name]["epochs"]) for name in ranked]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("protocol.jsonl"))
+    parser.add_argument("--stage", choices=("all", "coarse", "final", "rule"), default="all")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes, one thread each")
+    parser.add_argument("--summary", action="store_true", help="print the tables from --out and stop")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if not args.summary:
+        for split in SPLITS:  # train (or find) the sources once, before the workers need them
+            _source(split)
+    stages = ("coarse", "final", "rule") if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        records = load(args.out)
+        if stage == "coarse":
+            units = units_for("coarse", coarse_protocols(), ["halves"], COARSE_LAYERS, 2, yosinski=False)
+        elif stage == "final":
+            finalists = best_protocols(records, "coarse", 2)
+            units = units_for("final", finalists, list(SPLITS), ALL_LAYERS, 3, yosinski=True)
+        else:
+            best = best_protocols(records, "final", 1, splits=tuple(SPLITS))[0]
+            longer = dict(best, epochs=best["epochs"] * 3)
+            units = units_for("rule", [dict(longer, gate_lr=best["gate_lr"] / 3), longer], ["halves"], COARSE_LAYERS, 2, yosinski=False)
+        if not args.summary:
+            run_units(units, args.out, args.jobs)
+        print(f"== {stage}")
+        print_table(summary_table(load(args.out), stage, tuple(SPLITS)))
+
+
+if __name__ == "__main__":
+    main()
