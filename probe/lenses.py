@@ -36,7 +36,7 @@ and ``nce`` score the source's output head on the target data, not a layer.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -340,6 +340,11 @@ def transrate(features: torch.Tensor, labels: torch.Tensor, *, eps: float = 1e-4
     (the weighting of the paper and of the authors' experiment code; their short demo averages the
     classes with 1/K instead, the same for balanced classes). Log-determinants use the smaller Gram
     matrix (D x D or n x n) and a Cholesky factorisation, in float64.
+
+    As in the authors' code, the rows of a class are not re-centred, so R(Z_y) sees the class mean as
+    part of the class's spread. A consequence: two balanced classes that differ only by their mean lie at +-m about
+    the centre, their second moments both equal the total one, and TransRate is ~0 however far apart they
+    are (it rewards classes in different directions/subspaces, MCR^2's model, rather than shifted means).
     """
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
