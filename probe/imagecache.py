@@ -292,7 +292,7 @@ def build_cache(
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 0,
     processes: bool = False,
-    chunk: int = 64,
+    chunk: int | None = None,
     max_pixels: int | None = None,
     bad_rule: Callable[[int, int], str | None] | None = None,
     check: Callable[[dict[str, np.ndarray]], None] | None = None,
@@ -304,8 +304,10 @@ def build_cache(
     ``reader(item) -> (image, label or None)``. Bad items (:class:`BadImage`) are skipped and listed in
     ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)`` returns an error message when there are too many.
     ``class_names`` may be a function of ``{split: labels}``; ``check({split: labels})`` validates the result before it is published (e.g. no class left empty). ``workers`` > 0 decodes in
-    a pool of that many threads (or forked processes with ``processes=True`` where fork exists). An entry that
-    already exists is returned as is. Nothing is left behind on error.
+    a pool of that many threads (or forked processes with ``processes=True`` where fork exists), ``chunk`` items
+    per task (default: 64, fewer for large images so that a chunk stays under 16 MB); at most 2 × workers chunks
+    are in flight, which bounds the memory. An entry that already exists is returned as is. Nothing is left
+    behind on error; temporary folders of prepares killed more than a day ago are removed.
     """
     root = _root(cache_dir)
     final = root / key
@@ -314,7 +316,9 @@ def build_cache(
     total = sum(len(p.items) for p in parts)
     skipped = [dict(s) for s in skipped]
     n_pre = len(skipped)
+    chunk = chunk or max(1, min(64, (16 << 20) // max(1, int(np.prod(shape)))))
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
     token = uuid.uuid4().hex
     _JOBS[token] = (reader, {p.name: p for p in parts}, {
@@ -341,7 +345,9 @@ def build_cache(
             skipped += [{"split": part.name, "item": _name(part.items[i]), "reason": r} for i, r in bad]
             if bad_rule is not None and (message := bad_rule(len(skipped), total + n_pre)):
                 raise DataError(message)
-            np.save(tmp / f"{part.name}_y.npy", labels)
+            with open(tmp / f"{part.name}_y.npy", "wb") as fh:
+                np.save(fh, labels)
+                _sync(fh)
             all_labels[part.name] = labels
         if check is not None:
             check(all_labels)
@@ -350,7 +356,9 @@ def build_cache(
                 "resize": RESIZE_RULE if image_size is not None else "none (native size)",
                 "conversion": CONVERSION_RULE, "image_size": image_size, "channels": channels,
                 "cache_format": CACHE_FORMAT}
-        (tmp / "meta.json").write_text(json.dumps({"class_names": names, "meta": meta}, indent=1))
+        with open(tmp / "meta.json", "w") as fh:
+            fh.write(json.dumps({"class_names": names, "meta": meta}, indent=1))
+            _sync(fh)
         try:
             os.rename(tmp, final)
         except OSError:  # another process published the same entry first: use theirs
@@ -368,6 +376,24 @@ def build_cache(
             executor.shutdown(wait=True)
         _JOBS.pop(token, None)
     return open_cache(final)
+
+
+def _sync(fh: Any) -> None:
+    """Flush a file to the disk, so that a published entry survives a crash of the machine too."""
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _remove_stale(root: pathlib.Path, age_s: float = 86400.0) -> None:
+    """Remove temporary folders left by prepares that were killed (SIGKILL, power loss) over a day ago."""
+    import time
+
+    for entry in root.glob(".*.tmp"):
+        try:
+            if entry.is_dir() and time.time() - entry.stat().st_mtime > age_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, done0, total):
@@ -406,6 +432,7 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
         fh.seek(0)
         fh.write(_npy_header((written, *shape)))
         fh.truncate(_HEADER_BYTES + written * int(np.prod(shape)))
+        _sync(fh)
     y = np.asarray(labels, dtype=np.int64)
     if part.labels is not None:
         keep = np.ones(n_items, dtype=bool)

@@ -15,7 +15,8 @@ from PIL import Image
 
 from probe import imagecache, imagedata
 from probe.errors import DataError
-from probe.imagedata import load_dataset_pair, load_image_folder, load_images, load_tensors, load_torchvision
+from probe.imagedata import load_dataset_pair, load_image_folder, load_images, load_tensors
+from probe.tvdata import load_torchvision
 
 COLOURS = {"cat": (200, 30, 40), "dog": (10, 220, 90), "emu": (60, 70, 250)}
 
