@@ -82,9 +82,10 @@ def _load(name: str, datasets: Any, config: str | None) -> Any:
     except Exception as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         if offline:
+            how = "unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE and connect once" if _offline_env() else "connect once"
             raise DataError(
-                f"hf:{name} is not in the local Hugging Face cache and the hub is offline ({reason}); connect to the "
-                "network once (unset HF_HUB_OFFLINE), or save it with save_to_disk elsewhere and pass that folder"
+                f"hf:{name} is not in the local Hugging Face cache and the hub is offline ({reason}); {how}, "
+                "or save it with save_to_disk on a connected machine and pass that folder"
             ) from e
         raise DataError(f"could not load hf:{name} ({reason}); check the name on huggingface.co/datasets") from e
     finally:

@@ -13,6 +13,7 @@ import difflib
 import inspect
 import os
 import pathlib
+import shutil
 import socket
 from typing import Any
 
@@ -113,6 +114,7 @@ def load_torchvision(
     built: dict[str, list[Any]] = {"train": [], "test": []}
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
+    created = download and not root.exists()
     try:
         if download:
             root.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,8 @@ def load_torchvision(
         raise
     except Exception as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        if created:  # leave nothing behind: the folder was ours, made for this download
+            shutil.rmtree(root, ignore_errors=True)
         if download:
             raise DataError(
                 f"could not download tv:{real} into {root} ({reason}); without network, put torchvision's files "
