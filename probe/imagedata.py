@@ -77,12 +77,12 @@ def _check_size(image_size: int | None, channels: int | None) -> None:
         raise SettingsError(f"channels={channels!r} is invalid; use 1 (grey), 3 (RGB) or None (from the data)")
 
 
-def too_many_bad(bad: int, total: int, what: str = "images") -> str | None:
+def too_many_bad(bad: int, total: int, what: str = "images", example: str = "") -> str | None:
     """The bad-file rule: an error message when more than ``max(10, 1 %)`` of ``total`` items are bad."""
     if bad > max(10, math.floor(0.01 * total)):
         return (
-            f"{bad} of {total} {what} are not readable images (more than 10 and more than 1 %); "
-            "remove or fix them (their names are listed by the first ones found) and run again"
+            f"{bad} of {total} {what} cannot be read{f' (e.g. {example})' if example else ''}, more than the "
+            "10 or 1 % that are skipped; check that this is the data you meant, fix or remove those files, and run again"
         )
     return None
 
@@ -265,10 +265,9 @@ def load_image_folder(
     else:
         headers = [_header(p, max_pixels) for p in paths]
     pre_skipped = [{"split": g, "item": p, "reason": h[0]} for p, g, h in zip(paths, path_group, headers) if h[0] is not None]
-    if message := too_many_bad(len(pre_skipped), len(paths)):
-        first = pre_skipped[0]
-        raise DataError(message.replace("(their names are listed by the first ones found)",
-                                        f"(e.g. {first['item']}: {first['reason']})"))
+    if pre_skipped and (message := too_many_bad(
+            len(pre_skipped), len(paths), example=f"{pre_skipped[0]['item']}: {pre_skipped[0]['reason']}")):
+        raise DataError(message)
     good = [h for h in headers if h[0] is None]
     sizes = {h[2] for h in good}
     if image_size is None and len(sizes) > 1:

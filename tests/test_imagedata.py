@@ -204,9 +204,31 @@ def test_too_many_bad_files_is_an_error_and_writes_nothing(tmp_path, cache):
     root = flat_folder(tmp_path / "f", per_class=3)
     for i in range(11):
         (root / "a" / f"bad{i}.jpg").write_bytes(b"nope")
-    with pytest.raises(DataError, match="11 of 20 images are not readable"):
+    with pytest.raises(DataError, match=r"11 of 20 images cannot be read \(e.g. .*bad0.jpg: not an image\)"):
         load_image_folder(root, cache_dir=cache, workers=0)
     assert entries(cache) == []
+
+
+def test_too_many_files_failing_to_decode_is_an_error_after_decoding(tmp_path, cache):
+    root = flat_folder(tmp_path / "f", per_class=3)
+    pattern(3, (30, 30)).save(tmp_path / "whole.jpg", "JPEG")
+    for i in range(11):  # the header reads fine, the decoding fails
+        (root / "b" / f"cut{i}.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:200])
+    with pytest.raises(DataError, match="11 of 20 images cannot be read"):
+        load_image_folder(root, cache_dir=cache, workers=0, image_size=8)
+    assert entries(cache) == []
+
+
+def test_train_and_val_folders_and_train_only(tmp_path, cache):
+    for split in ("train", "val"):
+        for c in "xy":
+            for i in range(3):
+                solid(tmp_path / "v" / split / c / f"{i}.png", (i, 0, 0))
+    data = load_image_folder(tmp_path / "v", cache_dir=cache, workers=0)
+    assert data.meta["layout"] == "train/ and val/ folders" and len(data.test_y) == 6
+    (tmp_path / "v" / "val").rename(tmp_path / "val-away")
+    only = load_image_folder(tmp_path / "v", cache_dir=cache, workers=0, test_fraction=0.34)
+    assert only.meta["split"]["layout"] == "train/ only, split per class" and only.test_y.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize(
