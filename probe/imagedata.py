@@ -120,7 +120,15 @@ def _visible(name: str) -> bool:
 
 
 def _classes(folder: pathlib.Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+    except OSError as e:
+        raise _unreadable(e) from e
+
+
+def _unreadable(e: OSError) -> DataError:
+    return DataError(f"cannot read {e.filename or 'the image folder'}: {e.strerror or e}; check that it exists and "
+                     "that you may read it (a broken link?)")
 
 
 def _scan_class(folder: pathlib.Path, root: pathlib.Path) -> tuple[list[tuple[str, int, int]], int]:
@@ -135,8 +143,11 @@ def _scan_class(folder: pathlib.Path, root: pathlib.Path) -> tuple[list[tuple[st
                 ignored += 1
                 continue
             path = os.path.join(dirpath, fname)
-            st = os.stat(path)
-            found.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+            try:
+                st = os.stat(path)
+                found.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+            except OSError:  # a broken link: the header pass will list it as a bad file
+                found.append((os.path.relpath(path, root), -1, -1))
     return found, ignored
 
 

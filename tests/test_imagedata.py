@@ -187,6 +187,7 @@ def test_corrupt_and_huge_files_are_skipped_and_listed(tmp_path, cache):
     (root / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     (root / "b" / "notes.txt").write_text("not an image, wrong extension: ignored")
     (root / "b" / ".hidden.png").write_bytes(b"x")
+    (root / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link is a bad file
     big = root / "c" / "big.png"
     pattern(9, (40, 40)).save(big)
     png = tmp_path / "truncated.jpg"
@@ -194,7 +195,7 @@ def test_corrupt_and_huge_files_are_skipped_and_listed(tmp_path, cache):
     (root / "c" / "truncated.jpg").write_bytes(png.read_bytes()[:200])
     data = load_image_folder(root, cache_dir=cache, workers=0, max_pixels=1000)
     skipped = {os.path.basename(f["item"]): f["reason"] for f in data.meta["skipped"]["files"]}
-    assert data.meta["skipped"]["count"] == 3 and set(skipped) == {"corrupt.png", "big.png", "truncated.jpg"}
+    assert data.meta["skipped"]["count"] == 4 and set(skipped) == {"corrupt.png", "big.png", "truncated.jpg", "gone.png"}
     assert "decompression-bomb" in skipped["big.png"]
     assert data.meta["ignored_files"] == 2
     assert len(data.train_y) + len(data.test_y) == 15
