@@ -82,7 +82,8 @@ class ImageData:
     """Train and test images as uint8 (N, C, H, W) arrays, memory-mapped from the cache, plus labels.
 
     ``meta`` says where the data came from and what was done to it (source, layout, split, resize,
-    conversion, skipped files, cache entry); it is JSON-serialisable, meant for results.json.
+    conversion, skipped files, cache entry) and ``meta['pixel_stats'][split]`` the exact per-channel mean and
+    std in 0..255 units (for normalising without reading the images); it is JSON-serialisable, for results.json.
     """
 
     train_x: np.ndarray
@@ -338,8 +339,10 @@ def build_cache(
         done = 0
         counts: dict[str, int] = {}
         all_labels: dict[str, np.ndarray] = {}
+        stats: dict[str, dict[str, list[float]]] = {}
         for part in parts:
-            n, labels, bad = _write_part(tmp, part, token, shape, executor, chunk, workers, progress, done, total)
+            n, labels, bad, hist = _write_part(tmp, part, token, shape, executor, chunk, workers, progress, done, total)
+            stats.setdefault(part.name, _moments(hist))
             done += len(part.items)
             counts[part.name] = n
             skipped += [{"split": part.name, "item": _name(part.items[i]), "reason": r} for i, r in bad]
@@ -355,7 +358,7 @@ def build_cache(
         meta = {**meta, "counts": counts, "skipped": {"count": len(skipped), "files": skipped},
                 "resize": RESIZE_RULE if image_size is not None else "none (native size)",
                 "conversion": CONVERSION_RULE, "image_size": image_size, "channels": channels,
-                "cache_format": CACHE_FORMAT}
+                "cache_format": CACHE_FORMAT, "pixel_stats": stats}
         with open(tmp / "meta.json", "w") as fh:
             fh.write(json.dumps({"class_names": names, "meta": meta}, indent=1))
             _sync(fh)
@@ -403,6 +406,7 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
     labels: list[int] = []
     bad: list[tuple[int, str]] = []
     written = 0
+    hist = np.zeros((shape[0], 256), dtype=np.int64)
     with open(tmp / f"{part.name}_x.npy", "wb") as fh:
         fh.write(_npy_header((n_items, *shape)))
         pending: deque = deque()
@@ -424,6 +428,8 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
             if next_span < len(spans):
                 submit()
             fh.write(images.tobytes())
+            for ch in range(shape[0]):
+                hist[ch] += np.bincount(images[:, ch].ravel(), minlength=256)
             written += len(images)
             labels += got
             bad += chunk_bad
@@ -438,7 +444,16 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
         keep = np.ones(n_items, dtype=bool)
         keep[[i for i, _ in bad]] = False
         y = np.asarray(part.labels, dtype=np.int64)[keep]
-    return written, y, bad
+    return written, y, bad, hist
+
+
+def _moments(hist: np.ndarray) -> dict[str, list[float]]:
+    """Exact per-channel mean and population std (0..255 units) from per-channel histograms."""
+    values = np.arange(256, dtype=np.float64)
+    n = np.maximum(hist.sum(axis=1), 1).astype(np.float64)
+    mean = (hist * values).sum(axis=1) / n
+    var = (hist * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
+    return {"mean": [float(m) for m in mean], "std": [float(v) for v in np.sqrt(var)]}
 
 
 class _Done:
@@ -462,12 +477,14 @@ def lookup(key: str, cache_dir: str | os.PathLike[str] | None = None) -> ImageDa
 
 
 def open_cache(folder: str | os.PathLike[str]) -> ImageData:
-    """Map a cache entry written by :func:`build_cache` (read-only memory maps, no copy of the images)."""
+    """Map a cache entry written by :func:`build_cache`: copy-on-write memory maps (no copy of the images; pages
+    are shared with every process that maps the entry; a write changes this process's view only, never the
+    file, and keeps ``torch.from_numpy`` free of its read-only warning)."""
     folder = pathlib.Path(folder)
     try:
         info = json.loads((folder / "meta.json").read_text())
         arrays = {
-            f"{s}_x": np.load(folder / f"{s}_x.npy", mmap_mode="r") for s in ("train", "test")
+            f"{s}_x": np.load(folder / f"{s}_x.npy", mmap_mode="c") for s in ("train", "test")
         } | {f"{s}_y": np.load(folder / f"{s}_y.npy") for s in ("train", "test")}
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"the image cache {folder} is damaged ({type(e).__name__}); delete that folder") from e

@@ -68,6 +68,12 @@ def test_train_test_folder_decodes_solid_colours_exactly(tmp_path, cache):
         assert (x == np.array(COLOURS[data.class_names[y]], np.uint8).reshape(3, 1, 1)).all()
     assert data.meta["layout"] == "train/ and test/ folders" and data.meta["counts"] == {"train": 6, "test": 6}
     assert data.in_chans == 3 and data.input_size == (10, 12) and data.num_classes == 3
+    x = np.asarray(data.train_x, dtype=np.float64)
+    assert np.allclose(data.meta["pixel_stats"]["train"]["mean"], x.mean(axis=(0, 2, 3)))
+    assert np.allclose(data.meta["pixel_stats"]["train"]["std"], x.std(axis=(0, 2, 3)))
+    tensor = torch.from_numpy(data.train_x)  # no copy, no read-only warning; writes never reach the file
+    tensor[0] = 0
+    assert (load_image_folder(tmp_path / "d", cache_dir=cache, workers=0).train_x[0] != 0).any()
 
 
 def test_modes_png_jpeg_grey_rgba_palette_16bit(tmp_path, cache):
