@@ -380,6 +380,20 @@ def test_hf_save_to_disk_folder(tmp_path, cache):
         load_images(tmp_path / "hf", cache_dir=cache, image_column="pixels")
 
 
+def test_hf_columns_named_or_ambiguous(tmp_path, cache):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"a": datasets.Image(), "b": datasets.Image(), "n": datasets.Value("int64")})
+    images = [Image.new("L", (4, 4), 10 * i) for i in range(8)]
+    ds = datasets.Dataset.from_dict({"a": images, "b": images, "n": [7, 9] * 4}, features=features)
+    ds.save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(DataError, match=r"2 image \(datasets.Image\) columns \(a, b\).*image_column="):
+        load_images(tmp_path / "two", cache_dir=cache)
+    with pytest.raises(DataError, match=r"no label \(ClassLabel\) column.*label_column="):
+        load_images(tmp_path / "two", cache_dir=cache, image_column="b")
+    data = load_images(tmp_path / "two", cache_dir=cache, image_column="b", label_column="n", test_fraction=0.5)
+    assert data.class_names == ["7", "9"] and data.train_x.shape == (4, 1, 4, 4) and sorted(data.test_y) == [0, 0, 1, 1]
+
+
 def test_hf_offline_name_fails_fast(monkeypatch, cache):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
