@@ -35,6 +35,7 @@ import os
 import pathlib
 import shutil
 import struct
+import sys
 import tempfile
 import uuid
 import warnings
@@ -305,7 +306,7 @@ def build_cache(
     ``reader(item) -> (image, label or None)``. Bad items (:class:`BadImage`) are skipped and listed in
     ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)`` returns an error message when there are too many.
     ``class_names`` may be a function of ``{split: labels}``; ``check({split: labels})`` validates the result before it is published (e.g. no class left empty). ``workers`` > 0 decodes in
-    a pool of that many threads (or forked processes with ``processes=True`` where fork exists), ``chunk`` items
+    a pool of that many threads (or forked processes with ``processes=True`` on Linux), ``chunk`` items
     per task (default: 64, fewer for large images so that a chunk stays under 16 MB); at most 2 × workers chunks
     are in flight, which bounds the memory. An entry that already exists is returned as is. Nothing is left
     behind on error; temporary folders of prepares killed more than a day ago are removed.
@@ -328,7 +329,7 @@ def build_cache(
     executor: cf.Executor | None = None
     try:
         if workers > 0:
-            if processes and hasattr(os, "fork"):
+            if processes and sys.platform.startswith("linux"):  # fork, as DataLoader on Linux; threads elsewhere
                 import multiprocessing
 
                 with warnings.catch_warnings():  # forking a threaded process: the workers run PIL/numpy only
