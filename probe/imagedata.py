@@ -35,6 +35,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import warnings
 import zlib
 from typing import Any, Callable, Sequence
@@ -410,8 +411,10 @@ def load_dataset_pair(
     """Any pair of map-style Datasets whose items are ``(PIL image | tensor (C,H,W) | array (H,W,C), int)``.
 
     A Dataset's content cannot be known without reading it all, so it is cached under ``cache_key``, a name
-    you choose for this exact content (change it when the data changes); without one, the images are
-    decoded into a fresh entry every call (still memory-mapped; delete ``cache_dir`` entries to reclaim).
+    you choose for this exact content (change it when the data changes). Without one, the images are decoded
+    on every call into an entry that is unlinked once mapped (on Linux and macOS the maps keep it alive while
+    in use; ``meta['cache']`` is None): nothing to reuse, nothing left on disk, but also no path for other
+    processes, so give a ``cache_key`` when workers must share the data.
     ``class_names`` default: the train dataset's ``classes`` attribute, else '0'..'K-1'.
     Channels and native size are taken from up to 16 items spread over the data (grey only if all are).
     """
@@ -451,11 +454,15 @@ def load_dataset_pair(
 
     data_meta = {"source": "dataset", "cache_key_basis": "the cache_key given" if cache_key else "none (not reused)",
                  **(meta or {})}
-    return build_cache(
+    data = build_cache(
         f"{prefix}-{key_hex}", parts, read, shape=(chans, *side), image_size=image_size, channels=chans,
         class_names=class_names_of, meta=data_meta, cache_dir=cache_dir, workers=workers, processes=processes,
         bad_rule=lambda bad, total: too_many_bad(bad, total, "items"), progress=progress,
     )
+    if cache_key is None:  # nobody can find this entry again: unlink it (the maps keep the data while in use)
+        shutil.rmtree(data.meta["cache"], ignore_errors=True)
+        data.meta["cache"] = None
+    return data
 
 
 class _TensorPair:

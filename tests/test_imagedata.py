@@ -328,6 +328,7 @@ def test_dataset_pair_of_pil_and_tensors(tmp_path, cache):
     data = load_dataset_pair(train, test, cache_dir=cache, class_names=["even", "odd"])
     assert data.train_x.shape == (6, 3, 6, 6) and data.train_x[5, 1, 0, 0] == 10
     assert data.test_x[0].max() == 128 and data.test_y.tolist() == [1, 0] and data.class_names == ["even", "odd"]
+    assert data.meta["cache"] is None and entries(cache) == []  # no key: unlinked once mapped, still readable
     keyed = load_dataset_pair(train, test, cache_dir=cache, cache_key="mine-v1")
     assert load_dataset_pair(train, test, cache_dir=cache, cache_key="mine-v1").meta["cache"] == keyed.meta["cache"]
     assert keyed.class_names == ["0", "1"]
