@@ -1,0 +1,495 @@
+"""Images decoded once into a uint8 cache on disk, memory-mapped on every later use.
+
+This is the engine under :mod:`probe.imagedata` and :mod:`probe.hfdata`: a *source* is a list of items per
+split (file paths, dataset indices) and a reader that turns one item into ``(image, label)``;
+:func:`build_cache` decodes, converts and resizes every item once, with an optional pool of workers, and
+streams the result chunk by chunk into ``train_x.npy`` / ``test_x.npy`` (N×C×H×W uint8) under a cache folder
+keyed by a content description. :func:`open_cache` maps them back without a copy.
+
+Decisions (documented here once; the loaders' metadata repeats them):
+
+* **Conversion** (:func:`to_uint8`), as torchvision's ``pil_loader`` where it has a rule: colour modes
+  (RGB, RGBA, P, CMYK, YCbCr, ...) go through PIL's ``convert('RGB')``, so **alpha is dropped, not
+  composited** (transparent pixels keep their stored colour, exactly what ``ImageFolder`` gives); grey
+  ``1``/``L``/``LA`` become ``L`` (alpha dropped); 16-bit ``I;16*`` and ``I`` are scaled from 0..65535 to
+  0..255 (``round(v / 257)``, values outside clipped) where PIL would clip them to white; ``F`` is clipped to
+  0..255. Grey images are stored with 1 channel when every image is grey, else replicated to 3; with
+  ``channels=1`` colour becomes PIL's ITU-R 601-2 luma. EXIF orientation is not applied (as torchvision).
+* **Resize** (``image_size=S``): the shorter side to S with PIL's antialiased bilinear filter, then a centre
+  crop S×S: bit for bit torchvision's ``Resize(S) + CenterCrop(S)`` on a PIL image. ``None`` keeps the native
+  size, which must then be the same for every image.
+* **Huge images**: more than ``max_pixels`` (default PIL's ``Image.MAX_IMAGE_PIXELS``, the decompression-bomb
+  limit) are never decoded; they count as bad files (skipped, listed, subject to the bad-file rule).
+* **Atomicity**: everything is written into a temporary folder next to the cache entry and renamed onto it
+  in one step, so an interrupted or failed prepare leaves no entry (and removes its temporary folder).
+* **Memory**: bounded by ``chunk`` images per worker in flight, never by the data set: images are written
+  to the file as they come, not through a memory map.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import struct
+import sys
+import tempfile
+import uuid
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError, SettingsError
+
+__all__ = [
+    "ImageData",
+    "BadImage",
+    "Part",
+    "default_cache_dir",
+    "to_uint8",
+    "resize_shape",
+    "build_cache",
+    "open_cache",
+    "lookup",
+    "cache_key",
+    "RESIZE_RULE",
+    "CONVERSION_RULE",
+    "CACHE_FORMAT",
+]
+
+CACHE_FORMAT = 1  # bump when the preprocessing or the layout changes: old entries are then ignored
+RESIZE_RULE = "shorter side to S (PIL bilinear, antialiased), centre crop S×S: torchvision Resize(S)+CenterCrop(S)"
+CONVERSION_RULE = (
+    "colour via PIL convert('RGB') (alpha dropped, not composited); grey L/LA/1 kept grey (alpha dropped); "
+    "16-bit scaled round(v/257); grey replicated to 3 channels when the data mixes grey and colour"
+)
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_HEADER_BYTES = 128  # our .npy header is padded to this size so N can be fixed once the images are in
+
+
+class BadImage(Exception):
+    """An item that cannot be used (not an image, corrupt, too large); it is skipped by the bad-file rule."""
+
+
+@dataclass
+class ImageData:
+    """Train and test images as uint8 (N, C, H, W) arrays, memory-mapped from the cache, plus labels.
+
+    ``meta`` says where the data came from and what was done to it (source, layout, split, resize,
+    conversion, skipped files, cache entry) and ``meta['pixel_stats'][split]`` the exact per-channel mean and
+    std in 0..255 units (for normalising without reading the images); it is JSON-serialisable, for results.json.
+    """
+
+    train_x: np.ndarray
+    train_y: np.ndarray  # int64 (N,)
+    test_x: np.ndarray
+    test_y: np.ndarray
+    class_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.train_x.shape[2]), int(self.train_x.shape[3])
+
+
+@dataclass
+class Part:
+    """One split to prepare: ``items`` handed one at a time to the reader; ``labels`` if known beforehand
+    (an image folder), else the reader returns them (a Dataset)."""
+
+    name: str  # "train" or "test"
+    items: Sequence[Any]
+    labels: np.ndarray | None = None
+
+
+def default_cache_dir() -> pathlib.Path:
+    """``$PROBE_CACHE/images`` if ``PROBE_CACHE`` is set, else ``~/.cache/quanta-probe/images``."""
+    root = os.environ.get("PROBE_CACHE")
+    base = pathlib.Path(root).expanduser() if root else pathlib.Path.home() / ".cache" / "quanta-probe"
+    return (base / "images").resolve()
+
+
+def cache_key(description: dict[str, Any]) -> str:
+    """The entry name of a content description: sha256 of its canonical JSON (first 24 hex digits)."""
+    text = json.dumps({"format": CACHE_FORMAT, **description}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# ------------------------------------------------------------------------------ conversion
+
+
+def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_width, new_height) of torchvision's ``Resize(size)``: shorter side to ``size``, the other truncated."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def to_uint8(
+    image: Any, image_size: int | None = None, channels: int | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    """One image (PIL, uint8/[0,1]-float tensor or array) as a uint8 (C, H, W) array, converted and resized
+    by the rules in the module docstring. ``channels`` None keeps grey grey and colour RGB.
+    Raises :class:`BadImage` for a corrupt or too large image, :class:`DataError` for an unusable object."""
+    img = _as_pil(image)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if limit is not None and img.width * img.height > limit:
+        raise BadImage(f"{img.width}×{img.height} pixels is above the limit of {limit} (decompression-bomb guard)")
+    try:
+        img = _convert_mode(img)
+        if channels == 1 and img.mode != "L":
+            img = img.convert("L")
+        elif channels == 3 and img.mode != "RGB":
+            img = img.convert("RGB")
+        if image_size is not None:
+            new_w, new_h = resize_shape(img.width, img.height, image_size)
+            if (new_w, new_h) != img.size:
+                img = img.resize((new_w, new_h), Image.BILINEAR)
+            top = int(round((new_h - image_size) / 2.0))
+            left = int(round((new_w - image_size) / 2.0))
+            if (left, top, image_size, image_size) != (0, 0, new_w, new_h):
+                img = img.crop((left, top, left + image_size, top + image_size))
+        arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # truncated, corrupt
+        raise BadImage(f"cannot decode: {' '.join(str(e).split()) or type(e).__name__}") from e
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _convert_mode(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        img.load()
+        return img
+    if mode.startswith("I"):  # 16-bit (I;16, I;16B, ...) or 32-bit integer: assume a 16-bit range
+        a = np.asarray(img).astype(np.int64)
+        a = (np.clip(a, 0, 65535) * 255 + 32767) // 65535
+        return Image.fromarray(a.astype(np.uint8), "L")
+    if mode == "F":
+        a = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255)
+        return Image.fromarray(a.astype(np.uint8), "L")
+    if mode in GREY_MODES:  # 1, LA, La
+        return img.convert("L")
+    return img.convert("RGB")
+
+
+def _as_pil(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    arr, layout = _as_numpy(image)
+    if arr is None:
+        raise DataError(
+            f"an image must be a PIL image, a tensor or an array, got {type(image).__name__}; "
+            "return (PIL image or tensor, int) from the dataset"
+        )
+    if layout == "CHW" and arr.ndim == 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise DataError(
+            f"an image tensor must be (H, W), (1|3|4, H, W) (tensor) or (H, W, 1|3|4) (array), got shape "
+            f"{tuple(np.shape(image))}; return one image per item"
+        )
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind == "f":
+            if arr.size and (np.nanmin(arr) < -1e-3 or np.nanmax(arr) > 1 + 1e-3):
+                raise DataError(
+                    f"a float image has values in [{float(np.nanmin(arr)):.3g}, {float(np.nanmax(arr)):.3g}], "
+                    "not [0, 1] (already normalised?); return uint8 images or floats in [0, 1] (ToTensor)"
+                )
+            arr = np.rint(np.clip(arr, 0, 1) * 255)
+        elif arr.dtype.kind not in "iub" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+            raise DataError(f"an integer image of dtype {arr.dtype} has values outside 0..255; return uint8 images")
+        arr = arr.astype(np.uint8)
+    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
+
+
+def _as_numpy(image: Any) -> tuple[np.ndarray | None, str]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(image, torch.Tensor):
+        return image.detach().cpu().numpy(), "CHW"
+    if isinstance(image, np.ndarray):
+        return image, "HWC"
+    return None, ""
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A version-1.0 .npy header for uint8 C-order data of ``shape``, padded to exactly 128 bytes."""
+    text = "{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(int(s) for s in shape),)
+    length = _HEADER_BYTES - 10
+    if len(text) >= length:
+        raise SettingsError(f"array shape {shape} too large for the cache header")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", length) + (text.ljust(length - 1) + "\n").encode("latin1")
+
+
+# Work shared with the pool: a token -> (reader, parts, options). Threads see it directly; forked processes
+# inherit it (it is set before the pool starts), so no reader or dataset is ever pickled.
+_JOBS: dict[str, tuple[Callable[[Any], tuple[Any, Any]], dict[str, Part], dict[str, Any]]] = {}
+
+
+def _work(token: str, part: str, start: int, stop: int) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Decode items [start, stop) of ``part``: (images stacked, labels of the good ones, bad (index, reason))."""
+    reader, parts, opts = _JOBS[token]
+    items = parts[part].items
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    bad: list[tuple[int, str]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for i in range(start, stop):
+            try:
+                image, label = reader(items[i])
+                arr = to_uint8(image, opts["image_size"], opts["channels"], opts["max_pixels"])
+            except BadImage as e:
+                bad.append((i, str(e)))
+                continue
+            if arr.shape != opts["shape"]:
+                raise DataError(
+                    f"{_name(items[i])} is {arr.shape[2]}×{arr.shape[1]} with {arr.shape[0]} channel(s) where the "
+                    f"first image is {opts['shape'][2]}×{opts['shape'][1]} with {opts['shape'][0]}; "
+                    "pass image_size (CLI: --image-size) to resize every image to one size"
+                )
+            images.append(arr)
+            labels.append(-1 if label is None else int(label))
+    stacked = np.stack(images) if images else np.zeros((0, *opts["shape"]), np.uint8)
+    return stacked, labels, bad
+
+
+def _name(item: Any) -> str:
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"item {item}"
+
+
+def build_cache(
+    key: str,
+    parts: Sequence[Part],
+    reader: Callable[[Any], tuple[Any, Any]],
+    *,
+    shape: tuple[int, int, int],
+    image_size: int | None,
+    channels: int,
+    class_names: Sequence[str] | Callable[[dict[str, np.ndarray]], list[str]],
+    meta: dict[str, Any],
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int = 0,
+    processes: bool = False,
+    chunk: int | None = None,
+    max_pixels: int | None = None,
+    bad_rule: Callable[[int, int], str | None] | None = None,
+    check: Callable[[dict[str, np.ndarray]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    skipped: Sequence[dict[str, str]] = (),
+) -> ImageData:
+    """Decode every item of ``parts`` once into the cache entry ``key`` and return it memory-mapped.
+
+    ``reader(item) -> (image, label or None)``. Bad items (:class:`BadImage`) are skipped and listed in
+    ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)`` returns an error message when there are too many.
+    ``class_names`` may be a function of ``{split: labels}``; ``check({split: labels})`` validates the result before it is published (e.g. no class left empty). ``workers`` > 0 decodes in
+    a pool of that many threads (or forked processes with ``processes=True`` on Linux), ``chunk`` items
+    per task (default: 64, fewer for large images so that a chunk stays under 16 MB); at most 2 × workers chunks
+    are in flight, which bounds the memory. An entry that already exists is returned as is. Nothing is left
+    behind on error; temporary folders of prepares killed more than a day ago are removed.
+    """
+    root = _root(cache_dir)
+    final = root / key
+    if (final / "meta.json").is_file():
+        return open_cache(final)
+    total = sum(len(p.items) for p in parts)
+    skipped = [dict(s) for s in skipped]
+    n_pre = len(skipped)
+    chunk = chunk or max(1, min(64, (16 << 20) // max(1, int(np.prod(shape)))))
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    token = uuid.uuid4().hex
+    _JOBS[token] = (reader, {p.name: p for p in parts}, {
+        "image_size": image_size, "channels": channels, "max_pixels": max_pixels, "shape": tuple(shape),
+    })
+    executor: cf.Executor | None = None
+    try:
+        if workers > 0:
+            if processes and sys.platform.startswith("linux"):  # fork, as DataLoader on Linux; threads elsewhere
+                import multiprocessing
+
+                with warnings.catch_warnings():  # forking a threaded process: the workers run PIL/numpy only
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            else:
+                executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="probe-decode")
+        done = 0
+        counts: dict[str, int] = {}
+        all_labels: dict[str, np.ndarray] = {}
+        stats: dict[str, dict[str, list[float]]] = {}
+        for part in parts:
+            n, labels, bad, hist = _write_part(tmp, part, token, shape, executor, chunk, workers, progress, done, total)
+            stats.setdefault(part.name, _moments(hist))
+            done += len(part.items)
+            counts[part.name] = n
+            skipped += [{"split": part.name, "item": _name(part.items[i]), "reason": r} for i, r in bad]
+            if bad_rule is not None and (message := bad_rule(len(skipped), total + n_pre)):
+                raise DataError(message)
+            with open(tmp / f"{part.name}_y.npy", "wb") as fh:
+                np.save(fh, labels)
+                _sync(fh)
+            all_labels[part.name] = labels
+        if check is not None:
+            check(all_labels)
+        names = class_names(all_labels) if callable(class_names) else list(class_names)
+        meta = {**meta, "counts": counts, "skipped": {"count": len(skipped), "files": skipped},
+                "resize": RESIZE_RULE if image_size is not None else "none (native size)",
+                "conversion": CONVERSION_RULE, "image_size": image_size, "channels": channels,
+                "cache_format": CACHE_FORMAT, "pixel_stats": stats}
+        with open(tmp / "meta.json", "w") as fh:
+            fh.write(json.dumps({"class_names": names, "meta": meta}, indent=1))
+            _sync(fh)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process published the same entry first: use theirs
+            if not (final / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+            executor = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+        _JOBS.pop(token, None)
+    return open_cache(final)
+
+
+def _sync(fh: Any) -> None:
+    """Flush a file to the disk, so that a published entry survives a crash of the machine too."""
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _remove_stale(root: pathlib.Path, age_s: float = 86400.0) -> None:
+    """Remove temporary folders left by prepares that were killed (SIGKILL, power loss) over a day ago."""
+    import time
+
+    for entry in root.glob(".*.tmp"):
+        try:
+            if entry.is_dir() and time.time() - entry.stat().st_mtime > age_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, done0, total):
+    """Stream one split into ``<tmp>/<name>_x.npy``; returns (count, labels int64, bad list)."""
+    n_items = len(part.items)
+    spans = [(s, min(s + chunk, n_items)) for s in range(0, n_items, chunk)]
+    labels: list[int] = []
+    bad: list[tuple[int, str]] = []
+    written = 0
+    hist = np.zeros((shape[0], 256), dtype=np.int64)
+    with open(tmp / f"{part.name}_x.npy", "wb") as fh:
+        fh.write(_npy_header((n_items, *shape)))
+        pending: deque = deque()
+        next_span = 0
+
+        def submit() -> None:
+            nonlocal next_span
+            s, e = spans[next_span]
+            next_span += 1
+            if executor is None:
+                pending.append(_Done(_work(token, part.name, s, e)))
+            else:
+                pending.append(executor.submit(_work, token, part.name, s, e))
+
+        while next_span < len(spans) and len(pending) < max(1, 2 * workers):
+            submit()
+        while pending:
+            images, got, chunk_bad = pending.popleft().result()
+            if next_span < len(spans):
+                submit()
+            fh.write(images.tobytes())
+            for ch in range(shape[0]):
+                hist[ch] += np.bincount(images[:, ch].ravel(), minlength=256)
+            written += len(images)
+            labels += got
+            bad += chunk_bad
+            if progress is not None:
+                progress(done0 + written + len(bad), total)
+        fh.seek(0)
+        fh.write(_npy_header((written, *shape)))
+        fh.truncate(_HEADER_BYTES + written * int(np.prod(shape)))
+        _sync(fh)
+    y = np.asarray(labels, dtype=np.int64)
+    if part.labels is not None:
+        keep = np.ones(n_items, dtype=bool)
+        keep[[i for i, _ in bad]] = False
+        y = np.asarray(part.labels, dtype=np.int64)[keep]
+    return written, y, bad, hist
+
+
+def _moments(hist: np.ndarray) -> dict[str, list[float]]:
+    """Exact per-channel mean and population std (0..255 units) from per-channel histograms."""
+    values = np.arange(256, dtype=np.float64)
+    n = np.maximum(hist.sum(axis=1), 1).astype(np.float64)
+    mean = (hist * values).sum(axis=1) / n
+    var = (hist * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
+    return {"mean": [float(m) for m in mean], "std": [float(v) for v in np.sqrt(var)]}
+
+
+class _Done:
+    """A finished 'future' for the inline (no pool) path."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+
+def _root(cache_dir: str | os.PathLike[str] | None) -> pathlib.Path:
+    return pathlib.Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
+
+
+def lookup(key: str, cache_dir: str | os.PathLike[str] | None = None) -> ImageData | None:
+    """The published entry ``key`` under ``cache_dir`` (default :func:`default_cache_dir`), or None."""
+    final = _root(cache_dir) / key
+    return open_cache(final) if (final / "meta.json").is_file() else None
+
+
+def open_cache(folder: str | os.PathLike[str]) -> ImageData:
+    """Map a cache entry written by :func:`build_cache`: copy-on-write memory maps (no copy of the images; pages
+    are shared with every process that maps the entry; a write changes this process's view only, never the
+    file, and keeps ``torch.from_numpy`` free of its read-only warning)."""
+    folder = pathlib.Path(folder)
+    try:
+        info = json.loads((folder / "meta.json").read_text())
+        arrays = {
+            f"{s}_x": np.load(folder / f"{s}_x.npy", mmap_mode="c") for s in ("train", "test")
+        } | {f"{s}_y": np.load(folder / f"{s}_y.npy") for s in ("train", "test")}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"the image cache {folder} is damaged ({type(e).__name__}); delete that folder") from e
+    meta = dict(info["meta"])
+    meta["cache"] = str(folder)
+    return ImageData(class_names=list(info["class_names"]), meta=meta, **arrays)
+
