@@ -45,12 +45,13 @@ def protocol(lr: float, gate_lr: float, gate_optimizer: str = "adam", augment: b
 
 def coarse_protocols(extended: bool = False) -> list[dict]:
     """The coarse grid, pruned for time (docs/protocol.md says why): no lr 1e-3 × small gate lr (the gate-budget
-    sweep had already shown λS pinned at its init there), SGD at lr 1e-4 only; ``extended`` adds augmentation and
-    lr 1e-3 (not run for the choice)."""
+    sweep had already shown λS pinned at its init there), SGD at lr 1e-4 only. ``extended`` (run after the final
+    stage) adds augmentation, lr 1e-3 and 24-epoch runs, to see whether λS settles with longer training."""
     grid = [protocol(lr, g) for lr in (1e-4, 3e-4) for g in (0.01, 0.03, 0.1)]
     grid += [protocol(1e-4, g, "sgd") for g in (1.0, 3.0)]
     if extended:
         grid += [protocol(1e-3, 0.1), protocol(1e-4, 0.1, augment=True)]
+        grid += [protocol(1e-4, 0.1, epochs=24), protocol(3e-4, 0.1, epochs=24)]
     return grid
 
 
@@ -256,6 +257,26 @@ def print_table(rows) -> None:
               f"| met {sum(c.values())}/{len(c)}: {', '.join(k for k, v in c.items() if not v) or 'all'}")
 
 
+def markdown_table(rows) -> str:
+    """The table of docs/protocol.md: one row per protocol and split."""
+    head = ("| protocol | split | AnB λS (conv1 / conv4 / fc) | AnA λS (conv1 / conv4 / fc) | fc AnA − AnB (in sd) "
+            "| ρ Yosinski | repeat ρ | max drift | top-1 (QUANTA / alone) | criteria met |")
+    lines = [head, "|" + " --- |" * 10]
+    for q, name, extra in rows:
+        c = criteria(q)
+        shown = [layer for layer in ("conv1", "conv4", "fc") if layer in q["anb"]]
+        fc = q["separation"].get("fc", {})
+        anb = " / ".join(f"{q['anb'][layer]:.3f}" for layer in shown)
+        ana = " / ".join(f"{q['ana'][layer]:.3f}" for layer in shown)
+        lines.append(
+            f"| {name} | {extra['split']} | {anb} | {ana} "
+            f"| {fc.get('difference', math.nan):+.3f} ({fc.get('in_spread', math.nan):.1f}) | {q['agreement']:.2f} "
+            f"| {q['repeatability']:.2f} | {max(q['drift'].values()):.3f} | {q['quanta_top1']:.3f} / {q['alone_top1']:.3f} "
+            f"| {sum(c.values())}/{len(c)}{'' if all(c.values()) else ' (not: ' + '; '.join(k for k, v in c.items() if not v) + ')'} |"
+        )
+    return "\n".join(lines)
+
+
 def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) -> list[dict]:
     scores: dict[str, list[tuple]] = {}
     for q, name, _ in summary_table(records, stage, splits):
@@ -271,6 +292,7 @@ def main() -> None:
     parser.add_argument("--stage", choices=("all", "coarse", "final", "rule"), default="all")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one thread each")
     parser.add_argument("--summary", action="store_true", help="print the tables from --out and stop")
+    parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
     parser.add_argument("--extended", action="store_true", help="coarse: also augmentation and lr 1e-3")
     parser.add_argument("--last-epochs", type=int, default=10, help="epochs averaged in the printed tables (default: 10)")
     args = parser.parse_args()
@@ -293,7 +315,8 @@ def main() -> None:
         if not args.summary:
             run_units(units, args.out, args.jobs)
         print(f"== {stage}")
-        print_table(summary_table(load(args.out), stage, tuple(SPLITS), args.last_epochs))
+        rows = summary_table(load(args.out), stage, tuple(SPLITS), args.last_epochs)
+        print(markdown_table(rows)) if args.markdown else print_table(rows)
 
 
 if __name__ == "__main__":
