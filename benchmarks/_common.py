@@ -33,8 +33,12 @@ def header(title: str, **config) -> None:
         pass
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"# {title}")
-    print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  python {platform.python_version()}")
-    print(f"# cpu: {cpu}; {available_cores()} usable cores; load average {load}; torch threads {torch.get_num_threads()}")
+    print(
+        f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  python {platform.python_version()}"
+    )
+    print(
+        f"# cpu: {cpu}; {available_cores()} usable cores; load average {load}; torch threads {torch.get_num_threads()}"
+    )
     if config:
         print("# " + "  ".join(f"{k}={v}" for k, v in config.items()))
 
@@ -47,12 +51,17 @@ def retain_memory() -> str:
     return "retained" if retain_freed_memory() else "C library default"
 
 
-def synthetic_task(n_train: int, n_test: int, num_classes: int = 10, chans: int = 3, size: int = 32, seed: int = 0) -> TaskData:
+def synthetic_task(
+    n_train: int, n_test: int, num_classes: int = 10, chans: int = 3, size: int = 32, seed: int = 0
+) -> TaskData:
     """A CIFAR-shaped task of random images (timings do not depend on the pixel values)."""
     generator = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> Split:
-        return Split(torch.randn(n, chans, size, size, generator=generator), torch.randint(0, num_classes, (n,), generator=generator))
+        return Split(
+            torch.randn(n, chans, size, size, generator=generator),
+            torch.randint(0, num_classes, (n,), generator=generator),
+        )
 
     return TaskData(
         spec=DatasetSpec("cifar10"),

@@ -46,7 +46,16 @@ def child(width: float, steps: int, threads: int) -> None:
 
 def measure(width: float, retain: bool, args) -> dict:
     env = {**os.environ, "PROBE_RETAIN_MEMORY": "1" if retain else "0"}
-    command = [sys.executable, __file__, "--child", str(width), "--steps", str(args.steps), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(width),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -62,20 +71,27 @@ def main() -> None:
     if args.child is not None:
         child(args.child, args.steps, args.threads)
         return
-    header("allocator: C library default vs freed memory retained", rounds=args.rounds, steps=args.steps, threads=args.threads)
+    header(
+        "allocator: C library default vs freed memory retained",
+        rounds=args.rounds,
+        steps=args.steps,
+        threads=args.threads,
+    )
     print("\nplain training step, paper CNN, batch 32, 3×32×32, CPU (median step; share of it in the kernel)")
     print(f"  {'width':<6} {'default ms':>11} {'kernel':>7} {'retained ms':>12} {'kernel':>7} {'speed-up':>9}")
     for width in args.widths:
         runs = {True: [], False: []}
         for round_ in range(args.rounds):
-            for retain in ((False, True) if round_ % 2 == 0 else (True, False)):
+            for retain in (False, True) if round_ % 2 == 0 else (True, False):
                 runs[retain].append(measure(width, retain, args))
         if runs[True][0]["state"] != "retained":
             print(f"  {width:<6} freed memory cannot be retained here (not glibc on Linux): nothing to compare")
             continue
         default, retained = (median([r["step"] for r in runs[k]]) for k in (False, True))
         kernel = {k: median([r["kernel"] for r in runs[k]]) for k in (False, True)}
-        print(f"  {width:<6} {default * 1000:11.1f} {kernel[False]:7.1%} {retained * 1000:12.1f} {kernel[True]:7.1%} {default / retained:9.3f}")
+        print(
+            f"  {width:<6} {default * 1000:11.1f} {kernel[False]:7.1%} {retained * 1000:12.1f} {kernel[True]:7.1%} {default / retained:9.3f}"
+        )
 
 
 if __name__ == "__main__":

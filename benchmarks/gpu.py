@@ -32,14 +32,18 @@ FP32 = RunSettings(amp=False, channels_last=False)
 FAST = RunSettings(amp=True, channels_last=True)
 
 
-def plain_steps(settings: RunSettings, task, batch_size: int, device: torch.device, width: float, compile_target: bool = False):
+def plain_steps(
+    settings: RunSettings, task, batch_size: int, device: torch.device, width: float, compile_target: bool = False
+):
     torch.manual_seed(0)
     target = create_model("paper-cnn", 10, 3, (32, 32), width=width).to(device)
     if memory_format_for(device, settings) is torch.channels_last:
         target.to(memory_format=torch.channels_last)
     if compile_target:
         target.compile()
-    return training_steps(lambda x, idx: target(x), make_optimizer(target, settings), task.train, batch_size, settings=settings)
+    return training_steps(
+        lambda x, idx: target(x), make_optimizer(target, settings), task.train, batch_size, settings=settings
+    )
 
 
 def throughput(args, device: torch.device) -> None:
@@ -49,17 +53,26 @@ def throughput(args, device: torch.device) -> None:
         task = synthetic_task(max(16 * batch, 4096), 1).to(device)
         steps = max(1, args.images // batch)
         times = interleaved(
-            {"fp32": plain_steps(FP32, task, batch, device, args.width), "fast": plain_steps(FAST, task, batch, device, args.width)},
-            args.repeats, steps, warmup=3,
+            {
+                "fp32": plain_steps(FP32, task, batch, device, args.width),
+                "fast": plain_steps(FAST, task, batch, device, args.width),
+            },
+            args.repeats,
+            steps,
+            warmup=3,
         )
         gain = [1 / r for r in ratios(times, "fast", "fp32")]
-        print(f"  {batch:5d} {batch / median(times['fp32']):11.0f} {batch / median(times['fast']):21.0f} {median(gain):9.2f}  ({spread(gain)})")
+        print(
+            f"  {batch:5d} {batch / median(times['fp32']):11.0f} {batch / median(times['fast']):21.0f} {median(gain):9.2f}  ({spread(gain)})"
+        )
 
 
 def overhead(args, device: torch.device) -> None:
     for batch in args.batches:
         print(f"\n2. QUANTA overhead, bf16 + channels_last, batch {batch}:", flush=True)
-        results = measure_width(args.width, PAPER_CNN_LAYERS, args.repeats, batch, max(16 * batch, 4096), device=device, settings=FAST)
+        results = measure_width(
+            args.width, PAPER_CNN_LAYERS, args.repeats, batch, max(16 * batch, 4096), device=device, settings=FAST
+        )
         report(args.width, results)
 
 
@@ -103,11 +116,18 @@ def compiled(args, device: torch.device) -> None:
         task = synthetic_task(max(16 * batch, 4096), 1).to(device)
         steps = max(1, args.images // batch)
         times = interleaved(
-            {"eager": plain_steps(FAST, task, batch, device, args.width), "compiled": plain_steps(FAST, task, batch, device, args.width, True)},
-            args.repeats, steps, warmup=3,
+            {
+                "eager": plain_steps(FAST, task, batch, device, args.width),
+                "compiled": plain_steps(FAST, task, batch, device, args.width, True),
+            },
+            args.repeats,
+            steps,
+            warmup=3,
         )
         gain = [1 / r for r in ratios(times, "compiled", "eager")]
-        print(f"  batch {batch:4d}: eager {batch / median(times['eager']):8.0f} images/s, compiled {batch / median(times['compiled']):8.0f} images/s, speed-up {median(gain):.2f}")
+        print(
+            f"  batch {batch:4d}: eager {batch / median(times['eager']):8.0f} images/s, compiled {batch / median(times['compiled']):8.0f} images/s, speed-up {median(gain):.2f}"
+        )
 
 
 def main() -> None:
@@ -127,8 +147,10 @@ def main() -> None:
     header("GPU path", batches=args.batches, repeats=args.repeats)
     if device.type == "cuda":
         torch.cuda.init()
-        print(f"# device: {torch.cuda.get_device_name(device)}; cuDNN {torch.backends.cudnn.version()}; "
-              f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}")
+        print(
+            f"# device: {torch.cuda.get_device_name(device)}; cuDNN {torch.backends.cudnn.version()}; "
+            f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}"
+        )
     throughput(args, device)
     overhead(args, device)
     if device.type == "cuda":

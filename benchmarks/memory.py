@@ -51,8 +51,15 @@ def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> No
     torch.manual_seed(0)
     if kind == "plain":
         target = create_model("paper-cnn", 10, 3, (32, 32), width=width)
-        fit(forward=lambda x, idx, split: target(x), trainable=target, optimizer=make_optimizer(target, settings),
-            task=task, settings=settings, seed=0, device=device)
+        fit(
+            forward=lambda x, idx, split: target(x),
+            trainable=target,
+            optimizer=make_optimizer(target, settings),
+            task=task,
+            settings=settings,
+            seed=0,
+            device=device,
+        )
     elif kind == "quanta":
         source = create_model("paper-cnn", 10, 3, (32, 32), width=width).eval()
         context = ProbeContext(source, TargetFactory("paper-cnn", {"width": width}), {"AnB": task}, settings, device)
@@ -61,7 +68,17 @@ def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> No
 
 
 def measure(kind: str, args, layer: str = "-", cache: bool = False) -> float:
-    command = [sys.executable, __file__, "--child", kind, layer, "--width", str(args.width), "--examples", str(args.examples)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        layer,
+        "--width",
+        str(args.width),
+        "--examples",
+        str(args.examples),
+    ]
     if cache:
         command.append("--cache")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -80,8 +97,12 @@ def main() -> None:
         child(args.child[0], args.child[1], args.width, args.examples, args.cache)
         return
 
-    header("peak memory: QUANTA run vs plain target training", width=args.width, examples=args.examples,
-           freed_memory=retain_memory())
+    header(
+        "peak memory: QUANTA run vs plain target training",
+        width=args.width,
+        examples=args.examples,
+        freed_memory=retain_memory(),
+    )
     idle, plain = measure("idle", args), measure("plain", args)
     print(f"\npeak RSS, one epoch of {args.examples} 3×32×32 images, paper CNN width {args.width}, batch 32, CPU")
     print(f"  {'run':<36} {'peak MB':>9} {'/ plain':>8} {'above idle / plain above idle':>30}")

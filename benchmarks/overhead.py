@@ -14,7 +14,18 @@ import copy
 
 import torch
 
-from _common import add_clock_option, header, interleaved, median, ratios, retain_memory, spread, synthetic_task, training_steps, verdict
+from _common import (
+    add_clock_option,
+    header,
+    interleaved,
+    median,
+    ratios,
+    retain_memory,
+    spread,
+    synthetic_task,
+    training_steps,
+    verdict,
+)
 from probe.adapters import create_model
 from probe.adapters.paper_cnn import PAPER_CNN_LAYERS
 from probe.gate import QuantaGate
@@ -101,13 +112,24 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.25])
     parser.add_argument("--layers", nargs="+", default=PAPER_CNN_LAYERS)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per layer")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: what each of the default jobs gets)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: what each of the default jobs gets)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--examples", type=int, default=256, help="in-memory training examples (and cached source tensors)")
+    parser.add_argument(
+        "--examples", type=int, default=256, help="in-memory training examples (and cached source tensors)"
+    )
     add_clock_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    header("QUANTA step overhead", batch=args.batch_size, repeats=args.repeats, examples=args.examples, clock=args.clock, freed_memory=retain_memory())
+    header(
+        "QUANTA step overhead",
+        batch=args.batch_size,
+        repeats=args.repeats,
+        examples=args.examples,
+        clock=args.clock,
+        freed_memory=retain_memory(),
+    )
     for width in args.widths:
         print(f"\nwidth {width}:", flush=True)
         report(width, measure_width(width, args.layers, args.repeats, args.batch_size, args.examples, args.clock))

@@ -42,22 +42,39 @@ def main() -> None:
     for gate_lr in map(float, args.gate_lrs.split(",")):
         for init in map(float, args.inits.split(",")):
             for layer in args.layers.split(","):
-                settings = RunSettings(epochs=args.epochs, lr=DIGITS_DEFAULTS["lr"], gate_lr=gate_lr, init=(init,), runs=args.runs)
-                if all((gate_lr, layer, init, task, seed) in done for task in ("AnB", "AnA") for seed in range(args.runs)):
+                settings = RunSettings(
+                    epochs=args.epochs, lr=DIGITS_DEFAULTS["lr"], gate_lr=gate_lr, init=(init,), runs=args.runs
+                )
+                if all(
+                    (gate_lr, layer, init, task, seed) in done for task in ("AnB", "AnA") for seed in range(args.runs)
+                ):
                     continue
                 started = time.perf_counter()
                 result = probe.measure(source, layer, settings=settings, control=True)
                 with args.out.open("a") as handle:
                     for run in result.runs:
-                        record = dict(gate_lr=gate_lr, layer=layer, init=init, task=run.spec.task, seed=run.spec.seed,
-                                      lambda_source=run.final["lambda_source"], top1=run.final["top1"],
-                                      steps=run.steps, budget=run.gate_budget,
-                                      trajectory=[h["lambda_source"] for h in run.history])
+                        record = dict(
+                            gate_lr=gate_lr,
+                            layer=layer,
+                            init=init,
+                            task=run.spec.task,
+                            seed=run.spec.seed,
+                            lambda_source=run.final["lambda_source"],
+                            top1=run.final["top1"],
+                            steps=run.steps,
+                            budget=run.gate_budget,
+                            trajectory=[h["lambda_source"] for h in run.history],
+                        )
                         handle.write(json.dumps(record) + "\n")
-                print(f"gate_lr {gate_lr:g} init {init} {layer}: "
-                      + ", ".join(f"{s.task} λS {s.mean['lambda_source']:.3f}±{s.std['lambda_source']:.3f} top-1 {s.mean['top1']:.3f}"
-                                  for s in result.summaries)
-                      + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+                print(
+                    f"gate_lr {gate_lr:g} init {init} {layer}: "
+                    + ", ".join(
+                        f"{s.task} λS {s.mean['lambda_source']:.3f}±{s.std['lambda_source']:.3f} top-1 {s.mean['top1']:.3f}"
+                        for s in result.summaries
+                    )
+                    + f" ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,14 @@ def _settings(p: dict, seeds: int):
     from probe.settings import RunSettings
 
     return RunSettings(
-        epochs=p["epochs"], lr=p["lr"], gate_lr=p["gate_lr"], gate_optimizer=p["gate_optimizer"],
-        augment=p["augment"], runs=seeds, init=(0.9,), device="cpu",
+        epochs=p["epochs"],
+        lr=p["lr"],
+        gate_lr=p["gate_lr"],
+        gate_optimizer=p["gate_optimizer"],
+        augment=p["augment"],
+        runs=seeds,
+        init=(0.9,),
+        device="cpu",
     )
 
 
@@ -93,13 +99,23 @@ def run_unit(unit: dict) -> list[dict]:
     base = dict(stage=unit["stage"], protocol=protocol_name(p), **p, split=split, kind=kind, layer=unit.get("layer"))
     records = []
     if kind == "quanta":
-        result = probe.measure(_source(split), unit["layer"], SPLITS[split][1], settings=_settings(p, seeds), control=True)
+        result = probe.measure(
+            _source(split), unit["layer"], SPLITS[split][1], settings=_settings(p, seeds), control=True
+        )
         for run in result.runs:
-            records.append(dict(
-                base, task=run.spec.task, seed=run.spec.seed, steps=run.steps, status=run.status,
-                lambda_source=run.final.get("lambda_source"), top1=run.final.get("top1"),
-                trajectory=[h["lambda_source"] for h in run.history], top1_trajectory=[h["top1"] for h in run.history],
-            ))
+            records.append(
+                dict(
+                    base,
+                    task=run.spec.task,
+                    seed=run.spec.seed,
+                    steps=run.steps,
+                    status=run.status,
+                    lambda_source=run.final.get("lambda_source"),
+                    top1=run.final.get("top1"),
+                    trajectory=[h["lambda_source"] for h in run.history],
+                    top1_trajectory=[h["top1"] for h in run.history],
+                )
+            )
     else:
         context = _context(p, split, seeds)
         tasks = ("AnB", "AnA") if kind == "alone" else ("AnB",)
@@ -109,7 +125,9 @@ def run_unit(unit: dict) -> list[dict]:
                     outcome = train_alone(context, task, seed)
                 else:
                     outcome = train_transfer(context, unit["layer"], task, seed, frozen=True)
-                records.append(dict(base, task=task, seed=seed, top1=outcome.top1, status="failed" if outcome.failure else "ok"))
+                records.append(
+                    dict(base, task=task, seed=seed, top1=outcome.top1, status="failed" if outcome.failure else "ok")
+                )
     return records
 
 
@@ -138,11 +156,20 @@ def units_for(stage: str, protocols: list[dict], splits, layers, seeds: int, yos
     units = []
     for p in protocols:
         for split in splits:
-            units += [dict(stage=stage, protocol=p, split=split, kind="quanta", layer=layer, seeds=seeds) for layer in layers]
+            units += [
+                dict(stage=stage, protocol=p, split=split, kind="quanta", layer=layer, seeds=seeds) for layer in layers
+            ]
             if yosinski:
-                units += [dict(stage=stage, protocol=p, split=split, kind="yosinski", layer=layer, seeds=seeds) for layer in layers[:-1]]
+                units += [
+                    dict(stage=stage, protocol=p, split=split, kind="yosinski", layer=layer, seeds=seeds)
+                    for layer in layers[:-1]
+                ]
     alone = {(p["lr"], p["augment"], p["epochs"]): p for p in protocols}
-    units += [dict(stage=stage, protocol=p, split=split, kind="alone", layer=None, seeds=seeds) for p in alone.values() for split in splits]
+    units += [
+        dict(stage=stage, protocol=p, split=split, kind="alone", layer=None, seeds=seeds)
+        for p in alone.values()
+        for split in splits
+    ]
     return units
 
 
@@ -166,7 +193,10 @@ def run_units(units: list[dict], out: Path, jobs: int) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
             r = records[0]
-            print(f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {r['stage']} {r['protocol']} {r['split']} {r['kind']} {r['layer']}", flush=True)
+            print(
+                f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {r['stage']} {r['protocol']} {r['split']} {r['kind']} {r['layer']}",
+                flush=True,
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,23 +215,47 @@ def evaluate_protocol(records: list[dict], stage: str, name: str, split: str, la
     layers = [layer for layer in ALL_LAYERS if _by(quanta, layer=layer)]
     per_task = {}
     for task in ("AnB", "AnA"):
-        per_task[task] = {layer: [r["lambda_source"] for r in sorted(_by(quanta, layer=layer, task=task), key=lambda r: r["seed"])] for layer in layers}
+        per_task[task] = {
+            layer: [r["lambda_source"] for r in sorted(_by(quanta, layer=layer, task=task), key=lambda r: r["seed"])]
+            for layer in layers
+        }
     sep = separation(per_task["AnA"], per_task["AnB"])
-    drift = {layer: max(settled_drift(r["trajectory"], last_epochs) for r in _by(quanta, layer=layer)) for layer in layers}
+    drift = {
+        layer: max(settled_drift(r["trajectory"], last_epochs) for r in _by(quanta, layer=layer)) for layer in layers
+    }
     p = quanta[0]
-    alone = [r for r in records if r["kind"] == "alone" and r["split"] == split and r["lr"] == p["lr"]
-             and r["augment"] == p["augment"] and r["epochs"] == p["epochs"] and r["stage"] == stage]
+    alone = [
+        r
+        for r in records
+        if r["kind"] == "alone"
+        and r["split"] == split
+        and r["lr"] == p["lr"]
+        and r["augment"] == p["augment"]
+        and r["epochs"] == p["epochs"]
+        and r["stage"] == stage
+    ]
     alone_top1 = statistics.fmean(r["top1"] for r in alone if r["task"] == "AnB") if alone else math.nan
     quanta_top1 = [statistics.fmean(r["top1"] for r in _by(quanta, layer=layer, task="AnB")) for layer in layers]
-    yos = {layer: statistics.fmean(r["top1"] for r in _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer))
-           for layer in layers if _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)}
+    yos = {
+        layer: statistics.fmean(
+            r["top1"] for r in _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
+        )
+        for layer in layers
+        if _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
+    }
     anb_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnB"].items()}
     ana_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnA"].items()}
     agreement = spearman([anb_mean[layer] for layer in yos], list(yos.values())) if len(yos) >= 3 else math.nan
     return dict(
-        layers=layers, anb=anb_mean, ana=ana_mean, separation=sep, drift=drift, agreement=agreement,
+        layers=layers,
+        anb=anb_mean,
+        ana=ana_mean,
+        separation=sep,
+        drift=drift,
+        agreement=agreement,
         repeatability=repeatability(per_task["AnB"]),
-        impairment=impairment(quanta_top1, alone_top1), alone_top1=alone_top1,
+        impairment=impairment(quanta_top1, alone_top1),
+        alone_top1=alone_top1,
         quanta_top1=statistics.fmean(quanta_top1),
     )
 
@@ -244,10 +298,12 @@ def print_table(rows) -> None:
         c = criteria(q)
         lam = " ".join(f"{layer}:{q['anb'][layer]:.3f}/{q['ana'][layer]:.3f}" for layer in q["layers"])
         fc = q["separation"].get("fc", {})
-        print(f"{name:34s} {extra['split']:6s} AnB/AnA {lam} | fc sep {fc.get('difference', math.nan):+.3f} "
-              f"({fc.get('in_spread', math.nan):.1f} sd) ρY {q['agreement']:.2f} rep {q['repeatability']:.2f} "
-              f"drift max {max(q['drift'].values()):.3f} top1 {q['quanta_top1']:.3f} alone {q['alone_top1']:.3f} "
-              f"| met {sum(c.values())}/{len(c)}: {', '.join(k for k, v in c.items() if not v) or 'all'}")
+        print(
+            f"{name:34s} {extra['split']:6s} AnB/AnA {lam} | fc sep {fc.get('difference', math.nan):+.3f} "
+            f"({fc.get('in_spread', math.nan):.1f} sd) ρY {q['agreement']:.2f} rep {q['repeatability']:.2f} "
+            f"drift max {max(q['drift'].values()):.3f} top1 {q['quanta_top1']:.3f} alone {q['alone_top1']:.3f} "
+            f"| met {sum(c.values())}/{len(c)}: {', '.join(k for k, v in c.items() if not v) or 'all'}"
+        )
 
 
 def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) -> list[dict]:
@@ -256,7 +312,16 @@ def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) 
         scores.setdefault(name, []).append(rank_key(q))
     ranked = sorted(scores, key=lambda name: min(scores[name]), reverse=True)[:n]
     by_name = {r["protocol"]: r for r in records if r["kind"] == "quanta"}
-    return [protocol(by_name[name]["lr"], by_name[name]["gate_lr"], by_name[name]["gate_optimizer"], by_name[name]["augment"], by_name[name]["epochs"]) for name in ranked]
+    return [
+        protocol(
+            by_name[name]["lr"],
+            by_name[name]["gate_lr"],
+            by_name[name]["gate_optimizer"],
+            by_name[name]["augment"],
+            by_name[name]["epochs"],
+        )
+        for name in ranked
+    ]
 
 
 def main() -> None:
@@ -281,7 +346,14 @@ def main() -> None:
         else:
             best = best_protocols(records, "final", 1, splits=tuple(SPLITS))[0]
             longer = dict(best, epochs=best["epochs"] * 3)
-            units = units_for("rule", [dict(longer, gate_lr=best["gate_lr"] / 3), longer], ["halves"], COARSE_LAYERS, 2, yosinski=False)
+            units = units_for(
+                "rule",
+                [dict(longer, gate_lr=best["gate_lr"] / 3), longer],
+                ["halves"],
+                COARSE_LAYERS,
+                2,
+                yosinski=False,
+            )
         if not args.summary:
             run_units(units, args.out, args.jobs)
         print(f"== {stage}")

@@ -85,7 +85,9 @@ def train_source(
     arch_options = dict(arch_options or {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed("source", settings.seed))
-        model = create_model(arch, num_classes=task.num_classes, in_chans=task.in_chans, input_size=task.input_size, **arch_options)
+        model = create_model(
+            arch, num_classes=task.num_classes, in_chans=task.in_chans, input_size=task.input_size, **arch_options
+        )
     model.to(device)
     task = task.to(device)
     optimizer = make_optimizer(model, settings)
@@ -141,7 +143,9 @@ def load_source(
     if "info" in raw:
         info = SourceInfo.from_dict(raw["info"])
         if arch is not None and info.arch is not None and arch != info.arch:
-            raise CheckpointError(f"'{path}' holds a '{info.arch}' model, not '{arch}'; drop --arch or pass the right checkpoint")
+            raise CheckpointError(
+                f"'{path}' holds a '{info.arch}' model, not '{arch}'; drop --arch or pass the right checkpoint"
+            )
         info.arch_options = {**info.arch_options, **arch_options}
     else:
         if arch is None:
@@ -159,7 +163,9 @@ def load_source(
         )
     # The weights come from the file: never ask for (or download) pretrained ones.
     info.arch_options = {k: v for k, v in info.arch_options.items() if k != "pretrained"}
-    model = create_model(info.arch, num_classes=info.num_classes, in_chans=info.in_chans, input_size=info.input_size, **info.arch_options)
+    model = create_model(
+        info.arch, num_classes=info.num_classes, in_chans=info.in_chans, input_size=info.input_size, **info.arch_options
+    )
     load_state_into(model, raw["state_dict"], origin=f"checkpoint '{path}'")
     model.eval()
     info.checkpoint, info.sha256 = str(path), digest
@@ -191,13 +197,19 @@ def cached_source(
     trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING_FIELDS}
     key_data = {"arch": arch, "options": arch_options or {}, "data": str(parse_spec(data)), "settings": trained_with}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    path = _cache_dir() / "sources" / f"{arch.replace(':', '_')}-{str(parse_spec(data)).replace('[', '_').replace(']', '')}-{key}.pt"
+    path = (
+        _cache_dir()
+        / "sources"
+        / f"{arch.replace(':', '_')}-{str(parse_spec(data)).replace('[', '_').replace(']', '')}-{key}.pt"
+    )
     if path.is_file():
         try:
             return load_source(path), True
         except ProbeError:
             path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt
-    model = train_source(arch, data, settings=settings, out=path, arch_options=arch_options, data_dir=data_dir, progress=progress)
+    model = train_source(
+        arch, data, settings=settings, out=path, arch_options=arch_options, data_dir=data_dir, progress=progress
+    )
     return model, False
 
 
@@ -357,7 +369,9 @@ def _environment(device: torch.device) -> dict:
         pass
     try:
         root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if commit.returncode == 0 and (root / "probe").is_dir():
             env["git_commit"] = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -396,7 +410,10 @@ def prepare(
     device = resolve_device(settings.device)
     info = source_info(model) or SourceInfo()
     target_task = _resolve_target(model, target, data_dir)
-    if info.in_chans is not None and (info.in_chans, tuple(info.input_size)) != (target_task.in_chans, tuple(target_task.input_size)):
+    if info.in_chans is not None and (info.in_chans, tuple(info.input_size)) != (
+        target_task.in_chans,
+        tuple(target_task.input_size),
+    ):
         raise DataError(
             f"the source takes {info.in_chans}×{info.input_size[0]}×{info.input_size[1]} inputs but "
             f"{target_task.spec} has {target_task.in_chans}×{target_task.input_size[0]}×{target_task.input_size[1]}; "
@@ -545,8 +562,13 @@ def scan(
     started = time.perf_counter()
     try:
         for result in execute(
-            context, todo, progress, backend=backend, backend_options=backend_options,
-            offset=len(specs) - len(todo), total=len(specs),
+            context,
+            todo,
+            progress,
+            backend=backend,
+            backend_options=backend_options,
+            offset=len(specs) - len(todo),
+            total=len(specs),
         ):
             if store is not None:
                 store.save_run(result)
@@ -597,6 +619,15 @@ def measure(
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
-        model, [layer], target, settings=settings, control=control, source_data=source_data,
-        data_dir=data_dir, progress=progress, out=out, fresh=fresh, **overrides,
+        model,
+        [layer],
+        target,
+        settings=settings,
+        control=control,
+        source_data=source_data,
+        data_dir=data_dir,
+        progress=progress,
+        out=out,
+        fresh=fresh,
+        **overrides,
     )

@@ -185,7 +185,9 @@ class TransferRun:
     model: nn.Module
 
 
-def _train(context: ProbeContext, target: nn.Module, trainable: nn.Module, task_name: str, seed: int, on_epoch) -> TransferRun:
+def _train(
+    context: ProbeContext, target: nn.Module, trainable: nn.Module, task_name: str, seed: int, on_epoch
+) -> TransferRun:
     outcome = fit(
         forward=lambda x, idx, split: target(x),
         trainable=trainable,
@@ -196,7 +198,11 @@ def _train(context: ProbeContext, target: nn.Module, trainable: nn.Module, task_
         device=context.device,
         on_epoch=on_epoch,
     )
-    top1 = final_figures(outcome.history, context.settings.last_epochs).get("top1", math.nan) if outcome.history else math.nan
+    top1 = (
+        final_figures(outcome.history, context.settings.last_epochs).get("top1", math.nan)
+        if outcome.history
+        else math.nan
+    )
     return TransferRun(math.nan if outcome.failure else top1, outcome.failure, target)
 
 
@@ -260,14 +266,19 @@ def _stats(outcomes: list[TransferRun]) -> dict:
 
 
 @torch.no_grad()
-def layer_scores(source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+def layer_scores(
+    source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> dict[str, float]:
     """LogME and H-score of the source's pooled tensors at ``layer`` for inputs ``x`` with labels ``y``."""
     point = resolve_layer(source, layer)
     was_training = source.training
     source.eval()
     try:
         features = torch.cat(
-            [pool_features(source_forward(source, point, x[i : i + batch_size])).float() for i in range(0, len(x), batch_size)]
+            [
+                pool_features(source_forward(source, point, x[i : i + batch_size])).float()
+                for i in range(0, len(x), batch_size)
+            ]
         )
     finally:
         source.train(was_training)
@@ -398,7 +409,11 @@ def _run_yosinski(context, layers, per_layer, progress, self_source) -> dict:
     seeds = list(range(settings.seed, settings.seed + settings.runs))
     donors: list[tuple[str, str, nn.Module]] = [(task, task, context.source) for task in context.tasks]
     if self_source is not None:
-        own = self_source if next(self_source.parameters()).device == context.device else copy.deepcopy(self_source).to(context.device)
+        own = (
+            self_source
+            if next(self_source.parameters()).device == context.device
+            else copy.deepcopy(self_source).to(context.device)
+        )
         donors.append(("BnB", "AnB", own))  # only read: its layers are copied, it never runs in training
     total = len(context.tasks) * len(seeds) + len(donors) * len(layers) * 2 * len(seeds)
     counter = itertools.count()
@@ -411,13 +426,18 @@ def _run_yosinski(context, layers, per_layer, progress, self_source) -> dict:
         index, spec = next(counter), RunSpec(layer, 0.0, label, seed)
         return lambda e: progress(ProgressEvent(spec, e.epoch, e.epochs, e.metrics, index, total))
 
-    alone = {task: _stats([train_alone(context, task, seed, on_epoch(f"{task}_alone", "", seed)) for seed in seeds]) for task in context.tasks}
+    alone = {
+        task: _stats([train_alone(context, task, seed, on_epoch(f"{task}_alone", "", seed)) for seed in seeds])
+        for task in context.tasks
+    }
     for prefix, task, donor in donors:
         for frozen, suffix in ((True, "frozen"), (False, "finetune")):
             key = f"{prefix}_{suffix}"
             for layer in layers:
                 outcomes = [
-                    train_transfer(context, layer, task, seed, frozen=frozen, donor=donor, on_epoch=on_epoch(key, layer, seed))
+                    train_transfer(
+                        context, layer, task, seed, frozen=frozen, donor=donor, on_epoch=on_epoch(key, layer, seed)
+                    )
                     for seed in seeds
                 ]
                 per_layer[layer][key] = _stats(outcomes)
@@ -471,9 +491,13 @@ def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     series.append(("QUANTA target top-1 (AnB)", top1, {"linestyle": "--", "color": "grey"}))
     control = _lambda_per_layer(measurement, "AnA")
     if any(math.isfinite(v) for v in control):  # AnA baselines' ρ are against this one
-        series.append((f"QUANTA λS (AnA control, init {init:g})", control, {"linestyle": ":", "linewidth": 2.5, "color": "black"}))
+        series.append(
+            (f"QUANTA λS (AnA control, init {init:g})", control, {"linestyle": ":", "linewidth": 2.5, "color": "black"})
+        )
     baselines = (measurement.extras or {}).get("baselines") or {}
-    per_layer = {layer: per_layer.get(layer) or {} for per_layer in [baselines.get("per_layer") or {}] for layer in layers}
+    per_layer = {
+        layer: per_layer.get(layer) or {} for per_layer in [baselines.get("per_layer") or {}] for layer in layers
+    }
     correlations = baselines.get("correlations") or {}
     keys = list(dict.fromkeys(key for layer in layers for key in per_layer[layer]))
     for key in keys:

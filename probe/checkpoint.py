@@ -118,12 +118,16 @@ def load_raw(path: str | os.PathLike) -> dict:
     """Read a checkpoint file safely: ``weights_only=True``; malicious or corrupt files are CheckpointErrors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist; train one with `probe train` or give the right path")
+        raise CheckpointError(
+            f"checkpoint '{path}' does not exist; train one with `probe train` or give the right path"
+        )
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - safetensors ships with timm
-            raise CheckpointError("reading .safetensors needs the safetensors package: pip install safetensors") from exc
+            raise CheckpointError(
+                "reading .safetensors needs the safetensors package: pip install safetensors"
+            ) from exc
         try:
             return {"state_dict": load_file(str(path))}
         except Exception as exc:
@@ -137,7 +141,9 @@ def load_raw(path: str | os.PathLike) -> dict:
             "only load checkpoints you trust, saved as plain state_dicts"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt ({type(exc).__name__}); re-create it") from exc
+        raise CheckpointError(
+            f"checkpoint '{path}' is truncated or corrupt ({type(exc).__name__}); re-create it"
+        ) from exc
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return data
     if isinstance(data, dict) and all(torch.is_tensor(v) for v in data.values()):
@@ -147,7 +153,9 @@ def load_raw(path: str | os.PathLike) -> dict:
             inner = data.get(key)
             if isinstance(inner, dict) and inner and all(torch.is_tensor(v) for v in inner.values()):
                 return {"state_dict": inner}
-    raise CheckpointError(f"'{path}' holds no state_dict (a dict of tensors); save one with torch.save(model.state_dict(), path)")
+    raise CheckpointError(
+        f"'{path}' holds no state_dict (a dict of tensors); save one with torch.save(model.state_dict(), path)"
+    )
 
 
 def load_state_into(model: nn.Module, state_dict: dict, origin: str = "checkpoint") -> None:

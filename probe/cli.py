@@ -57,7 +57,13 @@ class ProbeGroup(TyperGroup):
         extra.pop("standalone_mode", None)
         try:
             # obj carries the command line as typed, for the resume hint of an interrupted scan
-            code = super().main(args=argv, prog_name=prog_name or "probe", standalone_mode=False, obj={"argv": [program, *argv]}, **extra)
+            code = super().main(
+                args=argv,
+                prog_name=prog_name or "probe",
+                standalone_mode=False,
+                obj={"argv": [program, *argv]},
+                **extra,
+            )
         except TyperException as error:  # click usage errors: unknown option, bad value, missing option
             if type(error).__name__ == "NoArgsIsHelpError":
                 sys.stdout.write(error.format_message() + "\n")
@@ -103,7 +109,9 @@ def _print_version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", help="Print the quanta-probe version and exit.", callback=_print_version, is_eager=True),
+        typer.Option(
+            "--version", help="Print the quanta-probe version and exit.", callback=_print_version, is_eager=True
+        ),
     ] = False,
 ) -> None:
     """quanta-probe: measure, layer by layer, how transferable a trained network's features are (QUANTA).
@@ -227,7 +235,9 @@ class LiveProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis", min_width=10)),
+            TextColumn(
+                "{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis", min_width=10)
+            ),
             console=console or Console(file=sys.stderr),
             expand=True,
             transient=True,
@@ -292,19 +302,34 @@ class Backend(str, Enum):
 
 ArchOption = Annotated[
     Optional[str],
-    typer.Option("--arch", help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or the checkpoint's]"),
+    typer.Option(
+        "--arch",
+        help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or the checkpoint's]",
+    ),
 ]
-EpochsOption = Annotated[Optional[int], typer.Option("--epochs", help=f"Training epochs. \\[default: 60; digits: {DIGITS_DEFAULTS['epochs']}]")]
+EpochsOption = Annotated[
+    Optional[int],
+    typer.Option("--epochs", help=f"Training epochs. \\[default: 60; digits: {DIGITS_DEFAULTS['epochs']}]"),
+]
 BatchOption = Annotated[Optional[int], typer.Option("--batch-size", help="Mini-batch size. \\[default: 32]")]
-LrOption = Annotated[Optional[float], typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_DEFAULTS['lr']:g}]")]
-SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")]
+LrOption = Annotated[
+    Optional[float],
+    typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_DEFAULTS['lr']:g}]"),
+]
+SeedOption = Annotated[
+    Optional[int], typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")
+]
 DeviceOption = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N. \\[default: auto]")]
 DataDirOption = Annotated[
     Optional[Path],
-    typer.Option("--data-dir", help="Folder with the CIFAR data. \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]"),
+    typer.Option(
+        "--data-dir", help="Folder with the CIFAR data. \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]"
+    ),
 ]
 DownloadOption = Annotated[bool, typer.Option("--download", help="Download CIFAR-10/100 into --data-dir when missing.")]
-WidthOption = Annotated[Optional[float], typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")]
+WidthOption = Annotated[
+    Optional[float], typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout and nothing else.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no messages on stderr.")]
 NoAugmentOption = Annotated[bool, typer.Option("--no-augment", help="Train without data augmentation.")]
@@ -340,7 +365,9 @@ def train(
 
     arch = arch or "paper-cnn"
     options = _arch_options(arch, width)
-    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=False if no_augment else None)
+    given = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=False if no_augment else None
+    )
     settings = _source_settings(_run_settings(data, given))
     if out.is_dir():
         raise ResultsError(f"--out '{out}' is a folder; give a file name such as {out / 'source.pt'}")
@@ -348,11 +375,25 @@ def train(
     if download:
         load_task(data, data_dir=data_dir, download=True)
     err = _stderr(quiet)
-    err.print(escape(f"training {arch} on {data} for {settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"))
+    err.print(
+        escape(
+            f"training {arch} on {data} for {settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"
+        )
+    )
     with _progress(quiet) as live:
-        model = probe.train_source(arch, data, settings=settings, out=out, arch_options=options, data_dir=data_dir, progress=live.phase("source"))
+        model = probe.train_source(
+            arch,
+            data,
+            settings=settings,
+            out=out,
+            arch_options=options,
+            data_dir=data_dir,
+            progress=live.phase("source"),
+        )
     info = source_info(model)
-    _stdout().print(f"source test top-1 [bold]{info.test_top1:.4f}[/bold] " + escape(f"({arch} on {info.dataset}) → {out}"))
+    _stdout().print(
+        f"source test top-1 [bold]{info.test_top1:.4f}[/bold] " + escape(f"({arch} on {info.dataset}) → {out}")
+    )
 
 
 @app.command()
@@ -361,54 +402,101 @@ def scan(
     arch: ArchOption = None,
     source: Annotated[
         Optional[Path],
-        typer.Option("--source", help="Source checkpoint (probe train output, a state_dict or .safetensors). \\[default: train one, cached]"),
+        typer.Option(
+            "--source",
+            help="Source checkpoint (probe train output, a state_dict or .safetensors). \\[default: train one, cached]",
+        ),
     ] = None,
     target: Annotated[
         Optional[str],
-        typer.Option("--target", help="Target task, e.g. digits[5-9], cifar100. \\[default: the source's pairing: digits[0-4] → digits[5-9], cifar10 → cifar100]"),
+        typer.Option(
+            "--target",
+            help="Target task, e.g. digits[5-9], cifar100. \\[default: the source's pairing: digits[0-4] → digits[5-9], cifar10 → cifar100]",
+        ),
     ] = None,
     source_data: Annotated[
         Optional[str],
-        typer.Option("--source-data", help="The source's own task (for AnA and plain state_dicts). \\[default: the checkpoint's record, else digits[0-4]]"),
+        typer.Option(
+            "--source-data",
+            help="The source's own task (for AnA and plain state_dicts). \\[default: the checkpoint's record, else digits[0-4]]",
+        ),
     ] = None,
     layers: Annotated[
         Optional[list[str]],
-        typer.Option("--layers", help="Layers to probe: names or glob patterns, repeatable or comma-separated (conv1,fc or 'conv*'). \\[default: every probeable layer]"),
+        typer.Option(
+            "--layers",
+            help="Layers to probe: names or glob patterns, repeatable or comma-separated (conv1,fc or 'conv*'). \\[default: every probeable layer]",
+        ),
     ] = None,
     init: Annotated[
         Optional[list[str]],
-        typer.Option("--init", help="Initial λS, repeatable or comma-separated; each value is a separate series (the paper: 0.9,0.75,0.5). \\[default: 0.9]"),
+        typer.Option(
+            "--init",
+            help="Initial λS, repeatable or comma-separated; each value is a separate series (the paper: 0.9,0.75,0.5). \\[default: 0.9]",
+        ),
     ] = None,
-    runs: Annotated[Optional[int], typer.Option("--runs", help="Runs (seeds) per layer and init; the table shows mean ± std. \\[default: 1]")] = None,
+    runs: Annotated[
+        Optional[int],
+        typer.Option("--runs", help="Runs (seeds) per layer and init; the table shows mean ± std. \\[default: 1]"),
+    ] = None,
     epochs: EpochsOption = None,
     batch_size: BatchOption = None,
     lr: LrOption = None,
     gate_lr: Annotated[
         Optional[float],
-        typer.Option("--gate-lr", help=f"Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; digits: {DIGITS_DEFAULTS['gate_lr']:g}]"),
+        typer.Option(
+            "--gate-lr",
+            help=f"Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; digits: {DIGITS_DEFAULTS['gate_lr']:g}]",
+        ),
     ] = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
-    control: Annotated[bool, typer.Option("--control", help="Also run the AnA control (target task = the source's task).")] = False,
+    control: Annotated[
+        bool, typer.Option("--control", help="Also run the AnA control (target task = the source's task).")
+    ] = False,
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", help="Results folder: results.json, results.csv, one file per run, transferability.png, dynamics.png. Re-running resumes."),
+        typer.Option(
+            "--out",
+            help="Results folder: results.json, results.csv, one file per run, transferability.png, dynamics.png. Re-running resumes.",
+        ),
     ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the runs already in --out and start over.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 on a GPU]")] = None,
+    jobs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--jobs",
+            help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 on a GPU]",
+        ),
+    ] = None,
     no_augment: NoAugmentOption = False,
     baselines: Annotated[
         Optional[list[str]],
         typer.Option("--baselines", help="Also compute baselines per layer, comma-separated: yosinski, logme, hscore."),
     ] = None,
-    backend: Annotated[Backend, typer.Option("--backend", help="Where runs execute: local (this machine) or ray (a Ray cluster).")] = Backend.local,
-    address: Annotated[Optional[str], typer.Option("--address", help="ray: address of the cluster (e.g. ray://head:10001). \\[default: start or join a local one]")] = None,
-    gpus_per_run: Annotated[Optional[float], typer.Option("--gpus-per-run", help="ray: GPUs reserved by each run (fractions share a GPU).")] = None,
-    cpus_per_run: Annotated[Optional[int], typer.Option("--cpus-per-run", help="ray: CPUs reserved by each run (also its torch threads). \\[default: 1]")] = None,
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="Where runs execute: local (this machine) or ray (a Ray cluster).")
+    ] = Backend.local,
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--address",
+            help="ray: address of the cluster (e.g. ray://head:10001). \\[default: start or join a local one]",
+        ),
+    ] = None,
+    gpus_per_run: Annotated[
+        Optional[float], typer.Option("--gpus-per-run", help="ray: GPUs reserved by each run (fractions share a GPU).")
+    ] = None,
+    cpus_per_run: Annotated[
+        Optional[int],
+        typer.Option("--cpus-per-run", help="ray: CPUs reserved by each run (also its torch threads). \\[default: 1]"),
+    ] = None,
     width: WidthOption = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained", help="Use the timm/torchvision pretrained weights of --arch as the source.")] = False,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Use the timm/torchvision pretrained weights of --arch as the source.")
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -433,7 +521,11 @@ def scan(
     unknown = [name for name in baseline_names if name not in BASELINE_NAMES]
     if unknown:
         raise typer.BadParameter(f"unknown baseline '{unknown[0]}': choose from {', '.join(BASELINE_NAMES)}")
-    backend_options = {k: v for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items() if v is not None}
+    backend_options = {
+        k: v
+        for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items()
+        if v is not None
+    }
     if backend_options and backend is not Backend.ray:
         raise typer.BadParameter(f"--{next(iter(backend_options)).replace('_', '-')} needs --backend ray")
     options = _arch_options(arch or "paper-cnn", width)
@@ -442,8 +534,16 @@ def scan(
     if target is not None:
         parse_spec(target)
     given = dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, runs=runs, seed=seed, device=device, jobs=jobs,
-        init=tuple(inits) if inits else None, augment=False if no_augment else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        gate_lr=gate_lr,
+        runs=runs,
+        seed=seed,
+        device=device,
+        jobs=jobs,
+        init=tuple(inits) if inits else None,
+        augment=False if no_augment else None,
     )
     _run_settings(target or source_data or "digits", given)  # bad numbers fail now, before any loading
     if out is not None:
@@ -462,21 +562,29 @@ def scan(
     if source is not None:
         model = probe.load_source(source, arch=arch, data=source_data, data_dir=data_dir, **options)
         recorded = source_info(model).dataset
-        if source_data is not None and recorded is not None and str(parse_spec(recorded)) != str(parse_spec(source_data)):
+        if (
+            source_data is not None
+            and recorded is not None
+            and str(parse_spec(recorded)) != str(parse_spec(source_data))
+        ):
             raise SettingsError(f"'{source}' records source task {recorded}, not {source_data}; drop --source-data")
         source_data = recorded or source_data
     elif pretrained:
         if arch is None:
             raise typer.BadParameter("--pretrained needs --arch, e.g. --arch resnet18 or --arch tv:resnet18")
         if target is None:
-            raise SettingsError("pretrained weights record no task of this toolkit, so there is no default target: give --target (e.g. cifar10)")
+            raise SettingsError(
+                "pretrained weights record no task of this toolkit, so there is no default target: give --target (e.g. cifar10)"
+            )
         fetch(target)
         model = _pretrained(arch, target, data_dir, options)
     else:
         source_data = source_data or "digits[0-4]"
     if target is None:
         if source_data is None:
-            raise SettingsError("this source records no task, so there is no default target: give --target (e.g. cifar10)")
+            raise SettingsError(
+                "this source records no task, so there is no default target: give --target (e.g. cifar10)"
+            )
         target = str(default_target(source_data))
 
     # 3. One RunSettings for every run (digits defaults for digits, the paper's otherwise).
@@ -526,7 +634,9 @@ def _check_writable(out: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ResultsError(f"cannot write results to '{out}': '{existing}' is not a writable folder; pick another --out")
+        raise ResultsError(
+            f"cannot write results to '{out}': '{existing}' is not a writable folder; pick another --out"
+        )
 
 
 def _pretrained(arch: str, data: str, data_dir: Path | None, options: dict):
@@ -546,7 +656,12 @@ def _train_or_reuse(arch: str, data: str, settings, options: dict, data_dir, liv
 
     source_settings = _source_settings(settings)
     model, reused = cached_source(
-        arch, data, settings=source_settings, arch_options=options or None, data_dir=data_dir, progress=live.phase("source")
+        arch,
+        data,
+        settings=source_settings,
+        arch_options=options or None,
+        data_dir=data_dir,
+        progress=live.phase("source"),
     )
     info = source_info(model)
     verb = "reused the cached" if reused else "trained a"
@@ -563,7 +678,9 @@ def _interrupted(out: Path | None, argv: list[str], finished: int) -> None:
     with contextlib.suppress(ProbeError, OSError):
         _, status = _load_folder(out)
         saved = status["done"] + status["failed"]
-    sys.stderr.write(f"interrupted: {saved} run{'' if saved == 1 else 's'} saved in {out}; resume with: {resume_hint(argv)}\n")
+    sys.stderr.write(
+        f"interrupted: {saved} run{'' if saved == 1 else 's'} saved in {out}; resume with: {resume_hint(argv)}\n"
+    )
 
 
 def _print_tables(measurement) -> None:
@@ -590,7 +707,9 @@ def _render(measurement, out: Path | None, json_output: bool, err: Console) -> N
     try:
         figures = write_figures(measurement, out)
     except Exception as error:  # the results are saved already; say so rather than lose them in a traceback
-        _fail(f"could not draw the figures ({type(error).__name__}: {error}); the results are saved: redraw with probe report {out}")
+        _fail(
+            f"could not draw the figures ({type(error).__name__}: {error}); the results are saved: redraw with probe report {out}"
+        )
         raise Exit(1) from None
     err.print(escape(f"saved in {out}: results.json, results.csv, " + ", ".join(path.name for path in figures)))
 
@@ -598,10 +717,15 @@ def _render(measurement, out: Path | None, json_output: bool, err: Console) -> N
 @app.command()
 def layers(
     arch: ArchOption = None,
-    source: Annotated[Optional[Path], typer.Option("--source", help="List the layers of this checkpoint's model.")] = None,
+    source: Annotated[
+        Optional[Path], typer.Option("--source", help="List the layers of this checkpoint's model.")
+    ] = None,
     data: Annotated[
         Optional[str],
-        typer.Option("--data", help="Dataset whose input size the shapes are for, e.g. digits (1×8×8), cifar10 (3×32×32); a checkpoint's own record wins. \\[default: digits]"),
+        typer.Option(
+            "--data",
+            help="Dataset whose input size the shapes are for, e.g. digits (1×8×8), cifar10 (3×32×32); a checkpoint's own record wins. \\[default: digits]",
+        ),
     ] = None,
     width: WidthOption = None,
     json_output: JsonOption = False,
@@ -630,7 +754,9 @@ def layers(
         spec = parse_spec(data or "digits")
         data = str(spec)
         shape = _input_shape(data)
-        model = create_model(arch_name, num_classes=spec.num_classes, in_chans=shape[0], input_size=shape[1:], **options)
+        model = create_model(
+            arch_name, num_classes=spec.num_classes, in_chans=shape[0], input_size=shape[1:], **options
+        )
     from .layers import layer_table
 
     rows = [
@@ -652,11 +778,25 @@ def layers(
         caption=f"{sum(r['default'] for r in rows)} of {len(rows)} probed by default (✓); pick others with probe scan --layers NAME",
         header_style="bold",
     )
-    for name, justify in (("#", "right"), ("layer", "left"), ("kind", "left"), ("module", "left"), ("output shape", "left"), ("default", "center")):
+    for name, justify in (
+        ("#", "right"),
+        ("layer", "left"),
+        ("kind", "left"),
+        ("module", "left"),
+        ("output shape", "left"),
+        ("default", "center"),
+    ):
         table.add_column(name, justify=justify)
     for index, row in enumerate(rows, start=1):
         shape_text = "×".join(map(str, row["shape"])) if row["shape"] else "—"
-        cells = (str(index), row["name"], str(row["kind"]), str(row["module_type"]), shape_text, "✓" if row["default"] else "")
+        cells = (
+            str(index),
+            row["name"],
+            str(row["kind"]),
+            str(row["module_type"]),
+            shape_text,
+            "✓" if row["default"] else "",
+        )
         table.add_row(*map(escape, cells))
     _stdout().print(table)
 
@@ -673,9 +813,14 @@ def _input_shape(data: str) -> tuple[int, ...]:
 
 @app.command()
 def report(
-    folder: Annotated[Path, typer.Argument(help="A results folder written by probe scan --out (or its results.json).", show_default=False)],
+    folder: Annotated[
+        Path,
+        typer.Argument(help="A results folder written by probe scan --out (or its results.json).", show_default=False),
+    ],
     json_output: JsonOption = False,
-    no_figures: Annotated[bool, typer.Option("--no-figures", help="Only print; do not redraw the PNG figures.")] = False,
+    no_figures: Annotated[
+        bool, typer.Option("--no-figures", help="Only print; do not redraw the PNG figures.")
+    ] = False,
 ) -> None:
     """Re-render the table and the figures of a saved results folder, without training.
 
@@ -686,7 +831,9 @@ def report(
 
     measurement, status = _load_folder(folder)
     if measurement is None:
-        raise ResultsError(f"'{folder}' holds no finished run yet ({status['description']}); run probe scan --out {folder}")
+        raise ResultsError(
+            f"'{folder}' holds no finished run yet ({status['description']}); run probe scan --out {folder}"
+        )
     if json_output:
         _write_json({"folder": str(folder), "status": status, "results": measurement.to_dict()})
     else:

@@ -77,9 +77,7 @@ class DatasetSpec:
         if name not in KNOWN_DATASETS:
             close = difflib.get_close_matches(name, KNOWN_DATASETS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DataError(
-                f"unknown dataset '{self.name}'{hint}; known datasets: {', '.join(KNOWN_DATASETS)}"
-            )
+            raise DataError(f"unknown dataset '{self.name}'{hint}; known datasets: {', '.join(KNOWN_DATASETS)}")
         object.__setattr__(self, "name", name)
         if self.classes is None:
             return
@@ -512,7 +510,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             module = "builtins"
         if module.startswith("numpy.core."):  # numpy >= 2 moved numpy.core to numpy._core
             try:
-                return getattr(importlib.import_module("numpy._core." + module[len("numpy.core."):]), name)
+                return getattr(importlib.import_module("numpy._core." + module[len("numpy.core.") :]), name)
             except ImportError:
                 pass
         return getattr(importlib.import_module(module), name)
@@ -528,9 +526,7 @@ def _read_pickle(path: pathlib.Path) -> dict[str, Any]:
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}; check the file's permissions") from e
     except Exception as e:  # any garbage: truncated, corrupt, not a pickle at all
-        raise DataError(
-            f"{path} is corrupt or truncated ({type(e).__name__}); {_REFETCH}"
-        ) from e
+        raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}); {_REFETCH}") from e
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR file (expected a dict, got {type(obj).__name__}); {_REFETCH}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
@@ -579,9 +575,7 @@ def _load_cifar(name: str, root: pathlib.Path, download: bool) -> _Base:
     meta = _read_pickle(folder / layout.meta_file)
     names = meta.get(layout.names_key)
     if not isinstance(names, list) or len(names) != n:
-        raise DataError(
-            f"{folder / layout.meta_file} has no list of {n} '{layout.names_key}'; {_REFETCH}"
-        )
+        raise DataError(f"{folder / layout.meta_file} has no list of {n} '{layout.names_key}'; {_REFETCH}")
     class_names = tuple(s.decode("latin1") if isinstance(s, bytes) else str(s) for s in names)
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])

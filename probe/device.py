@@ -15,6 +15,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu or auto")
+            raise DeviceError(
+                f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu or auto"
+            )
         return torch.device(name)
     raise DeviceError(f"unknown device '{name}': use auto, cpu or cuda")

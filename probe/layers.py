@@ -33,14 +33,59 @@ CANDIDATE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384,
 GENERIC_DEFAULT_MAX = 16
 
 _ACTIVATION_NAMES = {
-    "relu", "relu6", "leakyrelu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "gelutanh", "quickgelu",
-    "silu", "swish", "mish", "hardswish", "hardsigmoid", "hardmish", "sigmoid", "tanh", "hardtanh", "softplus",
-    "softsign", "starrelu", "squaredrelu", "threshold",
+    "relu",
+    "relu6",
+    "leakyrelu",
+    "prelu",
+    "rrelu",
+    "elu",
+    "selu",
+    "celu",
+    "gelu",
+    "gelutanh",
+    "quickgelu",
+    "silu",
+    "swish",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "hardmish",
+    "sigmoid",
+    "tanh",
+    "hardtanh",
+    "softplus",
+    "softsign",
+    "starrelu",
+    "squaredrelu",
+    "threshold",
 }
 _FUNCTIONAL_ACTIVATIONS = {
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "celu_",
-    "gelu", "silu", "mish", "hardswish", "hardsigmoid", "sigmoid", "sigmoid_", "tanh", "tanh_", "softplus",
-    "hardtanh", "hardtanh_", "prelu", "rrelu", "rrelu_",
+    "relu",
+    "relu_",
+    "relu6",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "selu",
+    "selu_",
+    "celu",
+    "celu_",
+    "gelu",
+    "silu",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "softplus",
+    "hardtanh",
+    "hardtanh_",
+    "prelu",
+    "rrelu",
+    "rrelu_",
 }
 _GATES = {"sigmoid", "hardsigmoid", "sigmoid_"}  # activations that gate (squeeze-excitation), not features
 _SQUEEZE_EXCITE = re.compile(r"(?i:squeeze|excit)|^SE[A-Z]|^Eca[A-Z]|^CBAM")
@@ -81,7 +126,9 @@ def module_kind(module: nn.Module) -> str | None:
     if isinstance(module, (nn.Linear, nn.Bilinear)):
         return "linear"
     norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-    if isinstance(module, norms) or (not any(True for _ in module.children()) and "norm" in type(module).__name__.lower()):
+    if isinstance(module, norms) or (
+        not any(True for _ in module.children()) and "norm" in type(module).__name__.lower()
+    ):
         return "norm"
     return None
 
@@ -233,12 +280,21 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> _Trace:
             module_name, produced_at = source
             kind = module_kind(modules[module_name])
             if kind is not None:
-                point = _Point(module_name, kind, tuple(tensor.shape[1:]), type(modules[module_name]).__name__,
-                               act_type, produced_at, module_name)
+                point = _Point(
+                    module_name,
+                    kind,
+                    tuple(tensor.shape[1:]),
+                    type(modules[module_name]).__name__,
+                    act_type,
+                    produced_at,
+                    module_name,
+                )
             elif is_activation(modules[module_name]):
                 continue  # an activation of an activation: its input is no pre-activation
         if point is None and act_name is not None:
-            point = _Point(act_name + INPUT_SUFFIX, "act-input", tuple(tensor.shape[1:]), act_type, act_type, event, act_name)
+            point = _Point(
+                act_name + INPUT_SUFFIX, "act-input", tuple(tensor.shape[1:]), act_type, act_type, event, act_name
+            )
         if point is None or point.name in points:
             continue
         if head is not None and (point.owner == head or point.owner.startswith(head + ".")):
@@ -283,7 +339,9 @@ def check_layers(model: nn.Module, layers: Sequence[str], input_shape: Sequence[
     for point in points:
         runs = trace.calls[point.module_name]
         if runs == 0:
-            raise LayerError(f"'{point.layer}' does not run in {type(model).__name__}'s forward pass; pick one of `probe layers`")
+            raise LayerError(
+                f"'{point.layer}' does not run in {type(model).__name__}'s forward pass; pick one of `probe layers`"
+            )
         if runs > 1:
             raise LayerError(_shared_message(model, point.layer, point.module_name, runs, trace))
         head = trace.head
@@ -318,7 +376,9 @@ def _shared_message(model: nn.Module, layer: str, module_name: str, runs: int, t
             )
         else:
             parts.append(f"{call} a tensor no single-use module outputs, which no layer name reaches")
-    message = f"'{layer}' runs {runs} times in one forward pass (a shared module), so it cannot be probed: {'; '.join(parts)}"
+    message = (
+        f"'{layer}' runs {runs} times in one forward pass (a shared module), so it cannot be probed: {'; '.join(parts)}"
+    )
     if type(model).__module__.startswith("torchvision.models.resnet"):
         message += (
             "; torchvision's ResNet reuses one ReLU per block, so its residual pre-activations cannot be probed — "
@@ -349,7 +409,8 @@ def default_points(model: nn.Module, layers: Sequence[LayerInfo]) -> list[str]:
         return mlp
     modules = dict(model.named_modules())
     eligible = [
-        layer.name for layer in layers
+        layer.name
+        for layer in layers
         if _act_key(layer.activation) not in _GATES
         and not _inside_squeeze_excite(layer.name.removesuffix(INPUT_SUFFIX), modules)
     ]

@@ -126,7 +126,9 @@ def _worker(payload: tuple[str, bytes], threads: int, conn: Connection) -> None:
     try:
         context = _unpack(payload)
     except Exception as error:
-        message = f"a worker process could not load the model and data ({type(error).__name__}: {error}); run with jobs=1"
+        message = (
+            f"a worker process could not load the model and data ({type(error).__name__}: {error}); run with jobs=1"
+        )
         conn.send(("error", None, ProbeError(message), traceback.format_exc()))
         return
     del payload
@@ -180,14 +182,18 @@ def _died(worker: _Worker, spec: RunSpec) -> BaseException:
     worker.process.join(timeout=5)
     code = worker.process.exitcode
     if code in (-signal.SIGTERM, -signal.SIGINT):
-        return KeyboardInterrupt(f"a worker process was stopped by {signal.Signals(-code).name} while running {spec.key}")
+        return KeyboardInterrupt(
+            f"a worker process was stopped by {signal.Signals(-code).name} while running {spec.key}"
+        )
     how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
     hint = ""
     if code == -signal.SIGKILL:
         hint = " (SIGKILL: often the out-of-memory killer; try fewer jobs)"
     elif code == 1:  # an uncaught error, printed above by the worker; most often at start-up:
         hint = " (its traceback is above; a script using jobs > 1 needs an `if __name__ == '__main__':` guard)"
-    return ProbeError(f"a worker process {how} while running {spec.key}{hint}; run with jobs=1 to see the error in this process")
+    return ProbeError(
+        f"a worker process {how} while running {spec.key}{hint}; run with jobs=1 to see the error in this process"
+    )
 
 
 def execute_parallel(
@@ -260,7 +266,11 @@ def execute_parallel(
                 if kind == "epoch":
                     if progress is not None:
                         event = message[0]
-                        progress(ProgressEvent(specs[position], event.epoch, event.epochs, event.metrics, offset + position, total))
+                        progress(
+                            ProgressEvent(
+                                specs[position], event.epoch, event.epochs, event.metrics, offset + position, total
+                            )
+                        )
                 elif kind == "done":
                     remaining -= 1
                     hand_out(worker)  # keep the worker busy while the caller handles the result

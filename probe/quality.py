@@ -65,7 +65,9 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     return math.nan if untied == 0.0 else float(np.sum(sign_a * sign_b)) / math.sqrt(untied)
 
 
-def separation(control: Mapping[str, Sequence[float]], transfer: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+def separation(
+    control: Mapping[str, Sequence[float]], transfer: Mapping[str, Sequence[float]]
+) -> dict[str, dict[str, float]]:
     """Per layer: ``difference`` = mean AnA λS − mean AnB λS, and ``in_spread`` = that over the pooled run std.
 
     ``control`` and ``transfer`` map a layer to its runs' λS. ``in_spread`` is NaN with fewer than two runs
@@ -81,7 +83,9 @@ def separation(control: Mapping[str, Sequence[float]], transfer: Mapping[str, Se
             in_spread = math.nan
         else:
             pooled = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
-            in_spread = difference / pooled if pooled > 0 else (math.copysign(math.inf, difference) if difference else 0.0)
+            in_spread = (
+                difference / pooled if pooled > 0 else (math.copysign(math.inf, difference) if difference else 0.0)
+            )
         found[layer] = {"difference": difference, "in_spread": in_spread}
     return found
 

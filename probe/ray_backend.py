@@ -144,7 +144,9 @@ def _check_resources(ray, settings_device: str, gpus_per_run: float | None, cpus
     if gpus_per_run < 0 or (gpus_per_run > 1 and not gpus_per_run.is_integer()):
         raise SettingsError(f"gpus_per_run must be a fraction in [0, 1] or a whole number, got {gpus_per_run:g}")
     if settings_device.startswith("cuda") and gpus_per_run == 0:
-        raise SettingsError("--device cuda on Ray needs a GPU per run: pass --gpus-per-run 1 (or a fraction such as 0.25)")
+        raise SettingsError(
+            "--device cuda on Ray needs a GPU per run: pass --gpus-per-run 1 (or a fraction such as 0.25)"
+        )
     if settings_device == "cpu" and gpus_per_run > 0:
         raise SettingsError("--device cpu and --gpus-per-run > 0 contradict each other: drop one of them")
     shortfalls = [
@@ -183,13 +185,17 @@ def _context_on_worker(context_ref, use_gpu: bool, task_name: str) -> ProbeConte
     import ray
 
     if use_gpu and not torch.cuda.is_available():
-        raise DeviceError(f"Ray gave this run a GPU but torch on node {ray.util.get_node_ip_address()} sees no CUDA device")
+        raise DeviceError(
+            f"Ray gave this run a GPU but torch on node {ray.util.get_node_ip_address()} sees no CUDA device"
+        )
     device = torch.device("cuda" if use_gpu else "cpu")
     key = (context_ref.hex(), device.type)
     if key not in _worker_context:
         _worker_context.clear()  # drop a previous scan's context before fetching this one
         context = ray.get(context_ref)
-        _worker_context[key] = replace(context, source=context.source.to(device), tasks=dict(context.tasks), device=device)
+        _worker_context[key] = replace(
+            context, source=context.source.to(device), tasks=dict(context.tasks), device=device
+        )
     context = _worker_context[key]
     if context.tasks[task_name].train.x.device.type != device.type:  # a task's data moves when a run first needs it
         context.tasks[task_name] = context.tasks[task_name].to(device)

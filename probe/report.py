@@ -101,7 +101,9 @@ def _cell(summary: Summary | None, metric: str) -> str:
 
 def _baseline_cell(value: Any) -> str:
     if isinstance(value, dict):
-        return format_mean_std(value.get("mean", math.nan), value.get("std", math.nan), 2 if _finite(value.get("std")) else 1)
+        return format_mean_std(
+            value.get("mean", math.nan), value.get("std", math.nan), 2 if _finite(value.get("std")) else 1
+        )
     if _finite(value):
         return f"{value:.3f}"
     return "—"
@@ -135,7 +137,11 @@ def caption(measurement: Measurement) -> str:
     if _finite(top1):
         parts.append(f"source test top-1 {top1:.3f}")
     gate_lr = settings.get("gate_lr") or settings.get("lr")
-    parts.append(f"gate budget (gate_lr {gate_lr:g} × steps) {_budgets(measurement)}" if gate_lr else f"gate budget {_budgets(measurement)}")
+    parts.append(
+        f"gate budget (gate_lr {gate_lr:g} × steps) {_budgets(measurement)}"
+        if gate_lr
+        else f"gate budget {_budgets(measurement)}"
+    )
     runs = settings.get("runs", 1)
     last = settings.get("last_epochs")
     cell = f"mean ± std over {runs} runs" if runs and runs > 1 else "1 run"
@@ -159,7 +165,9 @@ def results_table(measurement: Measurement) -> Table:
     note = caption(measurement)
     if several:
         note += f" · top-1 to recall: runs with λS init {first:g}"
-    table = Table(title=escape(f"QUANTA transferability: {describe(measurement)}"), caption=escape(note), header_style="bold")
+    table = Table(
+        title=escape(f"QUANTA transferability: {describe(measurement)}"), caption=escape(note), header_style="bold"
+    )
     table.add_column("layer", style="bold")  # names are added as Text: never read as markup
     for init in inits:
         table.add_column(f"λS (init {init:g})" if several else "λS", justify="right", style="cyan")
@@ -255,15 +263,27 @@ def transferability_figure(measurement: Measurement, path: str | os.PathLike) ->
             lam_std = [s.std["lambda_source"] if s else 0.0 for s in summaries]
             top1 = [s.mean["top1"] if s else math.nan for s in summaries]
             axis.errorbar(
-                [p + offset for p in positions], lam, yerr=[v if _finite(v) else 0.0 for v in lam_std],
-                fmt="o-", color=color, capsize=4, label=f"λS, init {init:g}",
+                [p + offset for p in positions],
+                lam,
+                yerr=[v if _finite(v) else 0.0 for v in lam_std],
+                fmt="o-",
+                color=color,
+                capsize=4,
+                label=f"λS, init {init:g}",
             )
             accuracy_axis.plot(
-                [p + offset for p in positions], top1, "s:", color=color, alpha=0.7, markersize=5,
+                [p + offset for p in positions],
+                top1,
+                "s:",
+                color=color,
+                alpha=0.7,
+                markersize=5,
                 label=f"target top-1, init {init:g}",
             )
         if _finite(source_top1):
-            accuracy_axis.axhline(source_top1, color="black", linestyle="--", linewidth=1.2, label=f"source top-1 ({source_top1:.3f})")
+            accuracy_axis.axhline(
+                source_top1, color="black", linestyle="--", linewidth=1.2, label=f"source top-1 ({source_top1:.3f})"
+            )
         task_data = (measurement.extras or {}).get("tasks", {}).get(task)
         axis.set_title(TASK_TITLES.get(task, task) + (f": {task_data}" if task_data else ""))
         long_names = max((len(name) for name in layers), default=0) > 6
@@ -309,14 +329,33 @@ def dynamics_figure(measurement: Measurement, path: str | os.PathLike) -> Path:
         for col, init in enumerate(inits):
             axis = axes[row][col]
             for layer in layers:
-                runs = [r for r in measurement.runs if r.ok and r.spec.task == task and r.spec.layer == layer and math.isclose(r.spec.init, init)]
+                runs = [
+                    r
+                    for r in measurement.runs
+                    if r.ok and r.spec.task == task and r.spec.layer == layer and math.isclose(r.spec.init, init)
+                ]
                 epochs, mean, std = _epoch_band([r.history for r in runs], "lambda_source")
                 if not epochs:
                     continue
                 epochs, mean, std = [0, *epochs], [init, *mean], [0.0, *std]  # every gate starts at its init
-                axis.plot(epochs, mean, "-", color=colors[layer], linewidth=1.6, label=layer, marker="o" if len(epochs) < 6 else None)
+                axis.plot(
+                    epochs,
+                    mean,
+                    "-",
+                    color=colors[layer],
+                    linewidth=1.6,
+                    label=layer,
+                    marker="o" if len(epochs) < 6 else None,
+                )
                 if len(runs) > 1:
-                    axis.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=colors[layer], alpha=0.18, linewidth=0)
+                    axis.fill_between(
+                        epochs,
+                        [m - s for m, s in zip(mean, std)],
+                        [m + s for m, s in zip(mean, std)],
+                        color=colors[layer],
+                        alpha=0.18,
+                        linewidth=0,
+                    )
             axis.axhline(init, color="grey", linestyle=":", linewidth=1)
             axis.set_title(f"{task}, λS init {init:g}")
             axis.set_xlabel("epoch")

@@ -29,7 +29,9 @@ class RunSpec:
         return f"{self.task}__{self.layer}__init{self.init:g}__seed{self.seed}"
 
 
-def run_grid(layers: Sequence[str], inits: Sequence[float], seed: int, runs: int, tasks: Sequence[str]) -> list[RunSpec]:
+def run_grid(
+    layers: Sequence[str], inits: Sequence[float], seed: int, runs: int, tasks: Sequence[str]
+) -> list[RunSpec]:
     """Every run of a scan, task-major then init, layer, seed (the order the results are shown in)."""
     seeds = range(seed, seed + runs)
     return [RunSpec(layer, float(init), task, s) for task in tasks for init in inits for layer in layers for s in seeds]

@@ -93,7 +93,9 @@ def torchvision_weights(name: str, tag: bool | str = True):
     if not cached.is_file():
         raise CheckpointError(
             f"no cached pretrained weights for torchvision '{name}' (looked for {cached}); "
-            + _fetch_hint(f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\"")
+            + _fetch_hint(
+                f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\""
+            )
         )
     return weights
 

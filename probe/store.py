@@ -198,7 +198,9 @@ def _acquire_lock(folder: Path) -> str | None:
     try:
         fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise ResultsError(f"cannot write results to '{folder}' ({exc.strerror}); pick a folder you can write to with --out") from None
+        raise ResultsError(
+            f"cannot write results to '{folder}' ({exc.strerror}); pick a folder you can write to with --out"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -245,7 +247,9 @@ def ensure_writable(path: str | os.PathLike) -> Path:
         os.unlink(probe_file)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ResultsError(f"cannot write results to '{folder}' ({reason}); pick a folder you can write to with --out") from None
+        raise ResultsError(
+            f"cannot write results to '{folder}' ({reason}); pick a folder you can write to with --out"
+        ) from None
     return folder
 
 
@@ -276,7 +280,10 @@ def _foreign_entries(folder: Path) -> list[str]:
         if entry.name == LOCK or _is_temp(entry.name):
             continue
         if entry.name == RUNS and entry.is_dir():
-            if any(not _is_temp(f.name) and not f.name.endswith((".json", f".json{CORRUPT_SUFFIX}")) for f in entry.iterdir()):
+            if any(
+                not _is_temp(f.name) and not f.name.endswith((".json", f".json{CORRUPT_SUFFIX}"))
+                for f in entry.iterdir()
+            ):
                 foreign.append(entry.name)
         elif entry.name not in ours:
             foreign.append(entry.name)
@@ -315,7 +322,9 @@ class ResultsFolder:
                 recorded = None
             if recorded is not None and recorded != self.fingerprint and not fresh:
                 differences = fingerprint_differences(recorded, self.fingerprint) or ["fingerprint.json differs"]
-                shown = "; ".join(differences[:6]) + (f"; … ({len(differences) - 6} more)" if len(differences) > 6 else "")
+                shown = "; ".join(differences[:6]) + (
+                    f"; … ({len(differences) - 6} more)" if len(differences) > 6 else ""
+                )
                 raise ResultsError(
                     f"'{self.path}' holds results of another scan ({shown}); "
                     "start over there with --fresh (fresh=True) or pick another --out"
@@ -490,7 +499,9 @@ def load_folder(path: str | os.PathLike) -> tuple[Measurement | None, FolderStat
     try:
         status, runs = _status_from_runs(path, fingerprint)
     except (KeyError, TypeError) as exc:
-        raise ResultsError(f"'{path / FINGERPRINT}' lacks {exc}; it was not written by this version of quanta-probe") from None
+        raise ResultsError(
+            f"'{path / FINGERPRINT}' lacks {exc}; it was not written by this version of quanta-probe"
+        ) from None
     measurement = _read_measurement(results_file) if status.complete else None
     if measurement is None:
         status.complete = False

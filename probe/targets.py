@@ -40,7 +40,9 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
         return model
     name = find_head(model)
     old = model.get_submodule(name)
-    _replace_module(model, name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device))
+    _replace_module(
+        model, name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
+    )
     return model
 
 

@@ -153,7 +153,9 @@ def fit(
             steps += 1
         train_loss = float(loss_sum) / n  # one host read per epoch
         if not math.isfinite(train_loss):
-            return TrainOutcome(history, steps, f"training loss became {train_loss} in epoch {epoch}", time.perf_counter() - started)
+            return TrainOutcome(
+                history, steps, f"training loss became {train_loss} in epoch {epoch}", time.perf_counter() - started
+            )
         trainable.eval()
         metrics = evaluate(forward, test, task.num_classes, amp=amp, memory_format=memory_format)
         metrics["train_loss"] = train_loss
@@ -162,7 +164,9 @@ def fit(
         metrics["epoch"] = epoch
         history.append(metrics)
         if not math.isfinite(metrics["loss"]):
-            return TrainOutcome(history, steps, f"test loss became {metrics['loss']} in epoch {epoch}", time.perf_counter() - started)
+            return TrainOutcome(
+                history, steps, f"test loss became {metrics['loss']} in epoch {epoch}", time.perf_counter() - started
+            )
         if on_epoch is not None:
             on_epoch(EpochEvent(epoch, settings.epochs, metrics, label))
     return TrainOutcome(history, steps, None, time.perf_counter() - started)
@@ -193,7 +197,13 @@ def make_optimizer(
     parameters' device: on CPU it is about 10× faster than the per-tensor loop, which at full width
     would otherwise cost a quarter of every step. Call it after moving the target to its device.
     """
-    groups = [{"params": [p for p in target.parameters() if p.requires_grad], "lr": settings.lr, "weight_decay": settings.weight_decay}]
+    groups = [
+        {
+            "params": [p for p in target.parameters() if p.requires_grad],
+            "lr": settings.lr,
+            "weight_decay": settings.weight_decay,
+        }
+    ]
     gate_params = list(gate.parameters()) if gate is not None else []
     if gate_params and settings.gate_optimizer == "adam":
         groups.append({"params": gate_params, "lr": settings.effective_gate_lr, "weight_decay": 0.0})

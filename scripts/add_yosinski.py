@@ -57,7 +57,10 @@ def main() -> None:
 
         def show(event) -> None:
             if event.epoch == event.epochs:
-                print(f"{event.spec.task} {event.spec.layer} seed {event.spec.seed}: top-1 {event.metrics['top1']:.3f}", flush=True)
+                print(
+                    f"{event.spec.task} {event.spec.layer} seed {event.spec.seed}: top-1 {event.metrics['top1']:.3f}",
+                    flush=True,
+                )
 
         extra = run_baselines(context, measurement, ["yosinski"], progress=show)
         atomic_write_bytes(saved, json.dumps(extra, indent=1, allow_nan=True).encode())

@@ -36,7 +36,9 @@ def python_output(script: str, retain: str) -> list[str]:
     env = {**os.environ, "PROBE_RETAIN_MEMORY": retain}
     env.pop("MALLOC_MMAP_MAX_", None)
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
 
 
 def run(retain: str) -> tuple[bool, int]:

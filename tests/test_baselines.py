@@ -259,8 +259,13 @@ def test_selffer_bnb_uses_the_model_trained_on_b(bn_context):
 def test_scan_with_baselines_end_to_end(tiny_source, tmp_path):
     events = []
     m = probe.scan(
-        tiny_source, layers=["conv1", "conv6"], epochs=1, runs=2, lr=1e-3,
-        baselines=["yosinski", "logme", "hscore"], progress=events.append,
+        tiny_source,
+        layers=["conv1", "conv6"],
+        epochs=1,
+        runs=2,
+        lr=1e-3,
+        baselines=["yosinski", "logme", "hscore"],
+        progress=events.append,
     )
     baselines = m.extras["baselines"]
     assert list(baselines["per_layer"]) == ["conv1", "conv6"]
@@ -293,7 +298,9 @@ def test_scan_with_baselines_end_to_end(tiny_source, tmp_path):
 
 
 def test_correlations_with_three_layers_compare_lambda_and_each_baseline(tiny_source, tmp_path):
-    m = probe.scan(tiny_source, layers=["conv1", "conv3", "fc"], epochs=1, runs=1, lr=1e-3, baselines=["logme", "hscore"])
+    m = probe.scan(
+        tiny_source, layers=["conv1", "conv3", "fc"], epochs=1, runs=1, lr=1e-3, baselines=["logme", "hscore"]
+    )
     lambdas = [m.summary(layer).mean["lambda_source"] for layer in m.layers]
     per_layer = m.extras["baselines"]["per_layer"]
     for key in ("logme", "hscore"):
@@ -320,7 +327,17 @@ def test_the_digits_reproduction_script_runs_in_smoke_mode(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())[0]
     assert summary["A"] == "digits[0-4]" and summary["layers"] == ["conv1", "conv6", "fc"]
     assert set(summary["alone"]) == {"AnB", "AnA"}
-    assert set(summary["baselines"]["correlations"]) == {"AnB_frozen", "AnB_finetune", "AnA_frozen", "AnA_finetune", "logme", "hscore"}
-    assert Measurement.from_dict(json.loads((tmp_path / "halves" / "results.json").read_text())).layers == summary["layers"]
+    assert set(summary["baselines"]["correlations"]) == {
+        "AnB_frozen",
+        "AnB_finetune",
+        "AnA_frozen",
+        "AnA_finetune",
+        "logme",
+        "hscore",
+    }
+    assert (
+        Measurement.from_dict(json.loads((tmp_path / "halves" / "results.json").read_text())).layers
+        == summary["layers"]
+    )
     assert (tmp_path / "halves" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert "TO BE FILLED" not in (tmp_path / "summary.md").read_text()

@@ -39,7 +39,11 @@ def explain(result) -> str:
     """Output and, for an unexpected exception, its traceback: assertion messages that say what broke."""
     import traceback
 
-    trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info and result.exit_code not in (0, 2, 130) else ""
+    trace = (
+        "".join(traceback.format_exception(*result.exc_info))
+        if result.exc_info and result.exit_code not in (0, 2, 130)
+        else ""
+    )
     return f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{trace}"
 
 
@@ -73,8 +77,23 @@ def cache(tmp_path_factory) -> dict:
 def scanned(tmp_path_factory, cache):
     """One small end-to-end scan: 2 layers × 2 inits × (AnB, AnA) × 1 run, 2 epochs, cheap baselines."""
     out = tmp_path_factory.mktemp("scan") / "results"
-    args = ["scan", *TINY, "--epochs", "2", "--layers", "conv1", "--layers", "fc", "--init", "0.9,0.5",
-            "--control", "--baselines", "logme,hscore", "--out", out]
+    args = [
+        "scan",
+        *TINY,
+        "--epochs",
+        "2",
+        "--layers",
+        "conv1",
+        "--layers",
+        "fc",
+        "--init",
+        "0.9,0.5",
+        "--control",
+        "--baselines",
+        "logme,hscore",
+        "--out",
+        out,
+    ]
     result = invoke(args, env=cache)
     assert result.exit_code == 0, explain(result)
     return out, result
@@ -112,14 +131,19 @@ def test_every_option_of_every_command_has_help():
 def test_scan_help_lists_every_option_of_the_issue():
     scan = get_command(app).commands["scan"]
     options = {opt for param in scan.params for opt in getattr(param, "opts", [])}
-    wanted = "arch source target source-data layers init runs epochs batch-size lr gate-lr seed device data-dir download " \
-             "control out fresh jobs no-augment baselines backend address gpus-per-run cpus-per-run width pretrained json quiet"
+    wanted = (
+        "arch source target source-data layers init runs epochs batch-size lr gate-lr seed device data-dir download "
+        "control out fresh jobs no-augment baselines backend address gpus-per-run cpus-per-run width pretrained json quiet"
+    )
     assert {f"--{name}" for name in wanted.split()} <= options
 
 
 def test_python_m_probe_help():
     result = subprocess.run(
-        [sys.executable, "-m", "probe", "--help"], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "probe", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -141,7 +165,11 @@ def test_scan_writes_results_table_and_figures(scanned):
     data = json.loads((out / "results.json").read_text())
     assert data["schema"] == SCHEMA
     # Digits defaults fill the options the user did not give; the given ones win.
-    assert data["settings"]["epochs"] == 2 and data["settings"]["lr"] == DIGITS_DEFAULTS["lr"] and data["settings"]["gate_lr"] == DIGITS_DEFAULTS["gate_lr"]
+    assert (
+        data["settings"]["epochs"] == 2
+        and data["settings"]["lr"] == DIGITS_DEFAULTS["lr"]
+        and data["settings"]["gate_lr"] == DIGITS_DEFAULTS["gate_lr"]
+    )
     assert data["settings"]["init"] == [0.9, 0.5]
     assert data["layers"] == ["conv1", "fc"]
     assert data["target"] == "digits[5-9]"
@@ -172,7 +200,9 @@ def test_scan_reuses_the_cached_source_and_json_is_all_of_stdout(cache, scanned)
 
 
 def test_scan_json_quiet_leaves_stderr_empty(cache, scanned):
-    result = invoke(["scan", *TINY, "--epochs", "2", "--layers", "conv[64]", "--runs", "1", "--json", "--quiet"], env=cache)
+    result = invoke(
+        ["scan", *TINY, "--epochs", "2", "--layers", "conv[64]", "--runs", "1", "--json", "--quiet"], env=cache
+    )
     assert result.exit_code == 0, explain(result)
     assert result.stderr == ""
     assert json.loads(result.stdout)["layers"] == ["conv4", "conv6"]  # the glob's matches, in forward order
@@ -183,7 +213,9 @@ def test_train_then_scan_a_checkpoint(checkpoint, cache):
     assert path.is_file()
     assert "source test top-1" in result.stdout and str(path) in result.stdout
     digest = probe.checkpoint.file_sha256(path)
-    scan = invoke(["scan", "--source", path, "--layers", "conv2", "--epochs", "1", "--no-augment", "--json", "--quiet"], env=cache)
+    scan = invoke(
+        ["scan", "--source", path, "--layers", "conv2", "--epochs", "1", "--no-augment", "--json", "--quiet"], env=cache
+    )
     assert scan.exit_code == 0, explain(scan)
     data = json.loads(scan.stdout)
     assert data["target"] == "digits[5-9]"  # the pairing recorded in the checkpoint
@@ -227,7 +259,20 @@ def test_sigterm_stops_a_scan_cleanly(tmp_path, checkpoint):
     out = tmp_path / "terminated"
     env = {**os.environ, "PROBE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     # Long runs of a given source: the signal arrives while the first run trains.
-    command = [sys.executable, "-m", "probe", "scan", "--source", str(source), "--epochs", "500", "--layers", "conv1,fc", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "probe",
+        "scan",
+        "--source",
+        str(source),
+        "--epochs",
+        "500",
+        "--layers",
+        "conv1,fc",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -362,7 +407,9 @@ def test_corrupt_checkpoint_and_bad_layer_are_one_line_errors(tmp_path, checkpoi
     out = tmp_path / "never"
     assert_user_error(invoke(["scan", "--source", path, "--layers", "conv9", "--out", out], env=cache), "conv9")
     assert not out.exists()
-    assert_user_error(invoke(["scan", "--source", path, "--source-data", "digits[5-9]"], env=cache), "records source task digits[0-4]")
+    assert_user_error(
+        invoke(["scan", "--source", path, "--source-data", "digits[5-9]"], env=cache), "records source task digits[0-4]"
+    )
 
 
 def test_cifar_target_without_data_is_a_one_line_error(tmp_path, checkpoint, cache):
@@ -386,7 +433,9 @@ def test_report_of_a_foreign_folder(tmp_path):
 
 def test_pretrained_without_the_sources_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "probe.sources", None)  # makes `from .sources import ...` fail
-    assert_user_error(invoke(["scan", "--pretrained", "--arch", "resnet18", "--target", "cifar10"]), "pretrained_source")
+    assert_user_error(
+        invoke(["scan", "--pretrained", "--arch", "resnet18", "--target", "cifar10"]), "pretrained_source"
+    )
 
 
 # -------------------------------------------------------------------------------- rendering
@@ -427,7 +476,11 @@ def test_live_progress_tracks_the_whole_scan():
     with live:
         for index, layer in enumerate(("conv1", "fc")):
             for epoch in (1, 2, 3):
-                callback(ProgressEvent(RunSpec(layer, 0.9, "AnB", 0), epoch, 3, {"lambda_source": 0.8, "top1": 0.5}, index, 2))
+                callback(
+                    ProgressEvent(
+                        RunSpec(layer, 0.9, "AnB", 0), epoch, 3, {"lambda_source": 0.8, "top1": 0.5}, index, 2
+                    )
+                )
         task = live._progress.tasks[0]
         assert (task.completed, task.total) == (6, 6)
         assert "run 2/2" in task.description and "fc" in task.description and "λS" in task.description

@@ -65,8 +65,12 @@ def write_cifar10(root: pathlib.Path, per_batch: int = 6, test: int = 10) -> dic
     xs, ys = [], []
     for i in range(1, 6):
         x, y = _images(rng, per_batch, i), [int(v) for v in rng.integers(0, 10, per_batch)]
-        batch = {b"batch_label": b"training batch %d of 5" % i, b"labels": y, b"data": x,
-                 b"filenames": [b"img_%d.png" % j for j in range(per_batch)]}
+        batch = {
+            b"batch_label": b"training batch %d of 5" % i,
+            b"labels": y,
+            b"data": x,
+            b"filenames": [b"img_%d.png" % j for j in range(per_batch)],
+        }
         (folder / f"data_batch_{i}").write_bytes(_py2_dumps(batch))
         xs.append(x)
         ys.extend(y)
@@ -86,8 +90,11 @@ def write_cifar100(root: pathlib.Path, train: int = 30, test: int = 12) -> dict[
     folder.mkdir(parents=True)
     x, y = _images(rng, train, 1), [3, 5, 7] * (train // 3)
     tx, ty = _images(rng, test, 0), [5, 3, 99] * (test // 3)
-    (folder / "train").write_bytes(pickle.dumps(
-        {b"filenames": [b"a.png"] * train, b"fine_labels": y, b"coarse_labels": [0] * train, b"data": x}, protocol=2))
+    (folder / "train").write_bytes(
+        pickle.dumps(
+            {b"filenames": [b"a.png"] * train, b"fine_labels": y, b"coarse_labels": [0] * train, b"data": x}, protocol=2
+        )
+    )
     test_batch = {b"fine_labels": ty, b"coarse_labels": [0] * test, b"data": tx}
     (folder / "test").write_bytes(pickle.dumps(test_batch, protocol=5))
     meta = {b"fine_label_names": [b"class_%d" % i for i in range(100)], b"coarse_label_names": [b"c"] * 20}
@@ -255,7 +262,8 @@ def test_load_cifar10(tmp_path: pathlib.Path) -> None:
     assert torch.allclose(task.test.x, _normalised(raw["test_x"], raw["train_x"]), atol=1e-5)
     # channel-major layout: row[c*1024 + i*32 + j] is pixel (c, i, j)
     expected = (raw["train_x"][4, 2 * 1024 + 5 * 32 + 7] - raw["train_x"].reshape(-1, 3, 1024)[:, 2].mean()) / raw[
-        "train_x"].reshape(-1, 3, 1024)[:, 2].std()
+        "train_x"
+    ].reshape(-1, 3, 1024)[:, 2].std()
     assert task.train.x[4, 2, 5, 7].item() == pytest.approx(expected, abs=1e-5)
     assert task.augment == default_augment("cifar10") and task.augment.flip
 

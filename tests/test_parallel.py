@@ -43,7 +43,11 @@ def test_workers_give_the_serial_numbers_bit_for_bit_and_stream_progress_in_orde
     assert parallel.keys() == serial.keys()
     for spec, result in parallel.items():
         assert result.history == serial[spec].history  # every metric of every epoch
-        assert (result.steps, result.final, result.status) == (serial[spec].steps, serial[spec].final, serial[spec].status)
+        assert (result.steps, result.final, result.status) == (
+            serial[spec].steps,
+            serial[spec].final,
+            serial[spec].status,
+        )
     for position, spec in enumerate(specs):
         events = [entry for entry in seen if entry[1] == spec]
         assert events == [("epoch", spec, 1, 3 + position, 10), ("epoch", spec, 2, 3 + position, 10), ("done", spec)]

@@ -26,7 +26,9 @@ class _CountCalls:
     def __init__(self, model: nn.Module) -> None:
         self.calls = {name: 0 for name, _ in model.named_modules() if name}
         self.handles = [
-            module.register_forward_pre_hook(lambda module, args, name=name: self.calls.__setitem__(name, self.calls[name] + 1))
+            module.register_forward_pre_hook(
+                lambda module, args, name=name: self.calls.__setitem__(name, self.calls[name] + 1)
+            )
             for name, module in model.named_modules()
             if name
         ]
@@ -50,9 +52,12 @@ def test_the_truncated_source_forward_captures_what_the_full_forward_does(layer)
 def test_truncation_stops_at_the_layer_and_survives_an_inplace_relu_right_after_it():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(8 * 8 * 8, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 4),
     ).eval()
     x = torch.randn(2, 3, 8, 8)
     counter = _CountCalls(model)

@@ -109,7 +109,9 @@ def _listening_addresses(pids):
 
 def test_ray_scan_equals_local_scan(tiny_source, local_scan, shared_ray):
     events = []
-    measurement = probe.scan(tiny_source, layers=LAYERS, backend="ray", backend_options={"cpus_per_run": 1}, progress=events.append, **GRID)
+    measurement = probe.scan(
+        tiny_source, layers=LAYERS, backend="ray", backend_options={"cpus_per_run": 1}, progress=events.append, **GRID
+    )
     assert ray.is_initialized()  # an instance the caller started is left running
     assert [run.spec for run in measurement.runs] == [run.spec for run in local_scan.runs]
     assert _histories(measurement) == _histories(local_scan)  # bit for bit: same seeds, one thread per run

@@ -60,7 +60,9 @@ def uninterrupted(source_path):
 def _start_scan(source_path, out, pause: float) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = [str(source_path), str(out), str(pause), json.dumps(LAYERS), json.dumps(SETTINGS)]
-    return subprocess.Popen([sys.executable, "-c", SCAN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCAN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _run_files(out) -> list:
@@ -149,7 +151,9 @@ def test_a_corrupted_run_file_is_detected_and_redone(source_path, uninterrupted,
     damaged.write_bytes(damaged.read_bytes()[:200])
     redone = []
     with pytest.warns(CorruptRunWarning, match=f"{damaged.name}: not valid JSON.*will be redone"):
-        measurement = probe.scan(source_path, LAYERS, TARGET, out=out, progress=lambda e: redone.append(e.spec.key), **SETTINGS)
+        measurement = probe.scan(
+            source_path, LAYERS, TARGET, out=out, progress=lambda e: redone.append(e.spec.key), **SETTINGS
+        )
     assert set(redone) == {damaged.stem}
     assert (out / "runs" / f"{damaged.name}.corrupt").exists()
     assert read_run_file(damaged).to_dict()["history"] == uninterrupted.runs[1].history
@@ -165,7 +169,9 @@ def test_a_folder_of_other_settings_is_refused_before_training_and_fresh_starts_
     with pytest.raises(ResultsError, match=r"settings\.epochs: 1 → 2.*--fresh") as info:
         probe.scan(source_path, ["conv1"], TARGET, out=out, progress=progress.append, **dict(small, epochs=2))
     assert progress == [] and "\n" not in str(info.value)
-    measurement = probe.scan(source_path, ["conv1"], TARGET, out=out, fresh=True, progress=progress.append, **dict(small, epochs=2))
+    measurement = probe.scan(
+        source_path, ["conv1"], TARGET, out=out, fresh=True, progress=progress.append, **dict(small, epochs=2)
+    )
     assert len(progress) == 2 and measurement.environment["resumed_runs"] == 0
     assert len(measurement.runs[0].history) == 2
     assert len(_run_files(out)) == 1 and load_folder(out)[1].complete
@@ -188,7 +194,9 @@ def test_a_diverging_run_is_saved_as_failed_and_not_redone(source_path, tmp_path
     summary = measurement.summary("conv1")
     assert (summary.runs, summary.ok_runs) == (2, 0)
     progress = []
-    again = probe.scan(source_path, ["conv1"], TARGET, out=out, progress=progress.append, **dict(SETTINGS, lr=1e6, gate_lr=1e6))
+    again = probe.scan(
+        source_path, ["conv1"], TARGET, out=out, progress=progress.append, **dict(SETTINGS, lr=1e6, gate_lr=1e6)
+    )
     assert progress == [] and again.environment["resumed_runs"] == 2
     status = load_folder(out)[1]
     assert (status.done, len(status.failed), status.missing) == (0, 2, [])

@@ -154,7 +154,13 @@ def _regularized_h_score(f: torch.Tensor, y: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     "n,d,score",
-    [(200, 16, logme), (30, 64, logme), (200, 16, h_score), (200, 16, _regularized_h_score), (30, 64, _regularized_h_score)],
+    [
+        (200, 16, logme),
+        (30, 64, logme),
+        (200, 16, h_score),
+        (200, 16, _regularized_h_score),
+        (30, 64, _regularized_h_score),
+    ],
 )
 def test_separable_features_score_higher_than_noise(n: int, d: int, score) -> None:
     separable, y = random_data(n, d, 4, seed=3, spread=3.0)

@@ -73,5 +73,7 @@ class PaperCNN(nn.Module):
     default_layers=lambda model: list(PAPER_CNN_LAYERS),
     description="the QUANTA paper's CNN: 6 convs (64, 256, 512 maps), FC 2048; option width",
 )
-def paper_cnn(num_classes: int, in_chans: int = 3, input_size: tuple[int, int] = (32, 32), width: float = 1.0) -> PaperCNN:
+def paper_cnn(
+    num_classes: int, in_chans: int = 3, input_size: tuple[int, int] = (32, 32), width: float = 1.0
+) -> PaperCNN:
     return PaperCNN(num_classes=num_classes, in_chans=in_chans, input_size=input_size, width=width)

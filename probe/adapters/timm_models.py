@@ -19,7 +19,9 @@ from . import ArchSpec, register_namespace
 _CHECKED: set[tuple] = set()  # (name, in_chans, input_size, options) that ran once already
 
 
-def _create(name: str, num_classes: int | None, in_chans: int, size: tuple[int, int], pretrained: bool, options: dict) -> nn.Module:
+def _create(
+    name: str, num_classes: int | None, in_chans: int, size: tuple[int, int], pretrained: bool, options: dict
+) -> nn.Module:
     kwargs = dict(options)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -55,10 +57,17 @@ def build_timm(
     try:
         model = _create(name, num_classes, in_chans, input_size, bool(pretrained), options)
     except TypeError as exc:
-        raise ArchitectureError(f"cannot build {arch} with options {options}: {exc}; check --arch-option names") from exc
+        raise ArchitectureError(
+            f"cannot build {arch} with options {options}: {exc}; check --arch-option names"
+        ) from exc
     except (AssertionError, RuntimeError, ValueError, ZeroDivisionError) as exc:
         raise input_size_error(arch, (in_chans, *input_size), exc, make) from exc
-    key = (name, in_chans, input_size, repr(sorted((k, repr(v)) for k, v in options.items() if k != "pretrained_cfg_overlay")))
+    key = (
+        name,
+        in_chans,
+        input_size,
+        repr(sorted((k, repr(v)) for k, v in options.items() if k != "pretrained_cfg_overlay")),
+    )
     if key not in _CHECKED:
         ensure_runs(model, arch, (in_chans, *input_size), make)
         _CHECKED.add(key)

@@ -56,7 +56,9 @@ def _create(name: str, num_classes: int | None, size: tuple[int, int], weights, 
             kwargs["num_classes"] = num_classes
         if name.startswith("vit_") and "image_size" not in kwargs:
             if size[0] != size[1]:
-                raise ArchitectureError(f"tv:{name} takes square images, not {size[0]}×{size[1]}; pick a timm ViT (img_size)")
+                raise ArchitectureError(
+                    f"tv:{name} takes square images, not {size[0]}×{size[1]}; pick a timm ViT (img_size)"
+                )
             kwargs["image_size"] = size[0]
     model = torchvision.models.get_model(name, weights=weights, **kwargs)
     if weights is not None and num_classes is not None and num_classes != len(weights.meta["categories"]):
@@ -91,7 +93,9 @@ def build_torchvision(
     try:
         model = _create(name, num_classes, input_size, weights, options)
     except TypeError as exc:
-        raise ArchitectureError(f"cannot build {arch} with options {options}: {exc}; check --arch-option names") from exc
+        raise ArchitectureError(
+            f"cannot build {arch} with options {options}: {exc}; check --arch-option names"
+        ) from exc
     except (AssertionError, RuntimeError, ValueError, ZeroDivisionError) as exc:
         raise input_size_error(arch, (in_chans, *input_size), exc, make) from exc
     _with_grey(model, in_chans)
