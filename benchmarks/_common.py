@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from probe.data import AugmentConfig, DatasetSpec, Split, TaskData
-from probe.parallel import available_cores
+from probe.util.device import available_cores
 from probe.settings import RunSettings
-from probe.trainer import autocast_for, memory_format_for
+from probe.training.trainer import autocast_for, memory_format_for
 
 
 def header(title: str, **config) -> None:
@@ -44,9 +44,9 @@ def header(title: str, **config) -> None:
 
 
 def retain_memory() -> str:
-    """Keep freed memory for the next step, as the ``probe`` command and its workers do (probe.allocator);
+    """Keep freed memory for the next step, as the ``probe`` command and its workers do (probe.util.allocator);
     ``PROBE_RETAIN_MEMORY=0`` measures the C library's default instead. Returns the state, for the header."""
-    from probe.allocator import retain_freed_memory
+    from probe.util.allocator import retain_freed_memory
 
     return "retained" if retain_freed_memory() else "C library default"
 
@@ -78,7 +78,7 @@ def synthetic_task(
 def training_steps(
     forward, optimizer, split: Split, batch_size: int, seed: int = 0, settings: RunSettings | None = None
 ) -> Callable[[int], None]:
-    """``run(k)``: k training steps exactly as :func:`probe.trainer.fit` does them (batch gather, autocast and
+    """``run(k)``: k training steps exactly as :func:`probe.training.trainer.fit` does them (batch gather, autocast and
     memory format as ``settings`` give them on the split's device, forward, cross-entropy, zero_grad,
     backward, Adam step, loss kept on the device)."""
     settings = settings or RunSettings()

@@ -1,4 +1,4 @@
-"""Training-step time with the C library's malloc defaults against freed memory retained (probe.allocator).
+"""Training-step time with the C library's malloc defaults against freed memory retained (probe.util.allocator).
 
 glibc returns large freed blocks to the OS, so every step page-faults its activations and gradients in
 again. The two settings are process-wide and cannot be undone inside one process, so each variant runs
@@ -24,9 +24,9 @@ from _common import header, median, retain_memory, synthetic_task, training_step
 
 
 def child(width: float, steps: int, threads: int) -> None:
-    from probe.adapters import create_model
+    from probe.models import create_model
     from probe.settings import RunSettings
-    from probe.trainer import make_optimizer
+    from probe.training.trainer import make_optimizer
 
     torch.set_num_threads(threads)
     state = retain_memory()

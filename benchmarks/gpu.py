@@ -6,7 +6,7 @@ CIFAR-shaped data kept on the device, as probe keeps it.
 1. images/s of plain target training at batch 32 and 512: fp32 NCHW against bf16 autocast +
    channels_last (probe's CUDA defaults: settings.amp, settings.channels_last);
 2. QUANTA step / plain step per layer in probe's CUDA mode (recomputed and reused source tensors);
-3. host synchronisations during one epoch of a QUANTA run (api.run_one), counted with
+3. host synchronisations during one epoch of a QUANTA run (probe.engine.run.run_one), counted with
    torch.cuda.set_sync_debug_mode, for two epoch lengths: equal counts mean none happens per step;
 4. with --compile: eager against torch.compile of the target (Module.compile), bf16 + channels_last.
 
@@ -22,11 +22,11 @@ import torch
 
 from _common import header, interleaved, median, ratios, spread, synthetic_task, training_steps
 from overhead import measure_width, report
-from probe.adapters import create_model
-from probe.adapters.paper_cnn import PAPER_CNN_LAYERS
+from probe.models import create_model
+from probe.models.paper_cnn import PAPER_CNN_LAYERS
 from probe.data import default_augment
 from probe.settings import RunSettings
-from probe.trainer import make_optimizer, memory_format_for
+from probe.training.trainer import make_optimizer, memory_format_for
 
 FP32 = RunSettings(amp=False, channels_last=False)
 FAST = RunSettings(amp=True, channels_last=True)
@@ -89,11 +89,12 @@ def count_syncs(run) -> int:
 
 
 def syncs(device: torch.device) -> None:
-    from probe.api import ProbeContext, run_one
+    from probe.engine.context import ProbeContext
+    from probe.engine.run import run_one
     from probe.results import RunSpec
-    from probe.targets import TargetFactory
+    from probe.models.targets import TargetFactory
 
-    print("\n3. host synchronisations in one epoch of a QUANTA run (api.run_one, conv4)")
+    print("\n3. host synchronisations in one epoch of a QUANTA run (probe.engine.run.run_one, conv4)")
     source = create_model("paper-cnn", 10, 3, (32, 32), width=1.0).eval().to(device)
     for augment, cache in ((True, False), (False, True)):
         counts = {}

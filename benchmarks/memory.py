@@ -1,8 +1,8 @@
 """Peak resident memory of a QUANTA run against training the same target alone.
 
 Each variant runs in a fresh subprocess (so peaks do not mix) that trains one epoch on in-memory
-CIFAR-shaped data and reports its peak RSS (VmHWM, else ru_maxrss). A QUANTA run is api.run_one,
-exactly as a scan calls it; the plain run is probe.trainer.fit on the target alone. "idle" is a
+CIFAR-shaped data and reports its peak RSS (VmHWM, else ru_maxrss). A QUANTA run is probe.engine.run.run_one,
+exactly as a scan calls it; the plain run is probe.training.trainer.fit on the target alone. "idle" is a
 process that imports everything and builds the data but trains nothing: the floor both share.
 
     .venv/bin/python benchmarks/memory.py [--width 1] [--examples 512] [--layers conv1 conv4 fc]
@@ -36,12 +36,13 @@ def peak_rss_mb() -> float:
 
 
 def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> None:
-    from probe.adapters import create_model
-    from probe.api import ProbeContext, run_one
+    from probe.models import create_model
+    from probe.engine.context import ProbeContext
+    from probe.engine.run import run_one
     from probe.results import RunSpec
     from probe.settings import RunSettings
-    from probe.targets import TargetFactory
-    from probe.trainer import fit, make_optimizer
+    from probe.models.targets import TargetFactory
+    from probe.training.trainer import fit, make_optimizer
 
     torch.set_num_threads(1)
     retain_memory()  # as the probe command does; PROBE_RETAIN_MEMORY=0 (inherited) measures the default

@@ -26,18 +26,18 @@ from _common import (
     training_steps,
     verdict,
 )
-from probe.adapters import create_model
-from probe.adapters.paper_cnn import PAPER_CNN_LAYERS
-from probe.gate import QuantaGate
-from probe.hooks import quanta_hooks, source_forward
+from probe.models import create_model
+from probe.models.paper_cnn import PAPER_CNN_LAYERS
+from probe.core.gate import QuantaGate
+from probe.core.hooks import quanta_hooks, source_forward
 from probe.settings import RunSettings
-from probe.trainer import autocast_for, make_optimizer, memory_format_for
+from probe.training.trainer import autocast_for, make_optimizer, memory_format_for
 
 TARGETS = {"first": 1.05, "deepest": 1.40, "mean": 1.25, "reuse": 1.05}
 
 
 def source_cache(source, layer: str, x: torch.Tensor, settings: RunSettings) -> torch.Tensor:
-    """The source's tensors at ``layer`` for every example, as api.ProbeContext.source_tensors builds them."""
+    """The source's tensors at ``layer`` for every example, as probe.engine.context.ProbeContext.source_tensors builds them."""
     with autocast_for(x.device, settings):
         return torch.cat([source_forward(source, layer, x[start : start + 256]) for start in range(0, len(x), 256)])
 
@@ -58,7 +58,7 @@ def measure_width(
     torch.manual_seed(0)
     source = create_model("paper-cnn", 10, 3, (32, 32), width=width).eval().to(device)
     plain_target = create_model("paper-cnn", 10, 3, (32, 32), width=width).to(device)
-    if memory_format_for(device, settings) is torch.channels_last:  # as api.run_one does for a target
+    if memory_format_for(device, settings) is torch.channels_last:  # as probe.engine.run.run_one does for a target
         plain_target.to(memory_format=torch.channels_last)
     quanta_target = copy.deepcopy(plain_target)
     step = dict(split=task.train, batch_size=batch_size, settings=settings)
@@ -75,7 +75,7 @@ def measure_width(
         with quanta_hooks(source, quanta_target, layer, gate) as wiring:
             cache = source_cache(source, layer, task.train.x, settings)
             recompute = training_steps(lambda x, idx: wiring(x), optimizer, **step)
-            # the gather api.run_one does for a cached source (index_select: 6× faster than cache[idx] on CPU)
+            # the gather probe.engine.run.run_one does for a cached source (index_select: 6× faster than cache[idx] on CPU)
             reuse = training_steps(lambda x, idx: wiring(x, z_source=cache.index_select(0, idx)), optimizer, **step)
             times = interleaved({"plain": plain, "recompute": recompute, "reuse": reuse}, repeats, block, clock=clock)
         results[layer] = (ratios(times, "recompute", "plain"), ratios(times, "reuse", "plain"), median(times["plain"]))

@@ -21,8 +21,8 @@ import torch
 
 import probe
 from _common import header, median, retain_memory, verdict
-from probe.parallel import available_cores
-from probe.settings import DIGITS_DEFAULTS, RunSettings
+from probe.util.device import available_cores
+from probe.settings import DIGITS_PRESET, RunSettings
 
 TARGET = 1.6  # on 2 cores
 
@@ -50,7 +50,7 @@ def main() -> None:
     source = probe.train_source(
         "paper-cnn", "digits[0-4]", epochs=2, lr=1e-3, arch_options={"width": args.width}, seed=0, augment=False
     )
-    settings = RunSettings(**{**DIGITS_DEFAULTS, "epochs": args.epochs})
+    settings = RunSettings(**{**DIGITS_PRESET, "epochs": args.epochs})
     variants = {  # label -> (jobs, torch threads in this process)
         f"jobs=1, {cores} threads": (1, cores),
         f"jobs={args.jobs}, {max(1, cores // args.jobs)} thread(s) per worker": (args.jobs, cores),

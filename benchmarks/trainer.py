@@ -27,9 +27,9 @@ from _common import (
     synthetic_task,
     verdict,
 )
-from probe.adapters import create_model
+from probe.models import create_model
 from probe.settings import RunSettings
-from probe.trainer import fit, make_optimizer
+from probe.training.trainer import fit, make_optimizer
 
 TARGET = 0.95
 
@@ -119,7 +119,7 @@ def main() -> None:
     fused = same_adam.param_groups[0].get("fused")
     print(f"\nimages/s over an epoch of {args.examples} training images (median of {args.repeats} rounds)")
     for name, label in (
-        ("probe", "probe.trainer.fit"),
+        ("probe", "probe.training.trainer.fit"),
         ("hand", f"hand loop, same Adam (fused={fused})"),
         ("hand_default", "hand loop, default Adam"),
     ):

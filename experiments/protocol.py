@@ -76,7 +76,7 @@ def _settings(p: dict, seeds: int):
 
 
 def _source(split: str):
-    from probe.api import cached_source
+    from probe.engine.sources import cached_source
     from probe.settings import RunSettings
 
     model, _ = cached_source("paper-cnn", SPLITS[split][0], settings=RunSettings(**SOURCE_TRAINING))
@@ -84,16 +84,16 @@ def _source(split: str):
 
 
 def _context(p: dict, split: str, seeds: int):
-    from probe.api import prepare
+    from probe.engine.prepare import prepare
 
-    context, _, _ = prepare(_source(split), SPLITS[split][1], settings=_settings(p, seeds), control=True)
+    context = prepare(_source(split), SPLITS[split][1], settings=_settings(p, seeds), control=True).context
     return context
 
 
 def run_unit(unit: dict) -> list[dict]:
     """Train what one unit asks for; return one record per training run."""
     import probe
-    from probe.baselines import train_alone, train_transfer
+    from probe.baselines.transfer import train_alone, train_transfer
 
     p, split, seeds, kind = unit["protocol"], unit["split"], unit["seeds"], unit["kind"]
     base = dict(stage=unit["stage"], protocol=protocol_name(p), **p, split=split, kind=kind, layer=unit.get("layer"))
@@ -208,8 +208,8 @@ def _by(records, **match) -> list[dict]:
 
 
 def evaluate_protocol(records: list[dict], stage: str, name: str, split: str, last_epochs: int = 10) -> dict:
-    """The quality measures of one protocol on one split (probe.quality does the arithmetic)."""
-    from probe.quality import impairment, repeatability, separation, settled_drift, spearman
+    """The quality measures of one protocol on one split (probe.results.quality does the arithmetic)."""
+    from probe.results.quality import impairment, repeatability, separation, settled_drift, spearman
 
     quanta = _by(records, stage=stage, protocol=name, split=split, kind="quanta")
     layers = [layer for layer in ALL_LAYERS if _by(quanta, layer=layer)]

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 import probe
-from probe.api import prepare
-from probe.baselines import comparison_figure, correlations, run_baselines
-from probe.store import load_folder
-from probe.checkpoint import atomic_write_bytes
+from probe.engine.prepare import prepare
+from probe.baselines import correlations, run_baselines
+from probe.report.figures import comparison_figure
+from probe.results.store import load_folder
+from probe.util.files import atomic_write_bytes
 from probe.results import Measurement
 from probe.settings import RunSettings
 
@@ -53,7 +54,7 @@ def main() -> None:
         measurement, _ = load_folder(args.folder)
         settings = RunSettings.from_dict({**measurement.settings, "jobs": 1})
         source = probe.load_source(args.source)
-        context, _, _ = prepare(source, measurement.target, settings=settings)  # AnB only
+        context = prepare(source, measurement.target, settings=settings).context  # AnB only
 
         def show(event) -> None:
             if event.epoch == event.epochs:

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from probe.allocator import retain_freed_memory
+from probe.util.allocator import retain_freed_memory
 from probe.results import strict_json
 
 SPLITS = {
@@ -38,7 +38,6 @@ SPLITS = {
     "parity": ("digits[0,2,4,6,8]", "digits[1,3,5,7,9]"),
 }
 PAPER_INITS = "0.9,0.75,0.5"
-SOURCE_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment", "device", "amp", "channels_last")
 SMOKE = {"epochs": 1, "runs": 1, "layers": "conv1,fc", "inits": "0.9", "width": 0.25}
 
 
@@ -148,25 +147,28 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     import torch
 
     import probe
-    from probe.api import ProgressEvent, cached_source, prepare
-    from probe.baselines import comparison_figure, train_alone
-    from probe.checkpoint import save_checkpoint, source_info
+    from probe.engine.prepare import prepare
+    from probe.engine.progress import ProgressEvent
+    from probe.engine.sources import cached_source, source_settings
+    from probe.baselines import train_alone
+    from probe.report.figures import comparison_figure
+    from probe.models.checkpoint import save_checkpoint, source_info
     from probe.results import RunSpec
-    from probe.settings import DIGITS_DEFAULTS, RunSettings
+    from probe.settings import DIGITS_PRESET, RunSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     task_a, task_b = SPLITS[name]
     settings = RunSettings(
-        **{**DIGITS_DEFAULTS, "epochs": args.epochs},
+        **{**DIGITS_PRESET, "epochs": args.epochs},
         runs=args.runs,
         init=args.inits,
         device=args.device,
         jobs=args.jobs,
     )
     # The source's settings as `probe train` / `probe scan` make them, so the source cache is shared with the CLI.
-    source_settings = RunSettings(**{field: getattr(settings, field) for field in SOURCE_SETTINGS})
-    source_settings = source_settings.with_(epochs=args.source_epochs or args.epochs, seed=args.source_seed)
+    trained_with = source_settings(settings)
+    trained_with = trained_with.with_(epochs=args.source_epochs or args.epochs, seed=args.source_seed)
     layers = args.layers or ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
     tasks = 2  # AnB and the AnA control
     yosinski = "yosinski" in args.baselines
@@ -174,7 +176,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     total_epochs = settings.epochs * (
         per_run * len(settings.init) + (2 * per_run if yosinski else 0) + tasks * settings.runs
     )
-    printer = Printer(name, total_epochs + source_settings.epochs)
+    printer = Printer(name, total_epochs + trained_with.epochs)
     started = time.perf_counter()
 
     print(
@@ -182,7 +184,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
         flush=True,
     )
     source, reused = cached_source(
-        "paper-cnn", task_a, settings=source_settings, arch_options={"width": args.width}, progress=printer
+        "paper-cnn", task_a, settings=trained_with, arch_options={"width": args.width}, progress=printer
     )
     info = source_info(source)
     print(f"[{name}] source {'reused' if reused else 'trained'}: test top-1 {info.test_top1:.4f}", flush=True)
@@ -204,7 +206,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
         progress=printer,
     )
     try:
-        from probe.report import write_figures
+        from probe.report.figures import write_figures
 
         write_figures(measurement, folder)
     except ImportError:
@@ -214,7 +216,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     # The target trained alone, same settings and seeds (question 1); the Yosinski baseline already has it.
     alone = measurement.extras.get("baselines", {}).get("alone")
     if not alone:
-        context, _, _ = prepare(source, task_b, settings=settings, control=True, source_data=task_a)
+        context = prepare(source, task_b, settings=settings, control=True, source_data=task_a).context
         alone = {}
         for task in context.tasks:
             values = []

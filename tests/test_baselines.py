@@ -15,7 +15,6 @@ import probe
 from probe.settings import init_seed
 from probe.api import prepare
 from probe.baselines import (
-    comparison_figure,
     kendall_tau_b,
     layer_scores,
     modules_through,
@@ -25,11 +24,12 @@ from probe.baselines import (
     transfer_layers,
     transfer_target,
 )
+from probe.report.figures import comparison_figure
 from probe.errors import LayerError, SettingsError, ShapeMismatchError
-from probe.adapters.paper_cnn import PaperCNN
-from probe.hooks import source_forward
+from probe.models.paper_cnn import PaperCNN
+from probe.core.hooks import source_forward
 from probe.results import Measurement
-from probe.scores import h_score, logme, pool_features
+from probe.baselines.scores import h_score, logme, pool_features
 from probe.settings import RunSettings
 
 SETTINGS = RunSettings(epochs=2, runs=1, lr=1e-3, last_epochs=10)
@@ -94,7 +94,7 @@ def bn_context():
         loss.backward()
         optimizer.step()
     source.eval()
-    context, _, _ = prepare(source, "digits[5-9]", settings=SETTINGS)
+    context = prepare(source, "digits[5-9]", settings=SETTINGS).context
     return context
 
 
@@ -147,7 +147,7 @@ def test_transfer_copies_exactly_the_layers_up_to_n_into_the_seeded_fresh_target
     assert copied == ["conv1", "bn1"]
     with torch.random.fork_rng(devices=[]):  # what the QUANTA run with seed 3 starts from
         torch.manual_seed(init_seed("target", 3))
-        fresh = bn_context.targets(task.num_classes, task.in_chans, task.input_size)
+        fresh = bn_context.target_factory(task.num_classes, task.in_chans, task.input_size)
     for name in ("conv1", "bn1"):
         assert _same(target.get_submodule(name), source.get_submodule(name))
     for name in ("conv2", "bn2", "head"):
@@ -231,7 +231,7 @@ def test_rank_correlations_agree_with_scipy_on_tied_data():
 
 def test_unknown_baselines_list_the_valid_names(bn_context):
     measurement = Measurement(SETTINGS.to_dict(), {}, "digits[5-9]", ["conv1"])
-    with pytest.raises(SettingsError, match="unknown baseline.*knn.*valid: yosinski, logme, hscore"):
+    with pytest.raises(SettingsError, match="unknown baseline.*knn.*choose from yosinski, logme, hscore"):
         run_baselines(bn_context, measurement, ["logme", "knn"])
 
 

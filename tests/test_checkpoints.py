@@ -8,12 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from probe.adapters import create_model
+from probe.models import create_model
 from probe.api import load_source
-from probe.checkpoint import SourceInfo, file_sha256, save_checkpoint, source_info
+from probe.models.checkpoint import SourceInfo, save_checkpoint, source_info
+from probe.util.files import file_sha256
 from probe.errors import CheckpointError
-from probe.sources import pretrained_file, pretrained_source
-from probe.targets import TargetFactory
+from probe.engine.sources import pretrained_source
+from probe.models.pretrained import pretrained_file
+from probe.models.targets import TargetFactory
 
 DIGITS = "digits[0-4]"  # 5 classes of 1×8×8 grey images
 
@@ -96,7 +98,7 @@ def test_a_checkpoint_of_another_architecture_or_class_count_names_the_differenc
 
 def test_a_torchvision_resnet_checkpoint_loads_into_timm_resnet18_unchanged():
     # Why the shared-relu error can point at timm's resnet18: same keys and shapes, same function.
-    from probe.checkpoint import load_state_into
+    from probe.models.checkpoint import load_state_into
 
     torch.manual_seed(4)
     tv_model = create_model("tv:resnet18", 10, 3, (32, 32)).eval()

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 import probe
 from probe.cli import LiveProgress, app
-from probe.report import format_mean_std, results_table, to_json
+from probe.report.tables import format_mean_std, results_table, to_json
 from probe.results import Measurement, RunSpec, SCHEMA
-from probe.settings import DIGITS_DEFAULTS
+from probe.settings import DIGITS_PRESET
 
 TINY = ["--width", "0.25", "--device", "cpu"]
 PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
@@ -167,8 +167,8 @@ def test_scan_writes_results_table_and_figures(scanned):
     # Digits defaults fill the options the user did not give; the given ones win.
     assert (
         data["settings"]["epochs"] == 2
-        and data["settings"]["lr"] == DIGITS_DEFAULTS["lr"]
-        and data["settings"]["gate_lr"] == DIGITS_DEFAULTS["gate_lr"]
+        and data["settings"]["lr"] == DIGITS_PRESET["lr"]
+        and data["settings"]["gate_lr"] == DIGITS_PRESET["gate_lr"]
     )
     assert data["settings"]["init"] == [0.9, 0.5]
     assert data["layers"] == ["conv1", "fc"]
@@ -212,7 +212,7 @@ def test_train_then_scan_a_checkpoint(checkpoint, cache):
     path, result = checkpoint
     assert path.is_file()
     assert "source test top-1" in result.stdout and str(path) in result.stdout
-    digest = probe.checkpoint.file_sha256(path)
+    digest = probe.util.files.file_sha256(path)
     scan = invoke(
         ["scan", "--source", path, "--layers", "conv2", "--epochs", "1", "--no-augment", "--json", "--quiet"], env=cache
     )
@@ -221,13 +221,13 @@ def test_train_then_scan_a_checkpoint(checkpoint, cache):
     assert data["target"] == "digits[5-9]"  # the pairing recorded in the checkpoint
     assert data["source"]["checkpoint"] == str(path)
     assert data["settings"]["augment"] is False
-    assert probe.checkpoint.file_sha256(path) == digest  # the source file is never written
+    assert probe.util.files.file_sha256(path) == digest  # the source file is never written
 
 
 def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanned, monkeypatch):
-    import probe.api
+    import probe.backends.serial
 
-    real_run_one, calls = probe.api.run_one, []
+    real_run_one, calls = probe.backends.serial.run_one, []
 
     def interrupted_after_first(context, spec, on_epoch=None):
         calls.append(spec)
@@ -235,7 +235,7 @@ def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanne
             raise KeyboardInterrupt
         return real_run_one(context, spec, on_epoch)
 
-    monkeypatch.setattr(probe.api, "run_one", interrupted_after_first)
+    monkeypatch.setattr(probe.backends.serial, "run_one", interrupted_after_first)
     out = tmp_path / "partial"
     args = ["scan", *TINY, "--epochs", "1", "--layers", "conv1,fc", "--jobs", "1", "--out", out]  # in-process runs
     result = invoke(args, env=cache)
@@ -248,7 +248,7 @@ def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanne
     assert report.exit_code == 0, explain(report)
     assert "partial results: 1 of 2 runs finished" in report.stderr
 
-    monkeypatch.setattr(probe.api, "run_one", real_run_one)
+    monkeypatch.setattr(probe.backends.serial, "run_one", real_run_one)
     resumed = invoke([*args, "--json"], env=cache)
     assert resumed.exit_code == 0, explain(resumed)
     assert json.loads(resumed.stdout)["environment"]["resumed_runs"] == 1
@@ -431,13 +431,6 @@ def test_report_of_a_foreign_folder(tmp_path):
     assert_user_error(invoke(["report", tmp_path]), "not a quanta-probe results folder")
 
 
-def test_pretrained_without_the_sources_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "probe.sources", None)  # makes `from .sources import ...` fail
-    assert_user_error(
-        invoke(["scan", "--pretrained", "--arch", "resnet18", "--target", "cifar10"]), "pretrained_source"
-    )
-
-
 # -------------------------------------------------------------------------------- rendering
 
 
@@ -468,7 +461,7 @@ def test_table_shows_failed_runs_and_baseline_columns(scanned):
 
 
 def test_live_progress_tracks_the_whole_scan():
-    from probe.api import ProgressEvent
+    from probe.engine.progress import ProgressEvent
 
     buffer = io.StringIO()
     live = LiveProgress(enabled=True, console=Console(file=buffer, force_terminal=True, width=200))
@@ -493,4 +486,4 @@ def test_bare_probe_scan_runs_the_embedded_default(tmp_path, cache):
     assert result.exit_code == 0, explain(result)
     data = json.loads(result.stdout)
     assert data["layers"] == PAPER_LAYERS and data["target"] == "digits[5-9]"
-    assert data["settings"]["epochs"] == probe.settings.DIGITS_DEFAULTS["epochs"]
+    assert data["settings"]["epochs"] == probe.settings.DIGITS_PRESET["epochs"]

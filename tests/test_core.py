@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import probe
-from probe.adapters.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
-from probe.gate import QuantaGate
-from probe.hooks import quanta_hooks, source_forward
+from probe.models.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
+from probe.core.gate import QuantaGate
+from probe.core.hooks import quanta_hooks, source_forward
 from probe.results import Measurement
 
 ACTIVATION_AFTER = {f"conv{i}": f"act{i}" for i in range(1, 7)} | {"fc": "act7"}
@@ -231,7 +231,7 @@ def test_training_moves_the_gate_and_the_target_but_not_the_source():
 
 
 def test_a_fresh_target_for_a_plain_module_shares_nothing_with_the_source():
-    from probe.targets import TargetFactory
+    from probe.models.targets import TargetFactory
 
     source = _trained_bn_source()
     with torch.no_grad():

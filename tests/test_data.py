@@ -14,7 +14,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from probe import data as D
+from probe.data import cifar as cifar_module
+from probe.data.digits import digits_indices
 from probe.data import (
     AugmentConfig,
     DatasetSpec,
@@ -201,8 +202,8 @@ _PINNED_TEST_SUM = 311827
 
 def test_digits_split_is_deterministic_disjoint_and_stratified() -> None:
     target = load_digits().target
-    train, test = D._digits_indices(target)
-    again_train, again_test = D._digits_indices(target)
+    train, test = digits_indices(target)
+    again_train, again_test = digits_indices(target)
     assert np.array_equal(train, again_train) and np.array_equal(test, again_test)
     assert len(np.intersect1d(train, test)) == 0
     assert np.array_equal(np.union1d(train, test), np.arange(len(target)))
@@ -288,7 +289,7 @@ def test_cifar_is_cached_per_folder(tmp_path: pathlib.Path, monkeypatch: pytest.
     first = load_task("cifar100[3]", data_dir=tmp_path)
     expected = first.train.x.clone()
     first.train.x.add_(1000)  # mutating what we got must not touch the cache
-    monkeypatch.setattr(D, "_read_pickle", lambda *_: pytest.fail("re-read a cached dataset"))
+    monkeypatch.setattr(cifar_module, "_read_pickle", lambda *_: pytest.fail("re-read a cached dataset"))
     second = load_task("cifar100[5,3]", data_dir=tmp_path)
     assert torch.equal(second.train.x[second.train.y == 1], expected)
 
@@ -387,7 +388,7 @@ def test_download_offline_fails_fast(tmp_path: pathlib.Path, monkeypatch: pytest
 
 def test_download_skipped_when_present(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_cifar10(tmp_path)
-    monkeypatch.setattr(D, "_download", lambda *_: pytest.fail("downloaded although the files are there"))
+    monkeypatch.setattr(cifar_module, "download_archive", lambda *_: pytest.fail("downloaded although the files are there"))
     assert len(load_task("cifar10", data_dir=tmp_path, download=True).test) == 10
 
 

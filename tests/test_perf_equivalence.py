@@ -8,11 +8,11 @@ from torch import nn
 
 import probe
 from probe import api
-from probe.adapters.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
+from probe.models.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
 from probe.data import load_task
-from probe.hooks import source_forward
+from probe.core.hooks import source_forward
 from probe.settings import RunSettings
-from probe.trainer import fit, make_optimizer
+from probe.training.trainer import fit, make_optimizer
 
 
 def _paper_cnn() -> PaperCNN:
@@ -75,7 +75,7 @@ def test_truncation_stops_at_the_layer_and_survives_an_inplace_relu_right_after_
 
 def test_caching_the_source_tensors_changes_no_number(tiny_source):
     settings = RunSettings(epochs=2, lr=1e-3, gate_lr=0.03, augment=False)
-    context, _, _ = api.prepare(tiny_source, "digits[5-9]", settings=settings)
+    context = api.prepare(tiny_source, "digits[5-9]", settings=settings).context
     cache = context.source_tensors("conv2", "AnB")
     assert cache is not None, "the cache must actually be used for this comparison to mean anything"
     assert cache["train"].shape[0] == len(context.tasks["AnB"].train)

@@ -14,14 +14,14 @@ import time
 import pytest
 
 import probe
-import probe.api
-from probe.checkpoint import save_checkpoint, source_info
+import probe.engine.run
+from probe.models.checkpoint import save_checkpoint, source_info
 from probe.errors import ResultsError
-from probe.store import CorruptRunWarning, load_folder, read_run_file
+from probe.results.store import CorruptRunWarning, load_folder, read_run_file
 
 LAYERS = ["conv1", "conv2"]
 TARGET = "digits[5-9]"
-SETTINGS = dict(epochs=2, runs=2, lr=1e-3, gate_lr=0.03)
+SETTINGS = dict(epochs=2, runs=2, lr=1e-3, gate_lr=0.03, jobs=1)  # jobs=1: runs in this process
 RUNS = len(LAYERS) * SETTINGS["runs"]
 
 # A scan in its own process, as `probe scan --out` runs it; ``pause`` seconds after each epoch leave
@@ -32,7 +32,7 @@ SCAN = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     import probe
-    from probe.interrupt import graceful_interrupts
+    from probe.util.interrupt import graceful_interrupts
 
     source, out, pause, layers, settings = sys.argv[1], sys.argv[2], float(sys.argv[3]), *map(json.loads, sys.argv[4:])
     try:
@@ -204,7 +204,7 @@ def test_a_diverging_run_is_saved_as_failed_and_not_redone(source_path, tmp_path
 
 def test_a_run_that_turns_nan_is_left_out_of_the_means(source_path, uninterrupted, tmp_path, monkeypatch):
     """NaN logits injected into seed 1 from its second epoch: the trainer stops it; seed 0 alone makes the mean."""
-    real_fit = probe.api.fit
+    real_fit = probe.engine.run.fit
 
     def fit_with_nan_for_seed_1(*, forward, seed, on_epoch=None, **kwargs):
         if seed != 1:
@@ -222,7 +222,7 @@ def test_a_run_that_turns_nan_is_left_out_of_the_means(source_path, uninterrupte
 
         return real_fit(forward=poisoned, seed=seed, on_epoch=count, **kwargs)
 
-    monkeypatch.setattr(probe.api, "fit", fit_with_nan_for_seed_1)
+    monkeypatch.setattr(probe.engine.run, "fit", fit_with_nan_for_seed_1)
     out = tmp_path / "out"
     measurement = probe.scan(source_path, ["conv1"], TARGET, out=out, **SETTINGS)
     ok, failed = measurement.runs

@@ -1,4 +1,4 @@
-"""Tests of probe.scores against plain numpy reference implementations."""
+"""Tests of probe.baselines.scores against plain numpy reference implementations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from probe.errors import SettingsError
-from probe.scores import h_score, logme, pool_features
+from probe.baselines.scores import h_score, logme, pool_features
 
 SHAPES = [(120, 8), (60, 25), (20, 50), (10, 64)]  # N > D and N < D
 CLASS_COUNTS = [2, 3, 7]
@@ -21,7 +21,7 @@ CLASS_COUNTS = [2, 3, 7]
 def logme_reference(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-3) -> float:
     """LogME (You et al., ICML 2021, Algorithm 1): per class fixed point on eig(F^T F).
 
-    Same safeguards as probe.scores.logme: eigenvalues at rounding level count as 0, and the loop
+    Same safeguards as probe.baselines.scores.logme: eigenvalues at rounding level count as 0, and the loop
     also stops once lambda leaves [1e-12 min(s > 0), 1e12 max(s)] (a beta or alpha -> inf limit).
     """
     n, d = f.shape

@@ -14,14 +14,15 @@ import textwrap
 import pytest
 
 from probe.errors import ResultsError
-from probe.interrupt import graceful_interrupts, resume_hint
-from probe.results import Measurement, RunResult, RunSpec
+from probe.util.interrupt import graceful_interrupts, resume_hint
+from probe.results import Measurement, RunResult, RunSpec, run_grid
 from probe.settings import RunSettings
-from probe.store import (
+from probe.util.files import atomic_write_bytes
+from probe.results.store import (
     CorruptRunFile,
     CorruptRunWarning,
     ResultsFolder,
-    atomic_write,
+
     canonical_json,
     expected_specs,
     load_folder,
@@ -172,14 +173,14 @@ def test_leftover_temporary_files_of_a_killed_write_are_removed(tmp_path):
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
     target = tmp_path / "results.json"
-    atomic_write(target, b"old")
+    atomic_write_bytes(target, b"old")
 
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, b"new")
+        atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["results.json"]
 
@@ -275,11 +276,9 @@ def test_a_file_in_place_of_the_folder_is_refused(tmp_path):
 
 
 def test_the_expected_runs_are_the_grid_of_the_scan():
-    from probe.api import grid
-
     settings = RunSettings(init=(0.9, 0.5), runs=3, seed=7)
     fingerprint = _fingerprint(tasks={"AnB": "digits[5-9]", "AnA": "digits[0-4]"}, settings=settings.to_dict())
-    assert expected_specs(json.loads(json.dumps(fingerprint))) == grid(["conv1", "conv2"], settings, ["AnB", "AnA"])
+    assert expected_specs(json.loads(json.dumps(fingerprint))) == run_grid(["conv1", "conv2"], settings.init, settings.seed, settings.runs, ["AnB", "AnA"])
 
 
 # --------------------------------------------------------------------------------------------- locking

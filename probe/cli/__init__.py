@@ -1,0 +1,7 @@
+"""The ``probe`` command line: parses, calls :mod:`probe.api`, renders. No policy lives here."""
+
+from . import commands  # noqa: F401  (registers the commands on the app)
+from .app import app, main
+from .progress import LiveProgress
+
+__all__ = ["LiveProgress", "app", "main"]
