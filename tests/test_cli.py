@@ -418,6 +418,43 @@ def test_cifar_target_without_data_is_a_one_line_error(tmp_path, checkpoint, cac
     assert_user_error(result)
 
 
+def _fails_fast_writing_nothing(args, tmp_path, fragment):
+    """``args`` fail in under 5 s with one line and exit 2, and nothing is written (no source trained or cached)."""
+    env = {"PROBE_CACHE": str(tmp_path / "cache"), "PROBE_DATA": str(tmp_path / "data")}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    started = time.perf_counter()
+    result = invoke(args, env=env)
+    seconds = time.perf_counter() - started
+    assert_user_error(result, fragment)
+    assert seconds < 5, f"{seconds:.1f} s: the check ran after expensive work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_cifar_target_without_the_data_fails_before_a_source_is_trained(tmp_path):
+    _fails_fast_writing_nothing(["scan", "--target", "cifar10", *TINY], tmp_path, "CIFAR-10 not found")
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_before_training(tmp_path):
+    _fails_fast_writing_nothing(["train", "--out", "/proc/ck.pt", *TINY], tmp_path, "cannot write the checkpoint")
+
+
+def test_an_empty_layer_list_is_an_error_not_every_layer(tmp_path):
+    args = ["scan", "--layers", "", *TINY, "--out", tmp_path / "out"]
+    _fails_fast_writing_nothing(args, tmp_path, "the layer list is empty")
+
+
+def test_the_cli_and_the_api_record_the_same_settings_for_the_same_request(tmp_path, checkpoint, cache):
+    path, _ = checkpoint
+    by_cli = tmp_path / "cli"
+    args = ["scan", "--source", path, "--layers", "conv1", "--epochs", "1", "--device", "cpu", "--out", by_cli]
+    assert invoke([*args, "--json"], env=cache).exit_code == 0
+    by_api = tmp_path / "api"
+    probe.scan(path, ["conv1"], epochs=1, device="cpu", out=by_api)
+    recorded = [json.loads((folder / "results.json").read_text())["settings"] for folder in (by_cli, by_api)]
+    assert recorded[0] == recorded[1]
+    assert (recorded[0]["lr"], recorded[0]["gate_lr"]) == (DIGITS_PRESET["lr"], DIGITS_PRESET["gate_lr"])
+
+
 def test_unwritable_out_fails_before_training(tmp_path):
     (tmp_path / "a-file").write_text("x")
     env = {"PROBE_CACHE": str(tmp_path / "cache")}
