@@ -12,15 +12,15 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from probe.data import AugmentConfig, DatasetSpec, Split, TaskData
-from probe.util.device import available_cores
 from probe.settings import RunSettings
 from probe.training.trainer import autocast_for, memory_format_for
+from probe.util.device import available_cores
 
 
 def header(title: str, **config) -> None:
@@ -34,7 +34,8 @@ def header(title: str, **config) -> None:
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"# {title}")
     print(
-        f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  python {platform.python_version()}"
+        f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  python "
+        f"{platform.python_version()}"
     )
     print(
         f"# cpu: {cpu}; {available_cores()} usable cores; load average {load}; torch threads {torch.get_num_threads()}"
@@ -146,7 +147,7 @@ def interleaved(
 
 def ratios(times: dict[str, list[float]], name: str, baseline: str) -> list[float]:
     """Round-by-round ratios: each round's time of ``name`` over the same round's ``baseline``."""
-    return [a / b for a, b in zip(times[name], times[baseline])]
+    return [a / b for a, b in zip(times[name], times[baseline], strict=False)]
 
 
 def median(values: list[float]) -> float:

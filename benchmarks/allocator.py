@@ -19,7 +19,6 @@ import sys
 import time
 
 import torch
-
 from _common import header, median, retain_memory, synthetic_task, training_steps
 
 
@@ -90,7 +89,8 @@ def main() -> None:
         default, retained = (median([r["step"] for r in runs[k]]) for k in (False, True))
         kernel = {k: median([r["kernel"] for r in runs[k]]) for k in (False, True)}
         print(
-            f"  {width:<6} {default * 1000:11.1f} {kernel[False]:7.1%} {retained * 1000:12.1f} {kernel[True]:7.1%} {default / retained:9.3f}"
+            f"  {width:<6} {default * 1000:11.1f} {kernel[False]:7.1%} {retained * 1000:12.1f} {kernel[True]:7.1%} "
+            f"{default / retained:9.3f}"
         )
 
 

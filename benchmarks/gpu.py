@@ -19,12 +19,12 @@ import argparse
 import warnings
 
 import torch
-
 from _common import header, interleaved, median, ratios, spread, synthetic_task, training_steps
 from overhead import measure_width, report
+
+from probe.data import default_augment
 from probe.models import create_model
 from probe.models.paper_cnn import PAPER_CNN_LAYERS
-from probe.data import default_augment
 from probe.settings import RunSettings
 from probe.training.trainer import make_optimizer, memory_format_for
 
@@ -63,7 +63,8 @@ def throughput(args, device: torch.device) -> None:
         )
         gain = [1 / r for r in ratios(times, "fast", "fp32")]
         print(
-            f"  {batch:5d} {batch / median(times['fp32']):11.0f} {batch / median(times['fast']):21.0f} {median(gain):9.2f}  ({spread(gain)})"
+            f"  {batch:5d} {batch / median(times['fp32']):11.0f} {batch / median(times['fast']):21.0f} "
+            f"{median(gain):9.2f}  ({spread(gain)})"
         )
 
 
@@ -91,8 +92,8 @@ def count_syncs(run) -> int:
 def syncs(device: torch.device) -> None:
     from probe.engine.context import ProbeContext
     from probe.engine.run import run_one
-    from probe.results import RunSpec
     from probe.models.targets import TargetFactory
+    from probe.results import RunSpec
 
     print("\n3. host synchronisations in one epoch of a QUANTA run (probe.engine.run.run_one, conv4)")
     source = create_model("paper-cnn", 10, 3, (32, 32), width=1.0).eval().to(device)
@@ -105,7 +106,7 @@ def syncs(device: torch.device) -> None:
             settings = FAST.with_(epochs=1, augment=augment, cache_source=cache)
             context = ProbeContext(source, TargetFactory("paper-cnn", {"width": 1.0}), {"AnB": task}, settings, device)
             context.source_tensors("conv4", "AnB")  # the cache (when used) is built before the epoch
-            counts[steps] = count_syncs(lambda: run_one(context, RunSpec("conv4", 0.9, "AnB", 0)))
+            counts[steps] = count_syncs(lambda context=context: run_one(context, RunSpec("conv4", 0.9, "AnB", 0)))
         mode = "augmented, source recomputed" if augment else "not augmented, source cached"
         verdict = "none per step" if counts[20] == counts[40] else "SOME PER STEP"
         print(f"  {mode:<30} 20 steps: {counts[20]:3d} syncs, 40 steps: {counts[40]:3d} syncs  {verdict}")
@@ -127,7 +128,8 @@ def compiled(args, device: torch.device) -> None:
         )
         gain = [1 / r for r in ratios(times, "compiled", "eager")]
         print(
-            f"  batch {batch:4d}: eager {batch / median(times['eager']):8.0f} images/s, compiled {batch / median(times['compiled']):8.0f} images/s, speed-up {median(gain):.2f}"
+            f"  batch {batch:4d}: eager {batch / median(times['eager']):8.0f} images/s, compiled "
+            f"{batch / median(times['compiled']):8.0f} images/s, speed-up {median(gain):.2f}"
         )
 
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 import torch
-
 from _common import header, retain_memory, synthetic_task, verdict
 
 TARGET = 1.3
@@ -36,12 +35,12 @@ def peak_rss_mb() -> float:
 
 
 def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> None:
-    from probe.models import create_model
     from probe.engine.context import ProbeContext
     from probe.engine.run import run_one
+    from probe.models import create_model
+    from probe.models.targets import TargetFactory
     from probe.results import RunSpec
     from probe.settings import RunSettings
-    from probe.models.targets import TargetFactory
     from probe.training.trainer import fit, make_optimizer
 
     torch.set_num_threads(1)

@@ -13,7 +13,6 @@ import argparse
 import copy
 
 import torch
-
 from _common import (
     add_clock_option,
     header,
@@ -26,10 +25,11 @@ from _common import (
     training_steps,
     verdict,
 )
-from probe.models import create_model
-from probe.models.paper_cnn import PAPER_CNN_LAYERS
+
 from probe.core.gate import QuantaGate
 from probe.core.hooks import quanta_hooks, source_forward
+from probe.models import create_model
+from probe.models.paper_cnn import PAPER_CNN_LAYERS
 from probe.settings import RunSettings
 from probe.training.trainer import autocast_for, make_optimizer, memory_format_for
 
@@ -37,7 +37,7 @@ TARGETS = {"first": 1.05, "deepest": 1.40, "mean": 1.25, "reuse": 1.05}
 
 
 def source_cache(source, layer: str, x: torch.Tensor, settings: RunSettings) -> torch.Tensor:
-    """The source's tensors at ``layer`` for every example, as probe.engine.context.ProbeContext.source_tensors builds them."""
+    """The source's tensors at ``layer`` for every example, as ProbeContext.source_tensors builds them."""
     with autocast_for(x.device, settings):
         return torch.cat([source_forward(source, layer, x[start : start + 256]) for start in range(0, len(x), 256)])
 
@@ -49,10 +49,11 @@ def measure_width(
     batch_size: int,
     examples: int,
     clock: str = "wall",
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     settings: RunSettings | None = None,
 ) -> dict[str, tuple[list, list, float]]:
     """Per layer: round-by-round ratios QUANTA/plain (recompute, reuse) and the median plain step time."""
+    device = torch.device("cpu") if device is None else device
     settings = settings or RunSettings()
     task = synthetic_task(examples, 1).to(device)
     torch.manual_seed(0)
@@ -75,8 +76,10 @@ def measure_width(
         with quanta_hooks(source, quanta_target, layer, gate) as wiring:
             cache = source_cache(source, layer, task.train.x, settings)
             recompute = training_steps(lambda x, idx: wiring(x), optimizer, **step)
-            # the gather probe.engine.run.run_one does for a cached source (index_select: 6× faster than cache[idx] on CPU)
-            reuse = training_steps(lambda x, idx: wiring(x, z_source=cache.index_select(0, idx)), optimizer, **step)
+            # the gather run_one does for a cached source (index_select: 6× faster than cache[idx] on CPU)
+            reuse = training_steps(
+                lambda x, idx, cache=cache: wiring(x, z_source=cache.index_select(0, idx)), optimizer, **step
+            )
             times = interleaved({"plain": plain, "recompute": recompute, "reuse": reuse}, repeats, block, clock=clock)
         results[layer] = (ratios(times, "recompute", "plain"), ratios(times, "reuse", "plain"), median(times["plain"]))
         print(f"  {layer} measured ({repeats} rounds of {block} steps per variant)", flush=True)

@@ -18,11 +18,11 @@ import argparse
 import time
 
 import torch
+from _common import header, median, retain_memory, verdict
 
 import probe
-from _common import header, median, retain_memory, verdict
-from probe.util.device import available_cores
 from probe.settings import DIGITS_PRESET, RunSettings
+from probe.util.device import available_cores
 
 TARGET = 1.6  # on 2 cores
 
@@ -80,7 +80,7 @@ def main() -> None:
     thread_speedup = one_thread / all_threads
     worker_speedup = one_thread / workers
     ceiling = min(args.jobs, cores) / thread_speedup
-    difference = max(abs(a - b) for a, b in zip(lambdas[labels[0]], lambdas[labels[1]]))
+    difference = max(abs(a - b) for a, b in zip(lambdas[labels[0]], lambdas[labels[1]], strict=False))
     print(f"\n{runs}-run digits scan, {args.epochs} epochs per run, paper CNN width {args.width}, {cores} cores")
     for label in labels:
         print(f"  {label:<44} {median(seconds[label]):8.1f} s")
@@ -92,13 +92,16 @@ def main() -> None:
     print(f"  {'speed-up, jobs=' + str(args.jobs) + ' over jobs=1':<44} {speedup:8.2f}    {target}")
     print(f"  {'  threads: ' + str(cores) + ' over 1 in one process':<44} {thread_speedup:8.2f}")
     print(
-        f"  {'  workers: jobs=' + str(args.jobs) + ' over one thread':<44} {worker_speedup:8.2f}    (start-up and uneven split included)"
+        f"  {'  workers: jobs=' + str(args.jobs) + ' over one thread':<44} {worker_speedup:8.2f}    (start-up and "
+        "uneven split included)"
     )
     print(
-        f"  {'  ceiling: ' + str(min(args.jobs, cores)) + ' / threads':<44} {ceiling:8.2f}    (perfect workers, no start-up)"
+        f"  {'  ceiling: ' + str(min(args.jobs, cores)) + ' / threads':<44} {ceiling:8.2f}    (perfect workers, no "
+        "start-up)"
     )
     print(
-        f"  largest |λS difference| between jobs=1 and jobs={args.jobs}: {difference:.2e} (thread counts differ, so not bit for bit)"
+        f"  largest |λS difference| between jobs=1 and jobs={args.jobs}: {difference:.2e} (thread counts differ, so "
+        "not bit for bit)"
     )
 
 

@@ -6,7 +6,8 @@ probe: its five metrics). Images/s counts training images over the whole epoch, 
 "same Adam" is the optimizer probe builds (fused where PyTorch has it); the hand loop with PyTorch's
 default Adam is shown too, as the loop a user would write.
 
-    .venv/bin/python benchmarks/trainer.py [--width 0.25] [--examples 1024] [--repeats 5] [--threads 1] [--clock wall|cpu]
+    .venv/bin/python benchmarks/trainer.py [--width 0.25] [--examples 1024] [--repeats 5] [--threads 1]
+        [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from _common import (
     add_clock_option,
     header,
@@ -27,6 +27,7 @@ from _common import (
     synthetic_task,
     verdict,
 )
+
 from probe.models import create_model
 from probe.settings import RunSettings
 from probe.training.trainer import fit, make_optimizer
@@ -127,7 +128,8 @@ def main() -> None:
     same = [1 / r for r in ratios(times, "probe", "hand")]
     default = [1 / r for r in ratios(times, "probe", "hand_default")]
     print(
-        f"  probe / hand loop (same Adam)          {median(same):6.3f}  ({spread(same)})  target ≥ {TARGET}  {verdict(median(same) >= TARGET)}"
+        f"  probe / hand loop (same Adam)          {median(same):6.3f}  ({spread(same)})  target ≥ {TARGET}  "
+        f"{verdict(median(same) >= TARGET)}"
     )
     print(f"  probe / hand loop (default Adam)       {median(default):6.3f}  ({spread(default)})")
 

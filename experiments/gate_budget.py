@@ -69,7 +69,8 @@ def main() -> None:
                 print(
                     f"gate_lr {gate_lr:g} init {init} {layer}: "
                     + ", ".join(
-                        f"{s.task} λS {s.mean['lambda_source']:.3f}±{s.std['lambda_source']:.3f} top-1 {s.mean['top1']:.3f}"
+                        f"{s.task} λS {s.mean['lambda_source']:.3f}±{s.std['lambda_source']:.3f} top-1 "
+                        f"{s.mean['top1']:.3f}"
                         for s in result.summaries
                     )
                     + f" ({time.perf_counter() - started:.0f} s)",

@@ -194,7 +194,8 @@ def run_units(units: list[dict], out: Path, jobs: int) -> None:
                 os.fsync(handle.fileno())
             r = records[0]
             print(
-                f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {r['stage']} {r['protocol']} {r['split']} {r['kind']} {r['layer']}",
+                f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {r['stage']} {r['protocol']} {r['split']} "
+                f"{r['kind']} {r['layer']}",
                 flush=True,
             )
 

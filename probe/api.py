@@ -115,7 +115,9 @@ def check_request(
         if spec is not None and not isinstance(spec, TaskData):
             check_available(spec, data_dir, download)
     if layers is not None and not isinstance(layers, str) and not list(layers):
-        raise LayerError("the layer list is empty: name at least one layer (e.g. conv1) or leave it out for the defaults")
+        raise LayerError(
+            "the layer list is empty: name at least one layer (e.g. conv1) or leave it out for the defaults"
+        )
     names = check_baselines(baselines)
     check_backend(backend, backend_options)
     if out is not None:
@@ -165,7 +167,11 @@ def _planned_source(
     if source is not None:
         model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, **arch_options)
         recorded = source_info(model).dataset
-        if source_data is not None and recorded is not None and str(parse_spec(recorded)) != str(parse_spec(source_data)):
+        if (
+            source_data is not None
+            and recorded is not None
+            and str(parse_spec(recorded)) != str(parse_spec(source_data))
+        ):
             raise SettingsError(f"'{source}' records source task {recorded}, not {source_data}; drop --source-data")
         return model, recorded or source_data
     if pretrained:
@@ -212,7 +218,9 @@ def plan_scan(
     model, source_data = _planned_source(source, arch, pretrained, options, source_data, target, data_dir, download)
     if target is None:
         if source_data is None:
-            raise SettingsError("this source records no task, so there is no default target: give --target (e.g. cifar10)")
+            raise SettingsError(
+                "this source records no task, so there is no default target: give --target (e.g. cifar10)"
+            )
         target = str(default_target(source_data))
     settings = scan_settings(target, **given)
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
@@ -232,7 +240,12 @@ def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.M
     settings = source_settings(plan.settings)
     options = plan.arch_options or None
     return cached_source(
-        plan.arch, str(plan.source_data), settings=settings, arch_options=options, data_dir=plan.data_dir, progress=progress
+        plan.arch,
+        str(plan.source_data),
+        settings=settings,
+        arch_options=options,
+        data_dir=plan.data_dir,
+        progress=progress,
     )
 
 

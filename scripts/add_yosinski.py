@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 import probe
-from probe.engine.prepare import prepare
 from probe.baselines import correlations, run_baselines
+from probe.engine.prepare import prepare
 from probe.report.figures import comparison_figure
-from probe.results.store import load_folder
-from probe.util.files import atomic_write_bytes
 from probe.results import Measurement
+from probe.results.store import load_folder
 from probe.settings import RunSettings
+from probe.util.files import atomic_write_bytes
 
 
 def merge(folder: Path, extra: dict) -> None:

@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from probe.util.allocator import retain_freed_memory
 from probe.results import strict_json
+from probe.util.allocator import retain_freed_memory
 
 SPLITS = {
     "halves": ("digits[0-4]", "digits[5-9]"),
@@ -147,12 +147,12 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     import torch
 
     import probe
+    from probe.baselines import train_alone
     from probe.engine.prepare import prepare
     from probe.engine.progress import ProgressEvent
     from probe.engine.sources import cached_source, source_settings
-    from probe.baselines import train_alone
-    from probe.report.figures import comparison_figure
     from probe.models.checkpoint import save_checkpoint, source_info
+    from probe.report.figures import comparison_figure
     from probe.results import RunSpec
     from probe.settings import DIGITS_PRESET, RunSettings
 
@@ -295,8 +295,10 @@ def markdown(summaries: list[dict]) -> str:
         lines += [
             f"## {s['split']}: A = {s['A']}, B = {s['B']}",
             "",
-            f"paper-cnn, source test top-1 {fmt(s['source_test_top1'], 4)}; {settings['runs']} runs × {settings['epochs']} epochs "
-            f"(lr {settings['lr']:g}, gate lr {settings['gate_lr'] or settings['lr']:g}), finals = mean of the last {settings['last_epochs']} epochs; "
+            f"paper-cnn, source test top-1 {fmt(s['source_test_top1'], 4)}; {settings['runs']} runs × "
+            f"{settings['epochs']} epochs "
+            f"(lr {settings['lr']:g}, gate lr {settings['gate_lr'] or settings['lr']:g}), finals = mean of the last "
+            f"{settings['last_epochs']} epochs; "
             f"{s['seconds'] / 60:.0f} min.",
             "",
         ]

@@ -11,15 +11,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from probe.models import create_model, default_layers, get_arch, list_archs
-from probe.models.torchvision_models import GREY_NOTE
-from probe.models.checkpoint import SourceInfo, attach_info
-from probe.errors import ArchitectureError, LayerError
 from probe.core.gate import QuantaGate
 from probe.core.hooks import quanta_hooks, resolve_layer, source_forward
 from probe.core.layers import check_layers, discover_layers, explain_shared
-from probe.settings import RunSettings
+from probe.errors import ArchitectureError, LayerError
+from probe.models import create_model, default_layers, get_arch, list_archs
+from probe.models.checkpoint import SourceInfo, attach_info
 from probe.models.targets import TargetFactory
+from probe.models.torchvision_models import GREY_NOTE
+from probe.settings import RunSettings
 from probe.training.trainer import make_optimizer
 
 # (arch, in_chans, input size, options, head name): small variants at small sizes, grey where it matters.

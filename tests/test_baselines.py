@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import probe
-from probe.settings import init_seed
 from probe.api import prepare
 from probe.baselines import (
     kendall_tau_b,
@@ -24,13 +23,13 @@ from probe.baselines import (
     transfer_layers,
     transfer_target,
 )
-from probe.report.figures import comparison_figure
+from probe.baselines.scores import h_score, logme, pool_features
+from probe.core.hooks import source_forward
 from probe.errors import LayerError, SettingsError, ShapeMismatchError
 from probe.models.paper_cnn import PaperCNN
-from probe.core.hooks import source_forward
+from probe.report.figures import comparison_figure
 from probe.results import Measurement
-from probe.baselines.scores import h_score, logme, pool_features
-from probe.settings import RunSettings
+from probe.settings import RunSettings, init_seed
 
 SETTINGS = RunSettings(epochs=2, runs=1, lr=1e-3, last_epochs=10)
 
@@ -269,7 +268,7 @@ def test_scan_with_baselines_end_to_end(tiny_source, tmp_path):
     )
     baselines = m.extras["baselines"]
     assert list(baselines["per_layer"]) == ["conv1", "conv6"]
-    for layer, entry in baselines["per_layer"].items():
+    for entry in baselines["per_layer"].values():
         assert set(entry) == {"AnB_frozen", "AnB_finetune", "logme", "hscore"}
         for key in ("AnB_frozen", "AnB_finetune"):
             assert entry[key]["runs"] == 2 and len(entry[key]["values"]) == 2

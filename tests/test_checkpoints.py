@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from probe.models import create_model
 from probe.api import load_source
-from probe.models.checkpoint import SourceInfo, save_checkpoint, source_info
-from probe.util.files import file_sha256
-from probe.errors import CheckpointError
 from probe.engine.sources import pretrained_source
+from probe.errors import CheckpointError
+from probe.models import create_model
+from probe.models.checkpoint import SourceInfo, save_checkpoint, source_info
 from probe.models.pretrained import pretrained_file
 from probe.models.targets import TargetFactory
+from probe.util.files import file_sha256
 
 DIGITS = "digits[0-4]"  # 5 classes of 1×8×8 grey images
 

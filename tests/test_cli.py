@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import probe
 from probe.cli import LiveProgress, app
 from probe.report.tables import format_mean_std, results_table, to_json
-from probe.results import Measurement, RunSpec, SCHEMA
+from probe.results import SCHEMA, Measurement, RunSpec
 from probe.settings import DIGITS_PRESET
 
 TINY = ["--width", "0.25", "--device", "cpu"]
@@ -133,7 +133,8 @@ def test_scan_help_lists_every_option_of_the_issue():
     options = {opt for param in scan.params for opt in getattr(param, "opts", [])}
     wanted = (
         "arch source target source-data layers init runs epochs batch-size lr gate-lr seed device data-dir download "
-        "control out fresh jobs no-augment baselines backend address gpus-per-run cpus-per-run width pretrained json quiet"
+        "control out fresh jobs no-augment baselines backend address gpus-per-run cpus-per-run width pretrained "
+        "json quiet"
     )
     assert {f"--{name}" for name in wanted.split()} <= options
 

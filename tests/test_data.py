@@ -14,8 +14,6 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from probe.data import cifar as cifar_module
-from probe.data.digits import digits_indices
 from probe.data import (
     AugmentConfig,
     DatasetSpec,
@@ -26,6 +24,8 @@ from probe.data import (
     parse_spec,
     resolve_data_dir,
 )
+from probe.data import cifar as cifar_module
+from probe.data.digits import digits_indices
 from probe.errors import DataError, SettingsError
 
 # ------------------------------------------------------------------ tiny CIFAR archives
@@ -388,7 +388,9 @@ def test_download_offline_fails_fast(tmp_path: pathlib.Path, monkeypatch: pytest
 
 def test_download_skipped_when_present(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_cifar10(tmp_path)
-    monkeypatch.setattr(cifar_module, "download_archive", lambda *_: pytest.fail("downloaded although the files are there"))
+    monkeypatch.setattr(
+        cifar_module, "download_archive", lambda *_: pytest.fail("downloaded although the files are there")
+    )
     assert len(load_task("cifar10", data_dir=tmp_path, download=True).test) == 10
 
 
@@ -420,9 +422,9 @@ def test_augment_disabled_returns_input() -> None:
 def test_augment_flip_only_mirrors_some_samples_exactly() -> None:
     x = _batch(n=64)
     out = augment_batch(x, AugmentConfig(flip=True), torch.Generator().manual_seed(0))
-    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x)]
-    same = [torch.equal(o, i) for o, i in zip(out, x)]
-    assert all(m != s for m, s in zip(mirrored, same))  # every sample is one or the other
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x, strict=False)]
+    same = [torch.equal(o, i) for o, i in zip(out, x, strict=False)]
+    assert all(m != s for m, s in zip(mirrored, same, strict=False))  # every sample is one or the other
     assert 10 < sum(mirrored) < 54
 
 

@@ -11,15 +11,14 @@ import torch
 from torch import nn
 
 from probe import api
+from probe.backends.processes import RemoteTraceback, default_jobs, execute_parallel
 from probe.backends.serial import execute_serial
 from probe.engine.context import ProbeContext
-from probe.results import run_grid
-from probe.models.paper_cnn import PaperCNN
 from probe.errors import LayerError, ProbeError
-from probe.backends.processes import RemoteTraceback, default_jobs, execute_parallel
-from probe.util.device import available_cores
-from probe.results import RunSpec
+from probe.models.paper_cnn import PaperCNN
+from probe.results import RunSpec, run_grid
 from probe.settings import RunSettings
+from probe.util.device import available_cores
 
 
 def _workers_alive() -> list[str]:

@@ -8,9 +8,9 @@ from torch import nn
 
 import probe
 from probe import api
-from probe.models.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
-from probe.data import load_task
 from probe.core.hooks import source_forward
+from probe.data import load_task
+from probe.models.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
 from probe.settings import RunSettings
 from probe.training.trainer import fit, make_optimizer
 

@@ -13,15 +13,15 @@ import torch
 
 ray = pytest.importorskip("ray", reason="the Ray back-end needs the optional extra: pip install 'quanta-probe[ray]'")
 
-import probe  # noqa: E402
+# Imported after the skip above (ruff's E402 is off for this file in pyproject.toml).
+import probe
 from probe import api
 from probe.backends import executor_for
+from probe.backends import ray_cluster as ray_backend
 from probe.engine.run import run_one
-from probe.results import run_grid
-from probe.backends import ray_cluster as ray_backend  # noqa: E402
-from probe.util.interrupt import graceful_interrupts  # noqa: E402
-from probe.results import RunSpec  # noqa: E402
-from probe.results.store import ResultsFolder  # noqa: E402
+from probe.results import RunSpec, run_grid
+from probe.results.store import ResultsFolder
+from probe.util.interrupt import graceful_interrupts
 
 pytestmark = pytest.mark.ray
 
@@ -119,7 +119,7 @@ def test_ray_scan_equals_local_scan(tiny_source, local_scan, shared_ray):
     assert ray.is_initialized()  # an instance the caller started is left running
     assert [run.spec for run in measurement.runs] == [run.spec for run in local_scan.runs]
     assert _histories(measurement) == _histories(local_scan)  # bit for bit: same seeds, one thread per run
-    assert all(run.ok and run.final == ref.final for run, ref in zip(measurement.runs, local_scan.runs))
+    assert all(run.ok and run.final == ref.final for run, ref in zip(measurement.runs, local_scan.runs, strict=False))
     # every epoch of every run was reported live, in epoch order within a run, with its grid index
     by_run = collections.defaultdict(list)
     for event in events:

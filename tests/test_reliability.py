@@ -15,8 +15,8 @@ import pytest
 
 import probe
 import probe.engine.run
-from probe.models.checkpoint import save_checkpoint, source_info
 from probe.errors import ResultsError
+from probe.models.checkpoint import save_checkpoint, source_info
 from probe.results.store import CorruptRunWarning, load_folder, read_run_file
 
 LAYERS = ["conv1", "conv2"]
@@ -84,11 +84,11 @@ def _stop_mid_scan(process: subprocess.Popen, out, signum: int) -> int:
 
 def _assert_same_runs(measurement, reference) -> None:
     assert [r.spec for r in measurement.runs] == [r.spec for r in reference.runs]
-    for run, expected in zip(measurement.runs, reference.runs):
+    for run, expected in zip(measurement.runs, reference.runs, strict=False):
         assert run.status == expected.status == "ok"
         differences = [
             f"epoch {got['epoch']} {metric}: {got[metric]!r} != {want[metric]!r}"
-            for got, want in zip(run.history, expected.history)
+            for got, want in zip(run.history, expected.history, strict=False)
             for metric in want
             if got.get(metric) != want[metric]
         ]

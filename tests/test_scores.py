@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from probe.errors import SettingsError
 from probe.baselines.scores import h_score, logme, pool_features
+from probe.errors import SettingsError
 
 SHAPES = [(120, 8), (60, 25), (20, 50), (10, 64)]  # N > D and N < D
 CLASS_COUNTS = [2, 3, 7]
@@ -33,7 +33,7 @@ def logme_reference(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: floa
         t = (y == c).astype(np.float64)
         vt_fty = np.where(s > 0, v.T @ (f.T @ t), 0.0)  # F^T y lies in the range of F^T F
 
-        def fit(alpha: float, beta: float) -> tuple[float, float, float]:
+        def fit(alpha: float, beta: float, t=t, vt_fty=vt_fty) -> tuple[float, float, float]:
             m = v @ (beta * vt_fty / (alpha + beta * s))  # m = beta A^-1 F^T y
             gamma = float(np.sum(beta * s / (alpha + beta * s)))
             return gamma, float(m @ m), float(np.sum((f @ m - t) ** 2))

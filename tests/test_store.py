@@ -14,20 +14,19 @@ import textwrap
 import pytest
 
 from probe.errors import ResultsError
-from probe.util.interrupt import graceful_interrupts, resume_hint
 from probe.results import Measurement, RunResult, RunSpec, run_grid
-from probe.settings import RunSettings
-from probe.util.files import atomic_write_bytes
 from probe.results.store import (
     CorruptRunFile,
     CorruptRunWarning,
     ResultsFolder,
-
     canonical_json,
     expected_specs,
     load_folder,
     read_run_file,
 )
+from probe.settings import RunSettings
+from probe.util.files import atomic_write_bytes
+from probe.util.interrupt import graceful_interrupts, resume_hint
 
 
 def _fingerprint(**changes) -> dict:
@@ -278,7 +277,9 @@ def test_a_file_in_place_of_the_folder_is_refused(tmp_path):
 def test_the_expected_runs_are_the_grid_of_the_scan():
     settings = RunSettings(init=(0.9, 0.5), runs=3, seed=7)
     fingerprint = _fingerprint(tasks={"AnB": "digits[5-9]", "AnA": "digits[0-4]"}, settings=settings.to_dict())
-    assert expected_specs(json.loads(json.dumps(fingerprint))) == run_grid(["conv1", "conv2"], settings.init, settings.seed, settings.runs, ["AnB", "AnA"])
+    assert expected_specs(json.loads(json.dumps(fingerprint))) == run_grid(
+        ["conv1", "conv2"], settings.init, settings.seed, settings.runs, ["AnB", "AnA"]
+    )
 
 
 # --------------------------------------------------------------------------------------------- locking

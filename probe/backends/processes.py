@@ -25,9 +25,9 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
-from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -38,7 +38,6 @@ from ..errors import ProbeError
 from ..results.schema import RunResult, RunSpec
 from ..util.allocator import retain_freed_memory
 from ..util.device import available_cores
-
 
 
 def default_jobs(runs: int | None = None, device: str | torch.device = "auto") -> int:
@@ -126,7 +125,7 @@ def _worker(payload: tuple[str, bytes], threads: int, conn: Connection) -> None:
             os._exit(0)
         position, spec = task
         try:
-            result = run_one(context, spec, lambda event: conn.send(("epoch", position, event)))
+            result = run_one(context, spec, lambda event, position=position: conn.send(("epoch", position, event)))
         except Exception as error:
             conn.send(("error", position, _sendable(error), traceback.format_exc()))
         else:

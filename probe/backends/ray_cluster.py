@@ -314,7 +314,8 @@ def execute_ray(
 
 
 def _stream_results(ray, running: dict, progress: Progress | None, attempts: int) -> Iterator[RunResult]:
-    """Yield each run's result as it arrives, passing its epoch events to ``progress``; finished runs leave ``running``."""
+    """Yield each run's result as it arrives and pass its epoch events to ``progress``; finished runs leave
+    ``running``."""
     while running:
         # a short timeout keeps Ctrl-C prompt
         ready, _ = ray.wait(list(running), num_returns=len(running), timeout=_POLL_SECONDS)

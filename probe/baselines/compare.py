@@ -1,4 +1,5 @@
-"""Baselines beside λS, and how λS ranks the layers against them, on the same data, seeds and trainer: Yosinski transfer accuracy, LogME, H-score.
+"""Baselines beside λS on the same data, seeds and trainer, and how λS ranks the layers against them:
+Yosinski transfer accuracy, LogME, H-score.
 
 * ``yosinski`` -- Yosinski et al., "How transferable are features in deep neural networks?", NeurIPS
   2014. For layer n, the source's layers up to and including n are copied into a fresh target and the
@@ -56,8 +57,6 @@ def check_baselines(names: Sequence[str]) -> list[str]:
     if unknown:
         raise SettingsError(f"unknown baseline '{unknown[0]}': choose from {', '.join(BASELINES)}")
     return chosen
-
-
 
 
 def lambda_per_layer(measurement: Measurement, task: str) -> list[float]:
@@ -162,7 +161,6 @@ def _run_yosinski(context, layers, per_layer, progress, self_source) -> dict:
     return alone
 
 
-
 def _stats(outcomes: list[TransferRun]) -> dict:
     values = [o.top1 for o in outcomes if o.failure is None]
     return {
@@ -172,4 +170,3 @@ def _stats(outcomes: list[TransferRun]) -> dict:
         "failed": len(outcomes) - len(values),
         "values": [o.top1 for o in outcomes],
     }
-

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from ..core.hooks import resolve_layer, source_forward
 from ..errors import SettingsError

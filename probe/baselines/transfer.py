@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,8 +16,7 @@ from ..engine.context import ProbeContext, fresh_target
 from ..errors import LayerError, ShapeMismatchError
 from ..models.checkpoint import source_info
 from ..results.schema import final_figures
-from ..training.trainer import EpochEvent, fit, make_optimizer
-
+from ..training.trainer import fit, make_optimizer
 
 # --------------------------------------------------------------------------------------------------
 # Which modules are "layers up to and including n"
@@ -120,7 +118,7 @@ class _KeepEval(nn.Module):
         self.target = target
         self.frozen = list(frozen)  # a plain list: not registered twice as submodules
 
-    def train(self, mode: bool = True) -> "_KeepEval":
+    def train(self, mode: bool = True) -> _KeepEval:
         super().train(mode)
         for module in self.frozen:
             module.train(False)
@@ -199,5 +197,3 @@ def train_alone(context: ProbeContext, task_name: str, seed: int, on_epoch: Call
     """The target trained alone on ``task_name`` (Yosinski's baseB): no transfer, no gate, same seed."""
     target = fresh_target(context, task_name, seed)
     return _train(context, target, target, task_name, seed, on_epoch)
-
-

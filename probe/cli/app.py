@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from collections.abc import Sequence
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -193,34 +193,35 @@ class Backend(str, Enum):
 
 
 ArchOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--arch",
-        help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or the checkpoint's]",
+        help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or "
+        "the checkpoint's]",
     ),
 ]
 EpochsOption = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--epochs", help=f"Training epochs. \\[default: 60; digits: {DIGITS_PRESET['epochs']}]"),
 ]
-BatchOption = Annotated[Optional[int], typer.Option("--batch-size", help="Mini-batch size. \\[default: 32]")]
+BatchOption = Annotated[int | None, typer.Option("--batch-size", help="Mini-batch size. \\[default: 32]")]
 LrOption = Annotated[
-    Optional[float],
+    float | None,
     typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_PRESET['lr']:g}]"),
 ]
 SeedOption = Annotated[
-    Optional[int], typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")
+    int | None, typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")
 ]
-DeviceOption = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N. \\[default: auto]")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N. \\[default: auto]")]
 DataDirOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--data-dir", help="Folder with the CIFAR data. \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]"
     ),
 ]
 DownloadOption = Annotated[bool, typer.Option("--download", help="Download CIFAR-10/100 into --data-dir when missing.")]
 WidthOption = Annotated[
-    Optional[float], typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")
+    float | None, typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout and nothing else.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no messages on stderr.")]

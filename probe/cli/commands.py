@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,7 @@ from ..settings import DIGITS_PRESET
 from ..util.interrupt import graceful_interrupts, resume_hint
 from .app import (
     ArchOption,
+    Backend,
     BatchOption,
     DataDirOption,
     DeviceOption,
@@ -34,7 +35,6 @@ from .app import (
     QuietOption,
     SeedOption,
     WidthOption,
-    Backend,
     _arch_options,
     _fail,
     _floats,
@@ -92,52 +92,57 @@ def scan(
     ctx: typer.Context,
     arch: ArchOption = None,
     source: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--source",
             help="Source checkpoint (probe train output, a state_dict or .safetensors). \\[default: train one, cached]",
         ),
     ] = None,
     target: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--target",
-            help="Target task, e.g. digits[5-9], cifar100. \\[default: the source's pairing: digits[0-4] → digits[5-9], cifar10 → cifar100]",
+            help="Target task, e.g. digits[5-9], cifar100. \\[default: the source's pairing: digits[0-4] → "
+            "digits[5-9], cifar10 → cifar100]",
         ),
     ] = None,
     source_data: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--source-data",
-            help="The source's own task (for AnA and plain state_dicts). \\[default: the checkpoint's record, else digits[0-4]]",
+            help="The source's own task (for AnA and plain state_dicts). \\[default: the checkpoint's record, else "
+            "digits[0-4]]",
         ),
     ] = None,
     layers: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--layers",
-            help="Layers to probe: names or glob patterns, repeatable or comma-separated (conv1,fc or 'conv*'). \\[default: every probeable layer]",
+            help="Layers to probe: names or glob patterns, repeatable or comma-separated (conv1,fc or 'conv*'). "
+            "\\[default: every probeable layer]",
         ),
     ] = None,
     init: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--init",
-            help="Initial λS, repeatable or comma-separated; each value is a separate series (the paper: 0.9,0.75,0.5). \\[default: 0.9]",
+            help="Initial λS, repeatable or comma-separated; each value is a separate series (the paper: "
+            "0.9,0.75,0.5). \\[default: 0.9]",
         ),
     ] = None,
     runs: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--runs", help="Runs (seeds) per layer and init; the table shows mean ± std. \\[default: 1]"),
     ] = None,
     epochs: EpochsOption = None,
     batch_size: BatchOption = None,
     lr: LrOption = None,
     gate_lr: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--gate-lr",
-            help=f"Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; digits: {DIGITS_PRESET['gate_lr']:g}]",
+            help="Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; "
+            f"digits: {DIGITS_PRESET['gate_lr']:g}]",
         ),
     ] = None,
     seed: SeedOption = None,
@@ -148,40 +153,42 @@ def scan(
         bool, typer.Option("--control", help="Also run the AnA control (target task = the source's task).")
     ] = False,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--out",
-            help="Results folder: results.json, results.csv, one file per run, transferability.png, dynamics.png. Re-running resumes.",
+            help="Results folder: results.json, results.csv, one file per run, transferability.png, dynamics.png. "
+            "Re-running resumes.",
         ),
     ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the runs already in --out and start over.")] = False,
     jobs: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             "--jobs",
-            help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 on a GPU]",
+            help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 "
+            "on a GPU]",
         ),
     ] = None,
     no_augment: NoAugmentOption = False,
     baselines: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--baselines", help="Also compute baselines per layer, comma-separated: yosinski, logme, hscore."),
     ] = None,
     backend: Annotated[
         Backend, typer.Option("--backend", help="Where runs execute: local (this machine) or ray (a Ray cluster).")
     ] = Backend.local,
     address: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--address",
             help="ray: address of the cluster (e.g. ray://head:10001). \\[default: start or join a local one]",
         ),
     ] = None,
     gpus_per_run: Annotated[
-        Optional[float], typer.Option("--gpus-per-run", help="ray: GPUs reserved by each run (fractions share a GPU).")
+        float | None, typer.Option("--gpus-per-run", help="ray: GPUs reserved by each run (fractions share a GPU).")
     ] = None,
     cpus_per_run: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--cpus-per-run", help="ray: CPUs reserved by each run (also its torch threads). \\[default: 1]"),
     ] = None,
     width: WidthOption = None,
@@ -196,13 +203,18 @@ def scan(
     Without options: the embedded demo (a paper CNN trained on digits 0-4, cached; target digits 5-9).
 
     Examples: [bold]probe scan --epochs 12 --runs 3 --out results/digits[/bold];
-    [bold]probe scan --arch paper-cnn --source cifar10.pt --target cifar100 --init 0.9,0.75,0.5 --control --out results/cifar[/bold]
+    [bold]probe scan --arch paper-cnn --source cifar10.pt --target cifar100 --init 0.9,0.75,0.5 --control
+    --out results/cifar[/bold]
     """
     given = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, runs=runs, seed=seed, device=device, jobs=jobs,
         init=tuple(inits) if (inits := _floats(init, "--init")) else None, augment=_augment(no_augment),
     )  # fmt: skip
-    backend_options = {k: v for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items() if v is not None}
+    backend_options = {
+        k: v
+        for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items()
+        if v is not None
+    }
     plan = api.plan_scan(
         source, arch=arch, pretrained=pretrained, arch_options=_arch_options(arch or "paper-cnn", width),
         source_data=source_data, target=target, layers=_layer_list(layers), baselines=_split(baselines),
@@ -281,7 +293,8 @@ def _render(measurement, out: Path | None, json_output: bool, err: Console) -> N
         figures = write_figures(measurement, out)
     except Exception as error:  # the results are saved already; say so rather than lose them in a traceback
         _fail(
-            f"could not draw the figures ({type(error).__name__}: {error}); the results are saved: redraw with probe report {out}"
+            f"could not draw the figures ({type(error).__name__}: {error}); the results are saved: redraw with "
+            f"probe report {out}"
         )
         raise Exit(1) from None
     err.print(escape(f"saved in {out}: results.json, results.csv, " + ", ".join(path.name for path in figures)))
@@ -290,14 +303,13 @@ def _render(measurement, out: Path | None, json_output: bool, err: Console) -> N
 @app.command()
 def layers(
     arch: ArchOption = None,
-    source: Annotated[
-        Optional[Path], typer.Option("--source", help="List the layers of this checkpoint's model.")
-    ] = None,
+    source: Annotated[Path | None, typer.Option("--source", help="List the layers of this checkpoint's model.")] = None,
     data: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--data",
-            help="Dataset whose input size the shapes are for, e.g. digits (1×8×8), cifar10 (3×32×32); a checkpoint's own record wins. \\[default: digits]",
+            help="Dataset whose input size the shapes are for, e.g. digits (1×8×8), cifar10 (3×32×32); a "
+            "checkpoint's own record wins. \\[default: digits]",
         ),
     ] = None,
     width: WidthOption = None,
@@ -378,5 +390,3 @@ def report(
         where = folder if folder.is_dir() else folder.parent  # report also takes a results.json itself
         figures = write_figures(measurement, where)
         err.print(escape(f"redrew {', '.join(path.name for path in figures)} in {where}"))
-
-

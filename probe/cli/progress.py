@@ -11,8 +11,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
-from ..engine.progress import ProgressEvent
-
 
 class LiveProgress:
     """A rich progress display on stderr fed by ProgressEvents; silent when stderr is no terminal.
@@ -44,7 +42,7 @@ class LiveProgress:
             disable=not enabled,
         )
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> LiveProgress:
         self._progress.__enter__()
         return self
 
@@ -90,4 +88,3 @@ class LiveProgress:
 
 def _progress(quiet: bool) -> LiveProgress:
     return LiveProgress(enabled=not quiet and sys.stderr.isatty())
-

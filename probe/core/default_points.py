@@ -90,4 +90,3 @@ def adapter_defaults(model: nn.Module) -> list[str]:
         convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
         shape = (convs[0].in_channels if convs else 3, 224, 224)
     return default_points(model, discover_layers(model, shape))
-

@@ -31,7 +31,8 @@ class QuantaGate(nn.Module):
         else:
             if not 0.0 < lambda_source < 1.0 or math.isnan(lambda_source):
                 raise SettingsError(
-                    f"the initial λS must lie strictly between 0 and 1 (the paper uses 0.9, 0.75, 0.5), got {lambda_source}"
+                    "the initial λS must lie strictly between 0 and 1 (the paper uses 0.9, 0.75, 0.5), got "
+                    f"{lambda_source}"
                 )
             self.v = nn.Parameter(torch.tensor([math.log(lambda_source), math.log1p(-lambda_source)]))
 

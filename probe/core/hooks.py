@@ -8,9 +8,9 @@ module's output (e.g. the residual sum entering a block's final activation).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn

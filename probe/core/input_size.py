@@ -89,7 +89,6 @@ def ensure_runs(
             module.training = mode
 
 
-
 def build_checked(
     arch: str,
     input_shape: Sequence[int],
@@ -104,13 +103,16 @@ def build_checked(
 
     A TypeError means a bad option; other construction errors mean an input size the model cannot take
     (the error names the smallest one, found with ``rebuild(size)``). The first model built for ``key``
-    also runs one forward pass (:func:`ensure_runs`; ``rebuild_built``, default ``rebuild``, finds the size). The model records the ``(C, H, W)`` it was built for.
+    also runs one forward pass (:func:`ensure_runs`; ``rebuild_built``, default ``rebuild``, finds the size).
+    The model records the ``(C, H, W)`` it was built for.
     """
     input_shape = tuple(input_shape)
     try:
         model = build()
     except TypeError as exc:
-        raise ArchitectureError(f"cannot build {arch} with options {options}: {exc}; check --arch-option names") from exc
+        raise ArchitectureError(
+            f"cannot build {arch} with options {options}: {exc}; check --arch-option names"
+        ) from exc
     except (AssertionError, RuntimeError, ValueError, ZeroDivisionError) as exc:
         raise input_size_error(arch, input_shape, exc, rebuild) from exc
     if key not in checked:

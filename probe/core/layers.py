@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,7 +28,6 @@ from ..errors import LayerError
 from .hooks import INPUT_SUFFIX, resolve_layer
 from .input_size import input_size_error
 from .surgery import find_head
-
 
 _ACTIVATION_NAMES = {
     "relu",
@@ -354,7 +353,8 @@ def _shared_message(model: nn.Module, layer: str, module_name: str, runs: int, t
             parts.append(f"{call} the output of '{source}' (probe '{source}' for that pre-activation)")
         elif changed is not None:
             parts.append(
-                f"{call} the output of '{changed}' changed in place (e.g. by a residual add), which no layer name reaches"
+                f"{call} the output of '{changed}' changed in place (e.g. by a residual add), which no layer name "
+                "reaches"
             )
         else:
             parts.append(f"{call} a tensor no single-use module outputs, which no layer name reaches")

@@ -93,5 +93,3 @@ def reinitialise(model: nn.Module) -> nn.Module:
         else:
             nn.init.trunc_normal_(parameter, std=0.02)
     return model
-
-

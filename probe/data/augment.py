@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..errors import DataError, SettingsError
 from .spec import parse_spec
 
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Random augmentation of a batch (see :func:`augment_batch`).
@@ -99,4 +100,3 @@ def augment_batch(x: torch.Tensor, config: AugmentConfig, generator: torch.Gener
         mirror = (u[:, 4] < 0).view(n, 1, 1, 1)
         out = torch.where(mirror, out.flip(-1), out)
     return out
-

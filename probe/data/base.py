@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+
 @dataclass(frozen=True)
 class BaseData:
     """A full base dataset as loaded from disk: raw uint8 images and the train normalisation."""
@@ -47,4 +48,3 @@ def make_base(
         std,
         names,
     )
-

@@ -160,8 +160,6 @@ def load_cifar(name: str, root: pathlib.Path, download: bool) -> BaseData:
     return make_base(train_x, train_y, test_x, test_y, class_names)
 
 
-
-
 def check_cifar_present(name: str, root: pathlib.Path, download: bool) -> None:
     """A DataError unless ``name``'s folder or archive is in ``root`` (or ``download`` will fetch it)."""
     layout = _CIFAR[name]

@@ -33,4 +33,3 @@ def load_digits() -> BaseData:
     target = digits.target.astype(np.int64)
     train, test = digits_indices(target)
     return make_base(images[train], target[train], images[test], target[test], tuple(str(i) for i in range(10)))
-

@@ -12,6 +12,7 @@ from ..errors import DataError
 if TYPE_CHECKING:
     from .cifar import CifarLayout
 
+
 def extract_archive(archive: pathlib.Path, root: pathlib.Path) -> None:
     """Unpack torchvision's CIFAR archive into ``root`` (only plain files and folders inside it)."""
     try:
@@ -40,4 +41,3 @@ def download_archive(layout: CifarLayout, root: pathlib.Path) -> None:
         ) from e
     finally:
         socket.setdefaulttimeout(previous)
-

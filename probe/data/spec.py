@@ -122,7 +122,6 @@ def default_target(source: str | DatasetSpec) -> DatasetSpec:
     )
 
 
-
 def input_shape(spec: str | DatasetSpec) -> tuple[int, int, int]:
     """The (C, H, W) of a dataset's images, known without reading the data."""
     return INPUT_SHAPES[parse_spec(spec).name]

@@ -18,7 +18,6 @@ Base datasets are cached in memory per (name, folder); :func:`load_task` builds 
 every call, so callers own what they get back.
 """
 
-
 from __future__ import annotations
 
 import os
@@ -32,6 +31,7 @@ from .base import BaseData
 from .cifar import check_cifar_present, load_cifar
 from .digits import load_digits
 from .spec import DatasetSpec, parse_spec
+
 
 @dataclass
 class Split:
@@ -121,8 +121,9 @@ def _select(x: torch.Tensor, y: torch.Tensor, base: BaseData, classes: tuple[int
     return Split(x.contiguous(), y)
 
 
-
-def check_available(spec: str | DatasetSpec, data_dir: str | os.PathLike[str] | None = None, download: bool = False) -> None:
+def check_available(
+    spec: str | DatasetSpec, data_dir: str | os.PathLike[str] | None = None, download: bool = False
+) -> None:
     """Raise the DataError :func:`load_task` would raise for missing data, without reading or fetching anything."""
     spec = parse_spec(spec)
     if spec.name != "digits" and (spec.name, str(resolve_data_dir(data_dir))) not in _CACHE:

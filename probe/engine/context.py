@@ -73,4 +73,3 @@ def fresh_target(context: ProbeContext, task_name: str, seed: int) -> nn.Module:
     if context.device.type == "cuda" and context.settings.channels_last:
         target.to(memory_format=torch.channels_last)
     return target
-

@@ -84,4 +84,3 @@ def prepare(
     source_record["class"] = type(model).__name__
     source_record["state_sha256"] = state_dict_sha256(model)
     return Prepared(context, model, source_record)
-

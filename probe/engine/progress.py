@@ -32,7 +32,7 @@ Progress = Callable[[ProgressEvent], None]
 def epoch_reporter(
     progress: Progress | None, spec: RunSpec | None, index: int = 0, total: int = 1
 ) -> Callable[[EpochEvent], None] | None:
-    """The trainer's ``on_epoch`` callback that reports run ``index`` of ``total`` to ``progress`` (None: no one listens)."""
+    """An ``on_epoch`` callback reporting run ``index`` of ``total`` to ``progress``; None without a listener."""
     if progress is None:
         return None
     return lambda event: progress(ProgressEvent.of(spec, event, index, total))

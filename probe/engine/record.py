@@ -67,4 +67,3 @@ def fingerprint(context: ProbeContext, source_record: dict, layers: Sequence[str
         "layers": list(layers),
         "settings": settings,
     }
-

@@ -36,7 +36,9 @@ def all_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
 def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Callable[[], Sequence[str]]) -> list[str]:
     """Names and glob patterns → concrete layer names (checked); globs match ``candidates()`` in forward order."""
     if not patterns:
-        raise LayerError("the layer list is empty: name at least one layer (e.g. conv1) or leave it out to probe the defaults")
+        raise LayerError(
+            "the layer list is empty: name at least one layer (e.g. conv1) or leave it out to probe the defaults"
+        )
     layers: list[str] = []
     known: list[str] | None = None
     for pattern in patterns:
@@ -50,7 +52,6 @@ def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Callabl
             resolve_layer(model, pattern)
             layers.append(pattern)
     return list(dict.fromkeys(layers))
-
 
 
 def choose_layers(model: nn.Module, layers: str | Sequence[str] | None, input_shape: Sequence[int]) -> list[str]:

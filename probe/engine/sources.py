@@ -243,11 +243,12 @@ def _num_classes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "hf_cache_dir",
-    "pretrained_file",
+    "SOURCE_PERFORMANCE",
+    "SOURCE_TRAINING",
+    "cached_source",
+    "check_checkpoint_path",
+    "load_source",
     "pretrained_source",
-    "timm_pretrained_overlay",
-    "torch_hub_checkpoints",
-    "torchvision_weights",
+    "source_settings",
+    "train_source",
 ]
-

@@ -38,7 +38,7 @@ class SourceInfo:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SourceInfo":
+    def from_dict(cls, data: dict) -> SourceInfo:
         known = set(cls.__dataclass_fields__)
         data = {k: v for k, v in data.items() if k in known}
         if data.get("input_size") is not None:
@@ -132,6 +132,7 @@ def load_state_into(model: nn.Module, state_dict: dict, origin: str = "checkpoin
         if unexpected:
             parts.append(f"unexpected keys: {', '.join(unexpected[:5])}{' …' if len(unexpected) > 5 else ''}")
         raise CheckpointError(
-            f"{origin} does not fit {type(model).__name__} ({' | '.join(parts)}); check --arch, its options and the class count"
+            f"{origin} does not fit {type(model).__name__} ({' | '.join(parts)}); check --arch, its options and the "
+            "class count"
         )
     model.load_state_dict(state_dict, strict=True)

@@ -106,7 +106,6 @@ def pretrained_file(arch: str) -> Path:
     if prefix == "timm":
         return Path(timm_pretrained_overlay(name)["file"])
     raise CheckpointError(
-        f"'{arch}' has no pretrained weights: pretrained sources are timm or torchvision models (e.g. resnet18, tv:resnet18)"
+        f"'{arch}' has no pretrained weights: pretrained sources are timm or torchvision models (e.g. resnet18, "
+        "tv:resnet18)"
     )
-
-

@@ -2,7 +2,8 @@
 
 A builder only builds a model and names its default probe layers. Builders register themselves with
 :func:`register_arch` or :func:`register_namespace` when their module is imported; this registry imports
-no builder, it lists their modules by path (:data:`BUILTIN_MODULES`, :data:`NAMESPACE_MODULES`) and imports them on first use.
+no builder: it lists their modules by path (:data:`BUILTIN_MODULES`, :data:`NAMESPACE_MODULES`) and imports
+them on first use.
 Every builder takes ``num_classes``, ``in_chans`` and ``input_size`` (H, W) plus its own keyword options.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass, field
 import importlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -139,4 +140,3 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] | None = None, arch
     arch = arch or (info.arch if info is not None else None)
     defaults = default_layers(arch, model) if arch else None
     return discover_layers(model, shape, defaults)
-

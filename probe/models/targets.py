@@ -32,4 +32,3 @@ class TargetFactory:
         reinitialise(model)
         model.requires_grad_(True)  # a source frozen by its owner must not leave a frozen target
         return replace_head(model, num_classes)
-

@@ -47,7 +47,7 @@ def build_timm(
     pretrained: bool = False,
     **options,
 ) -> nn.Module:
-    """``timm.create_model(name)`` for images of ``in_chans × input_size``; ``num_classes=None`` keeps the pretrained head."""
+    """``timm.create_model(name)`` for ``in_chans × input_size`` images; ``num_classes=None`` keeps the timm head."""
     arch = f"timm:{name}"
     input_size = tuple(input_size)
     if pretrained:

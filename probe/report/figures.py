@@ -23,6 +23,7 @@ from ..results.schema import Measurement
 from ..util.files import save_png
 from .views import TASK_TITLES, describe, finite, inits_of, layer_order, summary_index, tasks_of
 
+
 def _new_figure(panels: tuple[int, int], panel_size: tuple[float, float] = (6.4, 4.4)):
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
@@ -49,7 +50,8 @@ def transferability_figure(measurement: Measurement, path: str | os.PathLike) ->
     source_top1 = (measurement.source or {}).get("test_top1")
     positions = list(range(len(layers)))
     shift = 0.08
-    for axis, task in zip(axes[0], tasks):
+    # one panel per task (a single empty panel when there is none)
+    for axis, task in zip(axes[0], tasks, strict=False):
         accuracy_axis = axis.twinx()
         for i, init in enumerate(inits):
             color = colors[i % len(colors)]
@@ -120,7 +122,7 @@ def dynamics_figure(measurement: Measurement, path: str | os.PathLike) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     figure, axes = _new_figure((max(1, len(tasks)), max(1, len(inits))), panel_size=(5.6, 4.2))
-    colors = dict(zip(layers, _series_colors(len(layers))))
+    colors = dict(zip(layers, _series_colors(len(layers)), strict=True))
     for row, task in enumerate(tasks):
         for col, init in enumerate(inits):
             axis = axes[row][col]
@@ -146,8 +148,8 @@ def dynamics_figure(measurement: Measurement, path: str | os.PathLike) -> Path:
                 if len(runs) > 1:
                     axis.fill_between(
                         epochs,
-                        [m - s for m, s in zip(mean, std)],
-                        [m + s for m, s in zip(mean, std)],
+                        [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)],
                         color=colors[layer],
                         alpha=0.18,
                         linewidth=0,
@@ -240,4 +242,3 @@ def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     return save_png(figure, path, dpi=120, bbox_inches="tight")
-

@@ -156,5 +156,3 @@ def correlations_table(measurement: Measurement) -> Table | None:
         row = row if isinstance(row, dict) else {}
         table.add_row(Text(BASELINE_LABELS.get(name, name)), *[_baseline_cell(row.get(kind)) for kind in kinds])
     return table
-
-

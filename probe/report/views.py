@@ -39,4 +39,3 @@ def describe(measurement: Measurement) -> str:
     arch = source.get("arch") or source.get("class") or "model"
     data = source.get("dataset")
     return f"{arch} {data} → {measurement.target}" if data else f"{arch} → {measurement.target}"
-

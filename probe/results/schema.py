@@ -8,8 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 SCHEMA = "quanta-probe/results/1"
 METRICS = ("lambda_source", "top1", "top3", "loss", "precision", "recall")
@@ -65,7 +66,7 @@ class RunResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunResult":
+    def from_dict(cls, data: dict) -> RunResult:
         data = dict(data)
         data.pop("gate_budget", None)
         data["spec"] = RunSpec(**data["spec"])
@@ -113,7 +114,7 @@ class Summary:
     gate_budget: float
 
     @classmethod
-    def of(cls, runs: list[RunResult]) -> "Summary":
+    def of(cls, runs: list[RunResult]) -> Summary:
         spec = runs[0].spec
         good = [r for r in runs if r.ok]
         mean, std = {}, {}
@@ -170,7 +171,7 @@ class Measurement:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Measurement":
+    def from_dict(cls, data: dict) -> Measurement:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"unsupported results schema {data.get('schema')!r}, expected {SCHEMA}")
         return cls(

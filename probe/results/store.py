@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,9 @@ def _is_temp(name: str) -> bool:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(strict_json(value), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(strict_json(value), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    )
 
 
 def run_filename(key: str) -> str:
@@ -335,7 +336,7 @@ class ResultsFolder:
         with contextlib.suppress(Exception):
             self.close()
 
-    def __enter__(self) -> "ResultsFolder":
+    def __enter__(self) -> ResultsFolder:
         return self
 
     def __exit__(self, *exc) -> None:

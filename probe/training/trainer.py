@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,7 @@ def evaluate(
             recall[present].mean(),
         ]
     ).tolist()  # the one host read of the evaluation
-    return dict(zip(("top1", "top3", "loss", "precision", "recall"), values))
+    return dict(zip(("top1", "top3", "loss", "precision", "recall"), values, strict=True))
 
 
 def fit(

@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 
 def _raise_interrupt(signum: int, frame) -> None:
