@@ -35,7 +35,7 @@ from .engine.sources import (
     train_source,
 )
 from .errors import DataError, LayerError, ProbeError, SettingsError
-from .models.checkpoint import source_info
+from .models.checkpoint import recorded_info, source_info
 from .models.registry import create_model, layer_table
 from .results.schema import Measurement, RunResult, RunSpec, run_grid
 from .results.store import ResultsFolder
@@ -166,7 +166,7 @@ def _planned_source(
         raise SettingsError("give either --source CHECKPOINT or --pretrained, not both")
     if source is not None:
         model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, **arch_options)
-        recorded = source_info(model).dataset
+        recorded = recorded_info(model).dataset
         if (
             source_data is not None
             and recorded is not None
@@ -300,7 +300,8 @@ def scan(
     over); ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer (see probe.baselines).
     """
     if isinstance(model, (str, os.PathLike)):
-        model = load_source(model, data=source_data, data_dir=data_dir)
+        data = source_data.spec if isinstance(source_data, TaskData) else source_data
+        model = load_source(model, data=data, data_dir=data_dir)
     if not isinstance(model, nn.Module):
         raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
     target = _default_target(model) if target is None else target
@@ -390,7 +391,7 @@ def layer_listing(
     options = dict(arch_options or {})
     if source is not None:
         model = load_source(source, arch=arch, data=data, **options)
-        info = source_info(model)
+        info = recorded_info(model)
         name = info.arch or arch or type(model).__name__
         if info.in_chans is not None and info.input_size is not None:  # the format the source was built for
             shape: tuple[int, ...] = (info.in_chans, *info.input_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from .errors import SettingsError
 
@@ -96,7 +97,8 @@ class RunSettings:
     @classmethod
     def from_dict(cls, data: dict) -> RunSettings:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k == "init" else v) for k, v in data.items() if k in known})
+        values: dict[str, Any] = {k: (tuple(v) if k == "init" else v) for k, v in data.items() if k in known}
+        return cls(**values)
 
 
 def init_seed(role: str, seed: int) -> int:

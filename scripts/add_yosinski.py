@@ -19,7 +19,7 @@ from probe.baselines import correlations, run_baselines
 from probe.engine.prepare import prepare
 from probe.report.figures import comparison_figure
 from probe.results import Measurement
-from probe.results.store import load_folder
+from probe.results.reading import load_folder
 from probe.settings import RunSettings
 from probe.util.files import atomic_write_bytes
 

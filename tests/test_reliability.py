@@ -17,7 +17,8 @@ import probe
 import probe.engine.run
 from probe.errors import ResultsError
 from probe.models.checkpoint import save_checkpoint, source_info
-from probe.results.store import CorruptRunWarning, load_folder, read_run_file
+from probe.results.reading import load_folder
+from probe.results.store import CorruptRunWarning, read_run_file
 
 LAYERS = ["conv1", "conv2"]
 TARGET = "digits[5-9]"

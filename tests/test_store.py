@@ -15,13 +15,13 @@ import pytest
 
 from probe.errors import ResultsError
 from probe.results import Measurement, RunResult, RunSpec, run_grid
+from probe.results.reading import load_folder
 from probe.results.store import (
     CorruptRunFile,
     CorruptRunWarning,
     ResultsFolder,
     canonical_json,
     expected_specs,
-    load_folder,
     read_run_file,
 )
 from probe.settings import RunSettings

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ from ..engine.progress import Progress, ProgressEvent
 from ..engine.run import run_one
 from ..errors import ProbeError
 from ..results.schema import RunResult, RunSpec
+from ..training.trainer import EpochEvent
 from ..util.allocator import retain_freed_memory
 from ..util.device import available_cores
 
@@ -98,6 +100,10 @@ def _sendable(error: BaseException) -> BaseException:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
+def _send_epoch(conn: Connection, position: int, event: EpochEvent) -> None:
+    conn.send(("epoch", position, event))
+
+
 def _worker(payload: tuple[str, bytes], threads: int, conn: Connection) -> None:
     """A worker's life: load the context once, then train the specs the parent sends until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
@@ -125,7 +131,7 @@ def _worker(payload: tuple[str, bytes], threads: int, conn: Connection) -> None:
             os._exit(0)
         position, spec = task
         try:
-            result = run_one(context, spec, lambda event, position=position: conn.send(("epoch", position, event)))
+            result = run_one(context, spec, functools.partial(_send_epoch, conn, position))
         except Exception as error:
             conn.send(("error", position, _sendable(error), traceback.format_exc()))
         else:
@@ -262,12 +268,12 @@ def execute_parallel(
         remaining = len(specs)
         while remaining:
             busy = {worker.conn: worker for worker in workers if worker.position is not None}
-            for conn in wait(list(busy)):
-                worker = busy[conn]
+            for ready in wait(list(busy)):
+                worker = busy[ready]  # type: ignore[index]  # wait() returns the connections it was given
                 try:
-                    kind, position, *message = conn.recv()
+                    kind, position, *message = worker.conn.recv()
                 except (EOFError, OSError):
-                    raise _died(worker, specs[worker.position]) from None
+                    raise _died(worker, specs[worker.position or 0]) from None
                 if kind == "epoch":
                     if progress is not None:
                         progress(ProgressEvent.of(specs[position], message[0], offset + position, total))

@@ -24,7 +24,7 @@ from typer.exceptions import Exit, TyperException
 from .._version import __version__
 from ..errors import ProbeError, SettingsError
 from ..report.tables import to_json
-from ..results.store import load_folder
+from ..results.reading import load_folder
 from ..settings import DIGITS_PRESET
 from ..util.allocator import retain_freed_memory
 
@@ -46,7 +46,8 @@ def _fail(message: str) -> None:
 class ProbeGroup(TyperGroup):
     """A Typer group whose errors are one line on stderr (``error: ...``, exit 2), never a traceback."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:
+    # click declares main() with overloads; this override takes the same arguments
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
         argv = list(sys.argv[1:] if args is None else args)
         program = sys.argv[0] if args is None and sys.argv and sys.argv[0] else (prog_name or "probe")
         extra.pop("standalone_mode", None)
@@ -163,25 +164,10 @@ def _write_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def _status_dict(status) -> dict:
-    """A store FolderStatus as plain JSON data: counts, the failed and missing runs, one line of text."""
-    return {
-        "expected": status.expected,
-        "done": status.done,
-        "failed": len(status.failed),
-        "missing": len(status.missing),
-        "corrupt": len(status.corrupt),
-        "complete": status.complete,
-        "failed_runs": [{"run": key, "reason": reason} for key, reason in status.failed],
-        "missing_runs": list(status.missing),
-        "description": status.describe(),
-    }
-
-
 def _load_folder(folder: Path):
-    """``(Measurement | None, status dict)`` of a results folder (see probe.store.load_folder)."""
+    """``(Measurement | None, status dict)`` of a results folder (see probe.results.reading.load_folder)."""
     measurement, status = load_folder(folder)
-    return measurement, _status_dict(status)
+    return measurement, status.to_dict()
 
 
 # ------------------------------------------------------------------------------------ options

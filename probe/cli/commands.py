@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 from typer.exceptions import Exit
 
 from .. import api
 from ..errors import ProbeError, ResultsError
-from ..models.checkpoint import source_info
+from ..models.checkpoint import recorded_info
 from ..report.figures import write_figures
 from ..report.tables import correlations_table, results_table
 from ..settings import DIGITS_PRESET
@@ -82,7 +82,7 @@ def train(
             arch or "paper-cnn", data, settings=settings, out=out, arch_options=options, data_dir=data_dir,
             download=download, progress=live.phase("source"),
         )  # fmt: skip
-    info = source_info(model)
+    info = recorded_info(model)
     summary = escape(f"({info.arch} on {info.dataset}) → {out}")
     _stdout().print(f"source test top-1 [bold]{info.test_top1:.4f}[/bold] {summary}")
 
@@ -252,7 +252,7 @@ def _source(plan: api.ScanPlan, live: LiveProgress, err: Console):
     """The plan's source, saying when it was trained here or reused from the cache."""
     model, reused = api.source_model(plan, progress=live.phase("source"))
     if plan.model is None:
-        info = source_info(model)
+        info = recorded_info(model)
         verb = "reused the cached" if reused else "trained a"
         where = f" ({info.checkpoint})" if info.checkpoint else ""
         err.print(escape(f"source: {verb} {plan.arch} on {info.dataset}, test top-1 {info.test_top1:.3f}{where}"))
@@ -345,7 +345,13 @@ def _layers_table(listing, rows: list[dict]) -> Table:
         "pick others with probe scan --layers NAME",
         header_style="bold",
     )
-    columns = (("#", "right"), ("layer", "left"), ("kind", "left"), ("module", "left"), ("output shape", "left"))
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("#", "right"),
+        ("layer", "left"),
+        ("kind", "left"),
+        ("module", "left"),
+        ("output shape", "left"),
+    )
     for name, justify in (*columns, ("default", "center")):
         table.add_column(name, justify=justify)
     for index, row in enumerate(rows, start=1):

@@ -18,6 +18,8 @@ class QuantaGate(nn.Module):
     source's layer, 0 = the plain target) and the gate has no parameters.
     """
 
+    pinned_lambdas: torch.Tensor  # a buffer, for a pinned gate
+
     def __init__(self, lambda_source: float = 0.9, pinned: bool = False) -> None:
         super().__init__()
         lambda_source = float(lambda_source)

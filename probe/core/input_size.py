@@ -118,5 +118,5 @@ def build_checked(
     if key not in checked:
         ensure_runs(model, arch, input_shape, rebuild_built or rebuild)
         checked.add(key)
-    model.quanta_input_shape = input_shape
+    object.__setattr__(model, "quanta_input_shape", input_shape)  # a plain attribute, outside the state_dict
     return model

@@ -231,7 +231,7 @@ class _Recorder(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> _Trace:
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> _Trace:
     """Run one recorded forward pass; the model's mode, parameters and buffers are left as they were."""
     modes = {module: module.training for module in model.modules()}
     parameter = next(model.parameters(), None)

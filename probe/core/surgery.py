@@ -17,10 +17,11 @@ def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _timm_classifier(model: nn.Module) -> nn.Module | None:
-    if not hasattr(model, "get_classifier"):
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is None:
         return None
     try:
-        return model.get_classifier()
+        return get_classifier()
     except Exception:  # a model's own helper may fail for odd configurations
         return None
 
@@ -56,11 +57,14 @@ def require_head(model: nn.Module) -> str:
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Give ``model`` a freshly initialised head with ``num_classes`` outputs (in place)."""
-    if hasattr(model, "reset_classifier") and hasattr(model, "get_classifier"):
-        model.reset_classifier(num_classes)
+    reset_classifier = getattr(model, "reset_classifier", None)
+    if reset_classifier is not None and hasattr(model, "get_classifier"):
+        reset_classifier(num_classes)
         return model
     name = require_head(model)
     old = model.get_submodule(name)
+    if not isinstance(old, nn.Linear):  # pragma: no cover - require_head finds an nn.Linear
+        raise ArchitectureError(f"the head '{name}' of {type(model).__name__} is not an nn.Linear")
     _replace_module(
         model, name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
     )

@@ -60,9 +60,14 @@ def prepare(
     device = resolve_device(settings.device)
     info = source_info(model) or SourceInfo()
     target_task = _resolve_target(model, target, data_dir)
-    if info.in_chans is not None and (info.in_chans, tuple(info.input_size)) != (
-        target_task.in_chans,
-        tuple(target_task.input_size),
+    if (
+        info.in_chans is not None
+        and info.input_size is not None
+        and (info.in_chans, tuple(info.input_size))
+        != (
+            target_task.in_chans,
+            tuple(target_task.input_size),
+        )
     ):
         raise DataError(
             f"the source takes {info.in_chans}×{info.input_size[0]}×{info.input_size[1]} inputs but "

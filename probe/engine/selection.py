@@ -21,7 +21,7 @@ def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None)
         layers = default_layers(info.arch, model)
         if layers is not None:
             return layers
-    if input_shape is None and info is not None and info.input_size is not None:
+    if input_shape is None and info is not None and info.in_chans is not None and info.input_size is not None:
         input_shape = (info.in_chans, *info.input_size)
     if input_shape is None:
         raise LayerError("cannot discover layers without an input shape: pass layers=[...] or a target task")

@@ -51,6 +51,14 @@ def source_info(model: nn.Module) -> SourceInfo | None:
     return getattr(model, "quanta_source", None)
 
 
+def recorded_info(model: nn.Module) -> SourceInfo:
+    """The SourceInfo of a model trained or loaded by the toolkit; a CheckpointError for any other model."""
+    info = source_info(model)
+    if info is None:
+        raise CheckpointError(f"this {type(model).__name__} records no source information: train or load it with probe")
+    return info
+
+
 def attach_info(model: nn.Module, info: SourceInfo) -> nn.Module:
     # A plain attribute (not a submodule or buffer): it never enters the state_dict.
     object.__setattr__(model, "quanta_source", info)

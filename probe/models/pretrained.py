@@ -63,7 +63,8 @@ def timm_pretrained_overlay(name: str) -> dict:
                 return {"file": found, "custom_load": False}
         looked.append(f"{repo} in {hf_cache_dir()}")
     if cfg.url:
-        cached = torch_hub_checkpoints() / os.path.basename(cfg.url.split("?")[0])
+        url = cfg.url if isinstance(cfg.url, str) else cfg.url[0]  # timm types it as str or a tuple of mirrors
+        cached = torch_hub_checkpoints() / os.path.basename(url.split("?")[0])
         if cached.is_file():
             return {"file": str(cached)}
         looked.append(str(cached))

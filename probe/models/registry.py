@@ -115,12 +115,12 @@ def list_archs(pattern: str = "*") -> list[str]:
 
 def create_model(
     name: str,
-    num_classes: int,
+    num_classes: int | None,
     in_chans: int = 3,
     input_size: tuple[int, int] = (32, 32),
     **options,
 ) -> nn.Module:
-    """Build architecture ``name`` with a head of ``num_classes`` outputs."""
+    """Build architecture ``name`` with a head of ``num_classes`` outputs (None: a pretrained model's own head)."""
     spec = get_arch(name)
     return spec.builder(num_classes=num_classes, in_chans=in_chans, input_size=tuple(input_size), **options)
 

@@ -49,7 +49,7 @@ def build_timm(
 ) -> nn.Module:
     """``timm.create_model(name)`` for ``in_chans × input_size`` images; ``num_classes=None`` keeps the timm head."""
     arch = f"timm:{name}"
-    input_size = tuple(input_size)
+    input_size = (input_size[0], input_size[1])
     if pretrained:
         options = {**options, "pretrained_cfg_overlay": timm_pretrained_overlay(name)}
     make = functools.partial(_create, name, num_classes, in_chans, pretrained=False, options=options)

@@ -77,7 +77,7 @@ def build_torchvision(
 ) -> nn.Module:
     """``torchvision.models.get_model(name)``; ``pretrained`` = True or a weights name (cached only)."""
     arch = f"tv:{name}"
-    input_size = tuple(input_size)
+    input_size = (input_size[0], input_size[1])
     if in_chans not in (1, 3):
         raise ArchitectureError(
             f"{arch} takes 3-channel (or grey) images, not {in_chans} channels; use a timm model, which adapts in_chans"
@@ -104,7 +104,7 @@ def build_torchvision(
 def _with_grey(model: nn.Module, in_chans: int) -> nn.Module:
     if in_chans == 1:
         model.register_forward_pre_hook(repeat_grey)
-        model.quanta_input_note = GREY_NOTE
+        object.__setattr__(model, "quanta_input_note", GREY_NOTE)  # a plain attribute, outside the state_dict
     return model
 
 

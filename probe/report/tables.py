@@ -136,7 +136,7 @@ def results_table(measurement: Measurement) -> Table:
             row.append(Text(f"{ok} / {runs}", style="red" if ok < runs else ""))
         if control:
             row += [_cell(index.get(("AnA", init, layer)), "lambda_source") for init in inits]
-            row.append(_cell(index.get(("AnA", first, layer)), "top1"))
+            row.append(_cell(index.get(("AnA", first, layer)) if first is not None else None, "top1"))
         row += [_baseline_cell(per_layer.get(layer, {}).get(key)) for key in baseline_keys]
         table.add_row(*row)
     return table

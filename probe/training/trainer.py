@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -126,51 +127,62 @@ def fit(
     epochs completed before it.
     """
     started = time.perf_counter()
-    train, test = task.train, task.test
     order_rng = torch.Generator().manual_seed(seed)
     augment_rng = torch.Generator(device=device).manual_seed(seed + 1_000_003)
-    augment = settings.augment and task.augment.enabled
     amp = lambda: autocast_for(device, settings)  # noqa: E731
     memory_format = memory_format_for(device, settings)
     history: list[dict[str, float]] = []
-    steps, n = 0, len(train)
+    steps, n = 0, len(task.train)
     for epoch in range(1, settings.epochs + 1):
         trainable.train()
-        loss_sum = torch.zeros((), device=device)
         order = torch.randperm(n, generator=order_rng).to(device)
-        # No host read inside this loop: the next batch is queued while the device works on this one.
-        for start in range(0, n, settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
-            if augment:
-                x = augment_batch(x, task.augment, augment_rng)
-            with amp():
-                logits = forward(_in_format(x, memory_format), idx, "train")
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum.add_(loss.detach(), alpha=len(idx))
-            steps += 1
-        train_loss = float(loss_sum) / n  # one host read per epoch
+        train_loss = _train_epoch(forward, optimizer, task, settings, order, augment_rng, amp, memory_format)
+        steps += math.ceil(n / settings.batch_size)
         if not math.isfinite(train_loss):
-            return TrainOutcome(
-                history, steps, f"training loss became {train_loss} in epoch {epoch}", time.perf_counter() - started
-            )
+            failure = f"training loss became {train_loss} in epoch {epoch}"
+            return TrainOutcome(history, steps, failure, time.perf_counter() - started)
         trainable.eval()
-        metrics = evaluate(forward, test, task.num_classes, amp=amp, memory_format=memory_format)
+        metrics = evaluate(forward, task.test, task.num_classes, amp=amp, memory_format=memory_format)
         metrics["train_loss"] = train_loss
         if read_lambda is not None:
             metrics["lambda_source"] = read_lambda()
         metrics["epoch"] = epoch
         history.append(metrics)
         if not math.isfinite(metrics["loss"]):
-            return TrainOutcome(
-                history, steps, f"test loss became {metrics['loss']} in epoch {epoch}", time.perf_counter() - started
-            )
+            failure = f"test loss became {metrics['loss']} in epoch {epoch}"
+            return TrainOutcome(history, steps, failure, time.perf_counter() - started)
         if on_epoch is not None:
             on_epoch(EpochEvent(epoch, settings.epochs, metrics, label))
     return TrainOutcome(history, steps, None, time.perf_counter() - started)
+
+
+def _train_epoch(
+    forward: Forward,
+    optimizer: torch.optim.Optimizer | JointOptimizer,
+    task: TaskData,
+    settings: RunSettings,
+    order: torch.Tensor,
+    augment_rng: torch.Generator,
+    amp: Callable[[], contextlib.AbstractContextManager],
+    memory_format: torch.memory_format,
+) -> float:
+    """One pass over the training split in the order ``order``; the mean training loss."""
+    train, augment = task.train, settings.augment and task.augment.enabled
+    loss_sum = torch.zeros((), device=order.device)
+    # No host read inside this loop: the next batch is queued while the device works on this one.
+    for start in range(0, len(train), settings.batch_size):
+        idx = order[start : start + settings.batch_size]
+        x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
+        if augment:
+            x = augment_batch(x, task.augment, augment_rng)
+        with amp():
+            logits = forward(_in_format(x, memory_format), idx, "train")
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum.add_(loss.detach(), alpha=len(idx))
+    return float(loss_sum) / len(train)  # one host read per epoch
 
 
 class JointOptimizer:
@@ -198,7 +210,7 @@ def make_optimizer(
     parameters' device: on CPU it is about 10× faster than the per-tensor loop, which at full width
     would otherwise cost a quarter of every step. Call it after moving the target to its device.
     """
-    groups = [
+    groups: list[dict[str, Any]] = [
         {
             "params": [p for p in target.parameters() if p.requires_grad],
             "lr": settings.lr,
