@@ -425,3 +425,12 @@ def test_the_resume_hint_is_the_same_command_without_fresh(argv, hint):
 
 def test_canonical_json_ignores_formatting_and_key_order():
     assert canonical_json({"b": 1, "a": [1.5, "λ"]}) == canonical_json(json.loads('{ "a": [1.5, "λ"], "b": 1 }'))
+
+
+def test_a_folder_written_before_a_setting_existed_resumes_with_that_settings_default(tmp_path):
+    older = _fingerprint()  # no gate_optimizer: written before the setting was added
+    ResultsFolder(tmp_path, older).save_run(_run())
+    adam = _fingerprint(settings={"gate_optimizer": "adam"})  # the default: what those runs used
+    assert list(ResultsFolder(tmp_path, adam).finished()) == [_run().spec.key]
+    with pytest.raises(ResultsError, match=r"settings.gate_optimizer: adam → sgd"):
+        ResultsFolder(tmp_path, _fingerprint(settings={"gate_optimizer": "sgd"}))

@@ -84,12 +84,8 @@ def load_raw(path: str | os.PathLike) -> dict:
             f"checkpoint '{path}' does not exist; train one with `probe train` or give the right path"
         )
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as exc:  # pragma: no cover - safetensors ships with timm
-            raise CheckpointError(
-                "reading .safetensors needs the safetensors package: pip install safetensors"
-            ) from exc
+        from safetensors.torch import load_file  # a dependency, imported only for .safetensors files
+
         try:
             return {"state_dict": load_file(str(path))}
         except Exception as exc:

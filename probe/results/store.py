@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResultsError
+from ..settings import RunSettings
 from ..util.files import atomic_write_bytes, check_writable, fsync_dir
 from .schema import Measurement, RunResult, RunSpec, run_grid, strict_json
 
@@ -108,6 +109,21 @@ def read_run_file(path: str | os.PathLike) -> RunResult:
 
 # --------------------------------------------------------------------------------------------------
 # Fingerprints
+
+
+def _with_new_settings(recorded: dict, current: dict) -> dict:
+    """``recorded`` with every setting that ``current`` has and it lacks set to that setting's default.
+
+    A setting added to RunSettings after a folder was written is recorded there by its absence; its default
+    is the behaviour those runs had (e.g. ``gate_optimizer``: Adam, the only optimiser before), so the folder
+    still resumes.
+    """
+    settings = recorded.get("settings")
+    if not isinstance(settings, dict) or not isinstance(current.get("settings"), dict):
+        return recorded
+    defaults = RunSettings().to_dict()
+    added = {k: defaults[k] for k in current["settings"] if k not in settings and k in defaults}
+    return {**recorded, "settings": {**settings, **added}} if added else recorded
 
 
 def _normalised(fingerprint: dict) -> dict:
@@ -286,7 +302,7 @@ class ResultsFolder:
         _remove_temp_files(self.path)
         if (self.path / FINGERPRINT).exists():
             try:
-                recorded = _normalised(read_fingerprint(self.path))
+                recorded = _with_new_settings(_normalised(read_fingerprint(self.path)), self.fingerprint)
             except ResultsError:
                 if not fresh:
                     raise
