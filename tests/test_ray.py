@@ -80,7 +80,7 @@ def _descendants():
 
 def _worker_running(spec):
     """The pid of the Ray worker (a descendant of this test process) now running ``spec``, or None."""
-    title = f"ray::{ray_backend.task_name(spec)}".encode()  # Ray's process title while it runs the task
+    title = f"ray::{ray_backend.ray_task_name(spec)}".encode()  # Ray's process title while it runs the task
     for pid in _descendants():
         with contextlib.suppress(OSError):  # the process may end while we look
             if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].split(b" ")[0] == title:

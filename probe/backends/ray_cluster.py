@@ -46,7 +46,7 @@ def import_ray():
     return ray
 
 
-def task_name(spec: RunSpec) -> str:
+def ray_task_name(spec: RunSpec) -> str:
     """The Ray task name of a run (shown by ``ray list tasks``, the dashboard and the worker's process title)."""
     return f"probe:{spec.key}"
 
@@ -295,7 +295,7 @@ def execute_ray(
         remote_run = ray.remote(max_calls=1)(_run_task) if gpus_per_run > 0 else ray.remote(_run_task)
         for index, spec in enumerate(specs, start=offset):
             stream = remote_run.options(
-                name=task_name(spec),
+                name=ray_task_name(spec),
                 num_returns="streaming",
                 num_cpus=cpus_per_run,
                 num_gpus=gpus_per_run,

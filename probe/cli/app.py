@@ -12,7 +12,6 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +24,6 @@ from .._version import __version__
 from ..errors import ProbeError, SettingsError
 from ..report.tables import to_json
 from ..results.reading import load_folder
-from ..settings import DIGITS_PRESET
 from ..util.allocator import retain_freed_memory
 
 EXIT_USAGE = 2
@@ -38,7 +36,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     sys.stderr.write(f"error: {_one_line(message)}\n")
     sys.stderr.flush()
 
@@ -66,13 +64,13 @@ class ProbeGroup(TyperGroup):
                 sys.exit(0)
             context = getattr(error, "ctx", None)
             hint = f" (see `{context.command_path} --help`)" if context is not None else ""
-            _fail(error.format_message() + hint)
+            fail(error.format_message() + hint)
             sys.exit(EXIT_USAGE)
         except ProbeError as error:
-            _fail(str(error) or type(error).__name__)
+            fail(str(error) or type(error).__name__)
             sys.exit(EXIT_USAGE)
         except typer.Abort:
-            _fail("aborted")
+            fail("aborted")
             sys.exit(1)
         except BrokenPipeError:  # `probe scan --json | head`: the reader left, nothing to report
             with contextlib.suppress(OSError):
@@ -80,7 +78,7 @@ class ProbeGroup(TyperGroup):
             sys.exit(1)
         except OSError as error:  # disk full, permission denied, ...: the environment, not a bug
             where = f" ({error.filename})" if error.filename else ""
-            _fail(f"{error.strerror or error}{where}")
+            fail(f"{error.strerror or error}{where}")
             sys.exit(EXIT_USAGE)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -125,14 +123,14 @@ def main() -> None:
 # ------------------------------------------------------------------------------- small helpers
 
 
-def _split(values: Sequence[str] | None) -> list[str]:
+def split_values(values: Sequence[str] | None) -> list[str]:
     """Repeatable options that also take comma lists: ``--layers a,b --layers c`` → [a, b, c]."""
     return [item.strip() for value in values or () for item in str(value).split(",") if item.strip()]
 
 
-def _floats(values: Sequence[str] | None, option: str) -> list[float]:
+def parse_floats(values: Sequence[str] | None, option: str) -> list[float]:
     numbers = []
-    for item in _split(values):
+    for item in split_values(values):
         try:
             numbers.append(float(item))
         except ValueError:
@@ -140,7 +138,7 @@ def _floats(values: Sequence[str] | None, option: str) -> list[float]:
     return numbers
 
 
-def _arch_options(arch: str, width: float | None) -> dict:
+def arch_options_of(arch: str, width: float | None) -> dict:
     if width is None:
         return {}
     if arch != "paper-cnn":
@@ -150,65 +148,24 @@ def _arch_options(arch: str, width: float | None) -> dict:
     return {"width": width}
 
 
-def _stderr(quiet: bool = False) -> Console:
+def stderr_console(quiet: bool = False) -> Console:
     return Console(file=sys.stderr, quiet=quiet, highlight=False, soft_wrap=True)
 
 
-def _stdout() -> Console:
+def stdout_console() -> Console:
     terminal = sys.stdout.isatty()
     return Console(file=sys.stdout, width=None if terminal else 200, highlight=False, soft_wrap=False)
 
 
-def _write_json(data: Any) -> None:
+def write_json(data: Any) -> None:
     sys.stdout.write(to_json(data) + "\n")
     sys.stdout.flush()
 
 
-def _load_folder(folder: Path):
+def folder_status(folder: Path):
     """``(Measurement | None, status dict)`` of a results folder (see probe.results.reading.load_folder)."""
     measurement, status = load_folder(folder)
     return measurement, status.to_dict()
 
 
 # ------------------------------------------------------------------------------------ options
-
-
-class Backend(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
-ArchOption = Annotated[
-    str | None,
-    typer.Option(
-        "--arch",
-        help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or "
-        "the checkpoint's]",
-    ),
-]
-EpochsOption = Annotated[
-    int | None,
-    typer.Option("--epochs", help=f"Training epochs. \\[default: 60; digits: {DIGITS_PRESET['epochs']}]"),
-]
-BatchOption = Annotated[int | None, typer.Option("--batch-size", help="Mini-batch size. \\[default: 32]")]
-LrOption = Annotated[
-    float | None,
-    typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_PRESET['lr']:g}]"),
-]
-SeedOption = Annotated[
-    int | None, typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")
-]
-DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N. \\[default: auto]")]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Folder with the CIFAR data. \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]"
-    ),
-]
-DownloadOption = Annotated[bool, typer.Option("--download", help="Download CIFAR-10/100 into --data-dir when missing.")]
-WidthOption = Annotated[
-    float | None, typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout and nothing else.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no messages on stderr.")]
-NoAugmentOption = Annotated[bool, typer.Option("--no-augment", help="Train without data augmentation.")]

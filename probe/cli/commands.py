@@ -19,33 +19,51 @@ from ..errors import ProbeError, ResultsError
 from ..models.checkpoint import recorded_info
 from ..report.figures import write_figures
 from ..report.tables import correlations_table, results_table
-from ..settings import DIGITS_PRESET
 from ..util.interrupt import graceful_interrupts, resume_hint
 from .app import (
+    app,
+    arch_options_of,
+    fail,
+    folder_status,
+    parse_floats,
+    split_values,
+    stderr_console,
+    stdout_console,
+    write_json,
+)
+from .options import (
+    AddressOption,
     ArchOption,
     Backend,
+    BackendOption,
+    BaselinesOption,
     BatchOption,
+    ControlOption,
+    CpusPerRunOption,
     DataDirOption,
     DeviceOption,
     DownloadOption,
     EpochsOption,
+    FreshOption,
+    GateLrOption,
+    GpusPerRunOption,
+    InitOption,
+    JobsOption,
     JsonOption,
+    LayersOption,
     LrOption,
     NoAugmentOption,
+    OutOption,
+    PretrainedOption,
     QuietOption,
+    RunsOption,
     SeedOption,
+    SourceDataOption,
+    SourceOption,
+    TargetOption,
     WidthOption,
-    _arch_options,
-    _fail,
-    _floats,
-    _load_folder,
-    _split,
-    _stderr,
-    _stdout,
-    _write_json,
-    app,
 )
-from .progress import LiveProgress, _progress
+from .progress import LiveProgress, live_progress
 
 EXIT_INTERRUPTED = 130
 
@@ -70,131 +88,53 @@ def train(
 
     Example: [bold]probe train --arch paper-cnn --data cifar10 --out cifar10.pt --download[/bold]
     """
-    options = _arch_options(arch or "paper-cnn", width)
+    options = arch_options_of(arch or "paper-cnn", width)
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=_augment(no_augment))
     settings = api.source_training_settings(data, **given)
     api.check_checkpoint_path(out)
-    err = _stderr(quiet)
+    err = stderr_console(quiet)
     plan = f"{settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"
     err.print(escape(f"training {arch or 'paper-cnn'} on {data} for {plan}"))
-    with _progress(quiet) as live:
+    with live_progress(quiet) as live:
         model = api.train_source(
             arch or "paper-cnn", data, settings=settings, out=out, arch_options=options, data_dir=data_dir,
             download=download, progress=live.phase("source"),
         )  # fmt: skip
     info = recorded_info(model)
     summary = escape(f"({info.arch} on {info.dataset}) → {out}")
-    _stdout().print(f"source test top-1 [bold]{info.test_top1:.4f}[/bold] {summary}")
+    stdout_console().print(f"source test top-1 [bold]{info.test_top1:.4f}[/bold] {summary}")
 
 
 @app.command()
 def scan(
     ctx: typer.Context,
     arch: ArchOption = None,
-    source: Annotated[
-        Path | None,
-        typer.Option(
-            "--source",
-            help="Source checkpoint (probe train output, a state_dict or .safetensors). \\[default: train one, cached]",
-        ),
-    ] = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            help="Target task, e.g. digits[5-9], cifar100. \\[default: the source's pairing: digits[0-4] → "
-            "digits[5-9], cifar10 → cifar100]",
-        ),
-    ] = None,
-    source_data: Annotated[
-        str | None,
-        typer.Option(
-            "--source-data",
-            help="The source's own task (for AnA and plain state_dicts). \\[default: the checkpoint's record, else "
-            "digits[0-4]]",
-        ),
-    ] = None,
-    layers: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--layers",
-            help="Layers to probe: names or glob patterns, repeatable or comma-separated (conv1,fc or 'conv*'). "
-            "\\[default: every probeable layer]",
-        ),
-    ] = None,
-    init: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--init",
-            help="Initial λS, repeatable or comma-separated; each value is a separate series (the paper: "
-            "0.9,0.75,0.5). \\[default: 0.9]",
-        ),
-    ] = None,
-    runs: Annotated[
-        int | None,
-        typer.Option("--runs", help="Runs (seeds) per layer and init; the table shows mean ± std. \\[default: 1]"),
-    ] = None,
+    source: SourceOption = None,
+    target: TargetOption = None,
+    source_data: SourceDataOption = None,
+    layers: LayersOption = None,
+    init: InitOption = None,
+    runs: RunsOption = None,
     epochs: EpochsOption = None,
     batch_size: BatchOption = None,
     lr: LrOption = None,
-    gate_lr: Annotated[
-        float | None,
-        typer.Option(
-            "--gate-lr",
-            help="Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; "
-            f"digits: {DIGITS_PRESET['gate_lr']:g}]",
-        ),
-    ] = None,
+    gate_lr: GateLrOption = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
-    control: Annotated[
-        bool, typer.Option("--control", help="Also run the AnA control (target task = the source's task).")
-    ] = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            help="Results folder: results.json, results.csv, one file per run, transferability.png, dynamics.png. "
-            "Re-running resumes.",
-        ),
-    ] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Discard the runs already in --out and start over.")] = False,
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            "--jobs",
-            help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 "
-            "on a GPU]",
-        ),
-    ] = None,
+    control: ControlOption = False,
+    out: OutOption = None,
+    fresh: FreshOption = False,
+    jobs: JobsOption = None,
     no_augment: NoAugmentOption = False,
-    baselines: Annotated[
-        list[str] | None,
-        typer.Option("--baselines", help="Also compute baselines per layer, comma-separated: yosinski, logme, hscore."),
-    ] = None,
-    backend: Annotated[
-        Backend, typer.Option("--backend", help="Where runs execute: local (this machine) or ray (a Ray cluster).")
-    ] = Backend.local,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="ray: address of the cluster (e.g. ray://head:10001). \\[default: start or join a local one]",
-        ),
-    ] = None,
-    gpus_per_run: Annotated[
-        float | None, typer.Option("--gpus-per-run", help="ray: GPUs reserved by each run (fractions share a GPU).")
-    ] = None,
-    cpus_per_run: Annotated[
-        int | None,
-        typer.Option("--cpus-per-run", help="ray: CPUs reserved by each run (also its torch threads). \\[default: 1]"),
-    ] = None,
+    baselines: BaselinesOption = None,
+    backend: BackendOption = Backend.local,
+    address: AddressOption = None,
+    gpus_per_run: GpusPerRunOption = None,
+    cpus_per_run: CpusPerRunOption = None,
     width: WidthOption = None,
-    pretrained: Annotated[
-        bool, typer.Option("--pretrained", help="Use the timm/torchvision pretrained weights of --arch as the source.")
-    ] = False,
+    pretrained: PretrainedOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -208,7 +148,7 @@ def scan(
     """
     given = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, runs=runs, seed=seed, device=device, jobs=jobs,
-        init=tuple(inits) if (inits := _floats(init, "--init")) else None, augment=_augment(no_augment),
+        init=tuple(inits) if (inits := parse_floats(init, "--init")) else None, augment=_augment(no_augment),
     )  # fmt: skip
     backend_options = {
         k: v
@@ -216,13 +156,13 @@ def scan(
         if v is not None
     }
     plan = api.plan_scan(
-        source, arch=arch, pretrained=pretrained, arch_options=_arch_options(arch or "paper-cnn", width),
-        source_data=source_data, target=target, layers=_layer_list(layers), baselines=_split(baselines),
+        source, arch=arch, pretrained=pretrained, arch_options=arch_options_of(arch or "paper-cnn", width),
+        source_data=source_data, target=target, layers=_layer_list(layers), baselines=split_values(baselines),
         backend=backend.value, backend_options=backend_options or None, out=out, data_dir=data_dir,
         download=download, **given,
     )  # fmt: skip
-    err = _stderr(quiet)
-    with _progress(quiet) as live:
+    err = stderr_console(quiet)
+    with live_progress(quiet) as live:
         try:
             with graceful_interrupts():  # SIGTERM stops the scan like Ctrl-C
                 model = _source(plan, live, err)
@@ -245,7 +185,7 @@ def _augment(no_augment: bool) -> bool | None:
 
 def _layer_list(values: Sequence[str] | None) -> list[str] | None:
     """--layers as a list: None when not given; [] (an error below) when given but empty, e.g. --layers ''."""
-    return None if values is None else _split(values)
+    return None if values is None else split_values(values)
 
 
 def _source(plan: api.ScanPlan, live: LiveProgress, err: Console):
@@ -265,7 +205,7 @@ def _interrupted(out: Path | None, argv: list[str], finished: int) -> None:
         return
     saved = finished  # the progress callback's count, unless the folder says better
     with contextlib.suppress(ProbeError, OSError):
-        _, status = _load_folder(out)
+        _, status = folder_status(out)
         saved = status["done"] + status["failed"]
     sys.stderr.write(
         f"interrupted: {saved} run{'' if saved == 1 else 's'} saved in {out}; resume with: {resume_hint(argv)}\n"
@@ -274,7 +214,7 @@ def _interrupted(out: Path | None, argv: list[str], finished: int) -> None:
 
 def _print_tables(measurement) -> None:
     """The results table, and the rank correlations with the baselines when there are any, on stdout."""
-    console = _stdout()
+    console = stdout_console()
     console.print(results_table(measurement))
     correlations = correlations_table(measurement)
     if correlations is not None:
@@ -284,7 +224,7 @@ def _print_tables(measurement) -> None:
 def _render(measurement, out: Path | None, json_output: bool, err: Console) -> None:
     """The results table (or JSON) on stdout; the figures in ``out``."""
     if json_output:
-        _write_json(measurement.to_dict())
+        write_json(measurement.to_dict())
     else:
         _print_tables(measurement)
     if out is None:
@@ -292,7 +232,7 @@ def _render(measurement, out: Path | None, json_output: bool, err: Console) -> N
     try:
         figures = write_figures(measurement, out)
     except Exception as error:  # the results are saved already; say so rather than lose them in a traceback
-        _fail(
+        fail(
             f"could not draw the figures ({type(error).__name__}: {error}); the results are saved: redraw with "
             f"probe report {out}"
         )
@@ -319,7 +259,9 @@ def layers(
 
     Example: [bold]probe layers --arch resnet18 --data cifar10[/bold]
     """
-    listing = api.layer_listing(arch, source=source, data=data, arch_options=_arch_options(arch or "paper-cnn", width))
+    listing = api.layer_listing(
+        arch, source=source, data=data, arch_options=arch_options_of(arch or "paper-cnn", width)
+    )
     rows = [
         {
             "name": layer.name,
@@ -332,9 +274,9 @@ def layers(
         for layer in listing.layers
     ]
     if json_output:
-        _write_json({"arch": listing.arch, "data": listing.data, "input_shape": list(listing.shape), "layers": rows})
+        write_json({"arch": listing.arch, "data": listing.data, "input_shape": list(listing.shape), "layers": rows})
         return
-    _stdout().print(_layers_table(listing, rows))
+    stdout_console().print(_layers_table(listing, rows))
 
 
 def _layers_table(listing, rows: list[dict]) -> Table:
@@ -378,16 +320,16 @@ def report(
     Example: [bold]probe report results/digits[/bold]
     """
 
-    measurement, status = _load_folder(folder)
+    measurement, status = folder_status(folder)
     if measurement is None:
         raise ResultsError(
             f"'{folder}' holds no finished run yet ({status['description']}); run probe scan --out {folder}"
         )
     if json_output:
-        _write_json({"folder": str(folder), "status": status, "results": measurement.to_dict()})
+        write_json({"folder": str(folder), "status": status, "results": measurement.to_dict()})
     else:
         _print_tables(measurement)
-    err = _stderr()
+    err = stderr_console()
     if status["missing"] or status["corrupt"]:
         err.print(escape(f"partial results: {status['description']}"))
     else:

@@ -86,5 +86,5 @@ class LiveProgress:
         self._progress.update(self._tasks[key], completed=completed, description=" · ".join(parts))
 
 
-def _progress(quiet: bool) -> LiveProgress:
+def live_progress(quiet: bool) -> LiveProgress:
     return LiveProgress(enabled=not quiet and sys.stderr.isatty())
