@@ -25,7 +25,7 @@ from .engine.context import ProbeContext
 from .engine.prepare import Prepared, prepare
 from .engine.progress import Progress, ProgressEvent
 from .engine.record import environment, fingerprint
-from .engine.selection import choose_layers
+from .engine.selection import check_layer_list, choose_layers
 from .engine.sources import (
     cached_source,
     check_checkpoint_path,
@@ -34,7 +34,7 @@ from .engine.sources import (
     source_settings,
     train_source,
 )
-from .errors import DataError, LayerError, ProbeError, SettingsError
+from .errors import DataError, ProbeError, SettingsError
 from .models.checkpoint import recorded_info, source_info
 from .models.registry import create_model, layer_table
 from .results.schema import Measurement, RunResult, RunSpec, run_grid
@@ -114,10 +114,7 @@ def check_request(
     for spec in (target, source_data):
         if spec is not None and not isinstance(spec, TaskData):
             check_available(spec, data_dir, download)
-    if layers is not None and not isinstance(layers, str) and not list(layers):
-        raise LayerError(
-            "the layer list is empty: name at least one layer (e.g. conv1) or leave it out for the defaults"
-        )
+    check_layer_list(layers)
     names = check_baselines(baselines)
     check_backend(backend, backend_options)
     if out is not None:

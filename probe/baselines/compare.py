@@ -9,12 +9,13 @@ Yosinski transfer accuracy, LogME, H-score.
   QUANTA. With the control task, ``AnA`` / ``AnA+`` are the selffer variants; given a model trained on
   B (``self_source``), so are ``BnB`` / ``BnB+``. The target trained alone (Yosinski's baseB) is the
   reference every transfer is compared with.
-* ``logme`` / ``hscore`` -- :func:`probe.scores.logme` and :func:`probe.scores.h_score` (the regularised,
-  shrinkage variant, stable when a layer has more features than the task has examples) of the source's
-  pooled layer-n tensors for the target task's training split, with the target labels.
+* ``logme`` / ``hscore`` -- :func:`~probe.baselines.scores.logme` and :func:`~probe.baselines.scores.h_score`
+  (the regularised, shrinkage variant, stable when a layer has more features than the task has examples)
+  of the source's pooled layer-n tensors for the target task's training split, with the target labels.
 
-:func:`run_baselines` also gives the rank correlation (Spearman, Kendall tau-b) across layers between
-λS and each baseline, and :func:`comparison_figure` draws every measure, min-max normalised, over layers.
+:func:`run_baselines` also gives the rank correlation (Spearman, Kendall tau-b, from
+:mod:`probe.results.quality`) across layers between λS and each baseline;
+:func:`probe.report.figures.comparison_figure` draws every measure, min-max normalised, over layers.
 """
 
 from __future__ import annotations

@@ -14,6 +14,14 @@ from ..models.checkpoint import source_info
 from ..models.registry import default_layers
 
 
+def check_layer_list(layers: str | Sequence[str] | None) -> None:
+    """A LayerError for a layer list that was given but is empty (None means: the defaults)."""
+    if layers is not None and not isinstance(layers, str) and not list(layers):
+        raise LayerError(
+            "the layer list is empty: name at least one layer (e.g. conv1) or leave it out for the defaults"
+        )
+
+
 def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
     """The default probe layers: the adapter's set when the model has one, else every discovered point."""
     info = source_info(model)
@@ -35,10 +43,7 @@ def all_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
 
 def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Callable[[], Sequence[str]]) -> list[str]:
     """Names and glob patterns → concrete layer names (checked); globs match ``candidates()`` in forward order."""
-    if not patterns:
-        raise LayerError(
-            "the layer list is empty: name at least one layer (e.g. conv1) or leave it out to probe the defaults"
-        )
+    check_layer_list(patterns)
     layers: list[str] = []
     known: list[str] | None = None
     for pattern in patterns:
