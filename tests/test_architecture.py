@@ -7,6 +7,8 @@ docs/architecture.md describes the layers; this order is their one home for the 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,10 @@ def test_lazy_imports_inside_functions_count_and_type_checking_ones_do_not(tmp_p
     graph = _graph()
     assert graph["probe.engine.run"] == {"probe.api"}  # the lazy import, not the TYPE_CHECKING one
     assert RANK[_layer("probe.api")] > RANK[_layer("probe.engine.run")]  # so the layer test would fail
+
+
+def test_import_probe_imports_neither_timm_nor_torchvision():
+    """Both cost seconds to import; the registry imports their builders only when a name needs them."""
+    code = "import sys, probe; print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
+    assert done.stdout.strip() == "[]"
