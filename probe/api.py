@@ -22,7 +22,7 @@ from .core.layers import LayerInfo
 from .data import DatasetSpec, TaskData, check_available, default_target, load_task, parse_spec
 from .data.spec import input_shape
 from .engine.context import ProbeContext
-from .engine.prepare import Prepared, prepare
+from .engine.prepare import Prepared, default_target_of, prepare
 from .engine.progress import Progress, ProgressEvent
 from .engine.record import environment, fingerprint
 from .engine.selection import check_layer_list, choose_layers
@@ -34,8 +34,8 @@ from .engine.sources import (
     source_settings,
     train_source,
 )
-from .errors import DataError, ProbeError, SettingsError
-from .models.checkpoint import recorded_info, source_info
+from .errors import ProbeError, SettingsError
+from .models.checkpoint import recorded_info
 from .models.registry import create_model, layer_table
 from .results.schema import Measurement, RunResult, RunSpec, run_grid
 from .results.store import ResultsFolder
@@ -122,16 +122,6 @@ def check_request(
     if settings is not None:
         resolve_device(settings.device)
     return names
-
-
-def _default_target(model: nn.Module) -> str:
-    info = source_info(model)
-    if info is None or info.dataset is None:
-        raise DataError(
-            "this model records no source task, so a target task is needed: "
-            "probe.measure(model, 'layer', target='digits[5-9]')"
-        )
-    return str(default_target(info.dataset))
 
 
 @dataclass
@@ -301,7 +291,7 @@ def scan(
         model = load_source(model, data=data, data_dir=data_dir)
     if not isinstance(model, nn.Module):
         raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
-    target = _default_target(model) if target is None else target
+    target = default_target_of(model) if target is None else target
     settings = scan_settings(target, settings, **overrides)
     names = check_request(
         target=target, layers=layers, baselines=baselines, backend=backend, backend_options=backend_options,

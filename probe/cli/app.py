@@ -24,6 +24,7 @@ from .._version import __version__
 from ..errors import ProbeError, SettingsError
 from ..report.tables import to_json
 from ..results.reading import load_folder
+from ..results.schema import Measurement
 from ..util.allocator import retain_freed_memory
 
 EXIT_USAGE = 2
@@ -162,7 +163,7 @@ def write_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def folder_status(folder: Path):
+def folder_status(folder: Path) -> tuple[Measurement | None, dict]:
     """``(Measurement | None, status dict)`` of a results folder (see probe.results.reading.load_folder)."""
     measurement, status = load_folder(folder)
     return measurement, status.to_dict()

@@ -279,7 +279,7 @@ def layers(
     stdout_console().print(_layers_table(listing, rows))
 
 
-def _layers_table(listing, rows: list[dict]) -> Table:
+def _layers_table(listing: api.LayerListing, rows: list[dict]) -> Table:
     shape = "×".join(map(str, listing.shape))
     table = Table(
         title=escape(f"probeable layers of {listing.arch} for {shape} inputs ({listing.data})"),

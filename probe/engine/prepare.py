@@ -29,18 +29,21 @@ class Prepared:
     source_record: dict
 
 
+def default_target_of(model: nn.Module) -> str:
+    """The paper-style target of the task ``model`` was trained on (a DataError when it records none)."""
+    info = source_info(model)
+    if info is None or info.dataset is None:
+        raise DataError(
+            "this model records no source task, so a target task is needed: "
+            "probe.measure(model, 'layer', target='digits[5-9]')"
+        )
+    return str(default_target(info.dataset))
+
+
 def _resolve_target(model: nn.Module, target, data_dir) -> TaskData:
     if isinstance(target, TaskData):
         return target
-    if target is None:
-        info = source_info(model)
-        if info is None or info.dataset is None:
-            raise DataError(
-                "this model records no source task, so a target task is needed: "
-                "probe.measure(model, 'layer', target='digits[5-9]')"
-            )
-        target = default_target(info.dataset)
-    return load_task(target, data_dir=data_dir)
+    return load_task(default_target_of(model) if target is None else target, data_dir=data_dir)
 
 
 def prepare(
