@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from ..core.default_points import input_shape_of
 from ..core.hooks import resolve_layer
 from ..core.layers import check_layers, discover_layers
 from ..errors import LayerError
@@ -29,8 +30,7 @@ def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None)
         layers = default_layers(info.arch, model)
         if layers is not None:
             return layers
-    if input_shape is None and info is not None and info.in_chans is not None and info.input_size is not None:
-        input_shape = (info.in_chans, *info.input_size)
+    input_shape = input_shape_of(model) if input_shape is None else input_shape
     if input_shape is None:
         raise LayerError("cannot discover layers without an input shape: pass layers=[...] or a target task")
     return [layer.name for layer in discover_layers(model, tuple(input_shape)) if layer.default]
