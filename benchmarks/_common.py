@@ -12,15 +12,15 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from probe.data import AugmentConfig, DatasetSpec, Split, TaskData
-from probe.parallel import available_cores
 from probe.settings import RunSettings
-from probe.trainer import autocast_for, memory_format_for
+from probe.training.trainer import autocast_for, memory_format_for
+from probe.util.device import available_cores
 
 
 def header(title: str, **config) -> None:
@@ -33,26 +33,36 @@ def header(title: str, **config) -> None:
         pass
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"# {title}")
-    print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  python {platform.python_version()}")
-    print(f"# cpu: {cpu}; {available_cores()} usable cores; load average {load}; torch threads {torch.get_num_threads()}")
+    print(
+        f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  python "
+        f"{platform.python_version()}"
+    )
+    print(
+        f"# cpu: {cpu}; {available_cores()} usable cores; load average {load}; torch threads {torch.get_num_threads()}"
+    )
     if config:
         print("# " + "  ".join(f"{k}={v}" for k, v in config.items()))
 
 
 def retain_memory() -> str:
-    """Keep freed memory for the next step, as the ``probe`` command and its workers do (probe.allocator);
+    """Keep freed memory for the next step, as the ``probe`` command and its workers do (probe.util.allocator);
     ``PROBE_RETAIN_MEMORY=0`` measures the C library's default instead. Returns the state, for the header."""
-    from probe.allocator import retain_freed_memory
+    from probe.util.allocator import retain_freed_memory
 
     return "retained" if retain_freed_memory() else "C library default"
 
 
-def synthetic_task(n_train: int, n_test: int, num_classes: int = 10, chans: int = 3, size: int = 32, seed: int = 0) -> TaskData:
+def synthetic_task(
+    n_train: int, n_test: int, num_classes: int = 10, chans: int = 3, size: int = 32, seed: int = 0
+) -> TaskData:
     """A CIFAR-shaped task of random images (timings do not depend on the pixel values)."""
     generator = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> Split:
-        return Split(torch.randn(n, chans, size, size, generator=generator), torch.randint(0, num_classes, (n,), generator=generator))
+        return Split(
+            torch.randn(n, chans, size, size, generator=generator),
+            torch.randint(0, num_classes, (n,), generator=generator),
+        )
 
     return TaskData(
         spec=DatasetSpec("cifar10"),
@@ -69,7 +79,7 @@ def synthetic_task(n_train: int, n_test: int, num_classes: int = 10, chans: int 
 def training_steps(
     forward, optimizer, split: Split, batch_size: int, seed: int = 0, settings: RunSettings | None = None
 ) -> Callable[[int], None]:
-    """``run(k)``: k training steps exactly as :func:`probe.trainer.fit` does them (batch gather, autocast and
+    """``run(k)``: k training steps exactly as :func:`probe.training.trainer.fit` does them (batch gather, autocast and
     memory format as ``settings`` give them on the split's device, forward, cross-entropy, zero_grad,
     backward, Adam step, loss kept on the device)."""
     settings = settings or RunSettings()
@@ -137,7 +147,7 @@ def interleaved(
 
 def ratios(times: dict[str, list[float]], name: str, baseline: str) -> list[float]:
     """Round-by-round ratios: each round's time of ``name`` over the same round's ``baseline``."""
-    return [a / b for a, b in zip(times[name], times[baseline])]
+    return [a / b for a, b in zip(times[name], times[baseline], strict=False)]
 
 
 def median(values: list[float]) -> float:

@@ -1,4 +1,4 @@
-"""Training-step time with the C library's malloc defaults against freed memory retained (probe.allocator).
+"""Training-step time with the C library's malloc defaults against freed memory retained (probe.util.allocator).
 
 glibc returns large freed blocks to the OS, so every step page-faults its activations and gradients in
 again. The two settings are process-wide and cannot be undone inside one process, so each variant runs
@@ -19,14 +19,13 @@ import sys
 import time
 
 import torch
-
 from _common import header, median, retain_memory, synthetic_task, training_steps
 
 
 def child(width: float, steps: int, threads: int) -> None:
-    from probe.adapters import create_model
+    from probe.models import create_model
     from probe.settings import RunSettings
-    from probe.trainer import make_optimizer
+    from probe.training.trainer import make_optimizer
 
     torch.set_num_threads(threads)
     state = retain_memory()
@@ -46,7 +45,16 @@ def child(width: float, steps: int, threads: int) -> None:
 
 def measure(width: float, retain: bool, args) -> dict:
     env = {**os.environ, "PROBE_RETAIN_MEMORY": "1" if retain else "0"}
-    command = [sys.executable, __file__, "--child", str(width), "--steps", str(args.steps), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(width),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -62,20 +70,28 @@ def main() -> None:
     if args.child is not None:
         child(args.child, args.steps, args.threads)
         return
-    header("allocator: C library default vs freed memory retained", rounds=args.rounds, steps=args.steps, threads=args.threads)
+    header(
+        "allocator: C library default vs freed memory retained",
+        rounds=args.rounds,
+        steps=args.steps,
+        threads=args.threads,
+    )
     print("\nplain training step, paper CNN, batch 32, 3×32×32, CPU (median step; share of it in the kernel)")
     print(f"  {'width':<6} {'default ms':>11} {'kernel':>7} {'retained ms':>12} {'kernel':>7} {'speed-up':>9}")
     for width in args.widths:
         runs = {True: [], False: []}
         for round_ in range(args.rounds):
-            for retain in ((False, True) if round_ % 2 == 0 else (True, False)):
+            for retain in (False, True) if round_ % 2 == 0 else (True, False):
                 runs[retain].append(measure(width, retain, args))
         if runs[True][0]["state"] != "retained":
             print(f"  {width:<6} freed memory cannot be retained here (not glibc on Linux): nothing to compare")
             continue
         default, retained = (median([r["step"] for r in runs[k]]) for k in (False, True))
         kernel = {k: median([r["kernel"] for r in runs[k]]) for k in (False, True)}
-        print(f"  {width:<6} {default * 1000:11.1f} {kernel[False]:7.1%} {retained * 1000:12.1f} {kernel[True]:7.1%} {default / retained:9.3f}")
+        print(
+            f"  {width:<6} {default * 1000:11.1f} {kernel[False]:7.1%} {retained * 1000:12.1f} {kernel[True]:7.1%} "
+            f"{default / retained:9.3f}"
+        )
 
 
 if __name__ == "__main__":

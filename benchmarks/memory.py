@@ -1,8 +1,8 @@
 """Peak resident memory of a QUANTA run against training the same target alone.
 
 Each variant runs in a fresh subprocess (so peaks do not mix) that trains one epoch on in-memory
-CIFAR-shaped data and reports its peak RSS (VmHWM, else ru_maxrss). A QUANTA run is api.run_one,
-exactly as a scan calls it; the plain run is probe.trainer.fit on the target alone. "idle" is a
+CIFAR-shaped data and reports its peak RSS (VmHWM, else ru_maxrss). A QUANTA run is probe.engine.run.run_one,
+exactly as a scan calls it; the plain run is probe.training.trainer.fit on the target alone. "idle" is a
 process that imports everything and builds the data but trains nothing: the floor both share.
 
     .venv/bin/python benchmarks/memory.py [--width 1] [--examples 512] [--layers conv1 conv4 fc]
@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 import torch
-
 from _common import header, retain_memory, synthetic_task, verdict
 
 TARGET = 1.3
@@ -36,12 +35,13 @@ def peak_rss_mb() -> float:
 
 
 def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> None:
-    from probe.adapters import create_model
-    from probe.api import ProbeContext, run_one
+    from probe.engine.context import ProbeContext
+    from probe.engine.run import run_one
+    from probe.models import create_model
+    from probe.models.targets import TargetFactory
     from probe.results import RunSpec
     from probe.settings import RunSettings
-    from probe.targets import TargetFactory
-    from probe.trainer import fit, make_optimizer
+    from probe.training.trainer import fit, make_optimizer
 
     torch.set_num_threads(1)
     retain_memory()  # as the probe command does; PROBE_RETAIN_MEMORY=0 (inherited) measures the default
@@ -51,8 +51,15 @@ def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> No
     torch.manual_seed(0)
     if kind == "plain":
         target = create_model("paper-cnn", 10, 3, (32, 32), width=width)
-        fit(forward=lambda x, idx, split: target(x), trainable=target, optimizer=make_optimizer(target, settings),
-            task=task, settings=settings, seed=0, device=device)
+        fit(
+            forward=lambda x, idx, split: target(x),
+            trainable=target,
+            optimizer=make_optimizer(target, settings),
+            task=task,
+            settings=settings,
+            seed=0,
+            device=device,
+        )
     elif kind == "quanta":
         source = create_model("paper-cnn", 10, 3, (32, 32), width=width).eval()
         context = ProbeContext(source, TargetFactory("paper-cnn", {"width": width}), {"AnB": task}, settings, device)
@@ -61,7 +68,17 @@ def child(kind: str, layer: str, width: float, examples: int, cache: bool) -> No
 
 
 def measure(kind: str, args, layer: str = "-", cache: bool = False) -> float:
-    command = [sys.executable, __file__, "--child", kind, layer, "--width", str(args.width), "--examples", str(args.examples)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        layer,
+        "--width",
+        str(args.width),
+        "--examples",
+        str(args.examples),
+    ]
     if cache:
         command.append("--cache")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -80,8 +97,12 @@ def main() -> None:
         child(args.child[0], args.child[1], args.width, args.examples, args.cache)
         return
 
-    header("peak memory: QUANTA run vs plain target training", width=args.width, examples=args.examples,
-           freed_memory=retain_memory())
+    header(
+        "peak memory: QUANTA run vs plain target training",
+        width=args.width,
+        examples=args.examples,
+        freed_memory=retain_memory(),
+    )
     idle, plain = measure("idle", args), measure("plain", args)
     print(f"\npeak RSS, one epoch of {args.examples} 3×32×32 images, paper CNN width {args.width}, batch 32, CPU")
     print(f"  {'run':<36} {'peak MB':>9} {'/ plain':>8} {'above idle / plain above idle':>30}")

@@ -13,20 +13,31 @@ import argparse
 import copy
 
 import torch
+from _common import (
+    add_clock_option,
+    header,
+    interleaved,
+    median,
+    ratios,
+    retain_memory,
+    spread,
+    synthetic_task,
+    training_steps,
+    verdict,
+)
 
-from _common import add_clock_option, header, interleaved, median, ratios, retain_memory, spread, synthetic_task, training_steps, verdict
-from probe.adapters import create_model
-from probe.adapters.paper_cnn import PAPER_CNN_LAYERS
-from probe.gate import QuantaGate
-from probe.hooks import quanta_hooks, source_forward
+from probe.core.gate import QuantaGate
+from probe.core.hooks import quanta_hooks, source_forward
+from probe.models import create_model
+from probe.models.paper_cnn import PAPER_CNN_LAYERS
 from probe.settings import RunSettings
-from probe.trainer import autocast_for, make_optimizer, memory_format_for
+from probe.training.trainer import autocast_for, make_optimizer, memory_format_for
 
 TARGETS = {"first": 1.05, "deepest": 1.40, "mean": 1.25, "reuse": 1.05}
 
 
 def source_cache(source, layer: str, x: torch.Tensor, settings: RunSettings) -> torch.Tensor:
-    """The source's tensors at ``layer`` for every example, as api.ProbeContext.source_tensors builds them."""
+    """The source's tensors at ``layer`` for every example, as ProbeContext.source_tensors builds them."""
     with autocast_for(x.device, settings):
         return torch.cat([source_forward(source, layer, x[start : start + 256]) for start in range(0, len(x), 256)])
 
@@ -38,16 +49,17 @@ def measure_width(
     batch_size: int,
     examples: int,
     clock: str = "wall",
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     settings: RunSettings | None = None,
 ) -> dict[str, tuple[list, list, float]]:
     """Per layer: round-by-round ratios QUANTA/plain (recompute, reuse) and the median plain step time."""
+    device = torch.device("cpu") if device is None else device
     settings = settings or RunSettings()
     task = synthetic_task(examples, 1).to(device)
     torch.manual_seed(0)
     source = create_model("paper-cnn", 10, 3, (32, 32), width=width).eval().to(device)
     plain_target = create_model("paper-cnn", 10, 3, (32, 32), width=width).to(device)
-    if memory_format_for(device, settings) is torch.channels_last:  # as api.run_one does for a target
+    if memory_format_for(device, settings) is torch.channels_last:  # as probe.engine.run.run_one does for a target
         plain_target.to(memory_format=torch.channels_last)
     quanta_target = copy.deepcopy(plain_target)
     step = dict(split=task.train, batch_size=batch_size, settings=settings)
@@ -64,8 +76,10 @@ def measure_width(
         with quanta_hooks(source, quanta_target, layer, gate) as wiring:
             cache = source_cache(source, layer, task.train.x, settings)
             recompute = training_steps(lambda x, idx: wiring(x), optimizer, **step)
-            # the gather api.run_one does for a cached source (index_select: 6× faster than cache[idx] on CPU)
-            reuse = training_steps(lambda x, idx: wiring(x, z_source=cache.index_select(0, idx)), optimizer, **step)
+            # the gather run_one does for a cached source (index_select: 6× faster than cache[idx] on CPU)
+            reuse = training_steps(
+                lambda x, idx, cache=cache: wiring(x, z_source=cache.index_select(0, idx)), optimizer, **step
+            )
             times = interleaved({"plain": plain, "recompute": recompute, "reuse": reuse}, repeats, block, clock=clock)
         results[layer] = (ratios(times, "recompute", "plain"), ratios(times, "reuse", "plain"), median(times["plain"]))
         print(f"  {layer} measured ({repeats} rounds of {block} steps per variant)", flush=True)
@@ -101,13 +115,24 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.25])
     parser.add_argument("--layers", nargs="+", default=PAPER_CNN_LAYERS)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per layer")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: what each of the default jobs gets)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: what each of the default jobs gets)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--examples", type=int, default=256, help="in-memory training examples (and cached source tensors)")
+    parser.add_argument(
+        "--examples", type=int, default=256, help="in-memory training examples (and cached source tensors)"
+    )
     add_clock_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    header("QUANTA step overhead", batch=args.batch_size, repeats=args.repeats, examples=args.examples, clock=args.clock, freed_memory=retain_memory())
+    header(
+        "QUANTA step overhead",
+        batch=args.batch_size,
+        repeats=args.repeats,
+        examples=args.examples,
+        clock=args.clock,
+        freed_memory=retain_memory(),
+    )
     for width in args.widths:
         print(f"\nwidth {width}:", flush=True)
         report(width, measure_width(width, args.layers, args.repeats, args.batch_size, args.examples, args.clock))

@@ -18,11 +18,11 @@ import argparse
 import time
 
 import torch
+from _common import header, median, retain_memory, verdict
 
 import probe
-from _common import header, median, retain_memory, verdict
-from probe.parallel import available_cores
-from probe.settings import DIGITS_DEFAULTS, RunSettings
+from probe.settings import DIGITS_PRESET, RunSettings
+from probe.util.device import available_cores
 
 TARGET = 1.6  # on 2 cores
 
@@ -37,13 +37,20 @@ def main() -> None:
     args = parser.parse_args()
     cores = available_cores()
     torch.set_num_threads(cores)
-    header("scan wall time, jobs=1 vs jobs=N", jobs=args.jobs, width=args.width, epochs=args.epochs,
-           repeats=args.repeats, control=args.control, freed_memory=retain_memory())
+    header(
+        "scan wall time, jobs=1 vs jobs=N",
+        jobs=args.jobs,
+        width=args.width,
+        epochs=args.epochs,
+        repeats=args.repeats,
+        control=args.control,
+        freed_memory=retain_memory(),
+    )
 
     source = probe.train_source(
         "paper-cnn", "digits[0-4]", epochs=2, lr=1e-3, arch_options={"width": args.width}, seed=0, augment=False
     )
-    settings = RunSettings(**{**DIGITS_DEFAULTS, "epochs": args.epochs})
+    settings = RunSettings(**{**DIGITS_PRESET, "epochs": args.epochs})
     variants = {  # label -> (jobs, torch threads in this process)
         f"jobs=1, {cores} threads": (1, cores),
         f"jobs={args.jobs}, {max(1, cores // args.jobs)} thread(s) per worker": (args.jobs, cores),
@@ -59,7 +66,9 @@ def main() -> None:
             jobs, threads = variants[label]
             torch.set_num_threads(threads)
             started = time.perf_counter()
-            measurement = probe.scan(source, None, "digits[5-9]", settings=settings.with_(jobs=jobs), control=args.control)
+            measurement = probe.scan(
+                source, None, "digits[5-9]", settings=settings.with_(jobs=jobs), control=args.control
+            )
             seconds[label].append(time.perf_counter() - started)
             torch.set_num_threads(cores)
             lambdas[label] = [run.final["lambda_source"] for run in measurement.runs]
@@ -71,16 +80,29 @@ def main() -> None:
     thread_speedup = one_thread / all_threads
     worker_speedup = one_thread / workers
     ceiling = min(args.jobs, cores) / thread_speedup
-    difference = max(abs(a - b) for a, b in zip(lambdas[labels[0]], lambdas[labels[1]]))
+    difference = max(abs(a - b) for a, b in zip(lambdas[labels[0]], lambdas[labels[1]], strict=False))
     print(f"\n{runs}-run digits scan, {args.epochs} epochs per run, paper CNN width {args.width}, {cores} cores")
     for label in labels:
         print(f"  {label:<44} {median(seconds[label]):8.1f} s")
-    target = f"target ≥ {TARGET} on 2 cores  {verdict(speedup >= TARGET)}" if cores == 2 and args.jobs == 2 else "(target defined for 2 jobs on 2 cores)"
+    target = (
+        f"target ≥ {TARGET} on 2 cores  {verdict(speedup >= TARGET)}"
+        if cores == 2 and args.jobs == 2
+        else "(target defined for 2 jobs on 2 cores)"
+    )
     print(f"  {'speed-up, jobs=' + str(args.jobs) + ' over jobs=1':<44} {speedup:8.2f}    {target}")
     print(f"  {'  threads: ' + str(cores) + ' over 1 in one process':<44} {thread_speedup:8.2f}")
-    print(f"  {'  workers: jobs=' + str(args.jobs) + ' over one thread':<44} {worker_speedup:8.2f}    (start-up and uneven split included)")
-    print(f"  {'  ceiling: ' + str(min(args.jobs, cores)) + ' / threads':<44} {ceiling:8.2f}    (perfect workers, no start-up)")
-    print(f"  largest |λS difference| between jobs=1 and jobs={args.jobs}: {difference:.2e} (thread counts differ, so not bit for bit)")
+    print(
+        f"  {'  workers: jobs=' + str(args.jobs) + ' over one thread':<44} {worker_speedup:8.2f}    (start-up and "
+        "uneven split included)"
+    )
+    print(
+        f"  {'  ceiling: ' + str(min(args.jobs, cores)) + ' / threads':<44} {ceiling:8.2f}    (perfect workers, no "
+        "start-up)"
+    )
+    print(
+        f"  largest |λS difference| between jobs=1 and jobs={args.jobs}: {difference:.2e} (thread counts differ, so "
+        "not bit for bit)"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ probe: its five metrics). Images/s counts training images over the whole epoch, 
 "same Adam" is the optimizer probe builds (fused where PyTorch has it); the hand loop with PyTorch's
 default Adam is shown too, as the loop a user would write.
 
-    .venv/bin/python benchmarks/trainer.py [--width 0.25] [--examples 1024] [--repeats 5] [--threads 1] [--clock wall|cpu]
+    .venv/bin/python benchmarks/trainer.py [--width 0.25] [--examples 1024] [--repeats 5] [--threads 1]
+        [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from _common import (
+    add_clock_option,
+    header,
+    interleaved,
+    median,
+    ratios,
+    retain_memory,
+    spread,
+    synthetic_task,
+    verdict,
+)
 
-from _common import add_clock_option, header, interleaved, median, ratios, retain_memory, spread, synthetic_task, verdict
-from probe.adapters import create_model
+from probe.models import create_model
 from probe.settings import RunSettings
-from probe.trainer import fit, make_optimizer
+from probe.training.trainer import fit, make_optimizer
 
 TARGET = 0.95
 
@@ -76,12 +87,22 @@ def main() -> None:
     add_clock_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    header("probe trainer vs a hand-written loop", width=args.width, examples=args.examples, batch=args.batch_size, repeats=args.repeats, clock=args.clock, freed_memory=retain_memory())
+    header(
+        "probe trainer vs a hand-written loop",
+        width=args.width,
+        examples=args.examples,
+        batch=args.batch_size,
+        repeats=args.repeats,
+        clock=args.clock,
+        freed_memory=retain_memory(),
+    )
 
     task = synthetic_task(args.examples, args.examples // 4)
     settings = RunSettings(epochs=1, batch_size=args.batch_size, augment=False)
     torch.manual_seed(0)
-    models = {name: create_model("paper-cnn", 10, 3, (32, 32), width=args.width) for name in ("probe", "hand", "hand_default")}
+    models = {
+        name: create_model("paper-cnn", 10, 3, (32, 32), width=args.width) for name in ("probe", "hand", "hand_default")
+    }
     for model in models.values():
         model.load_state_dict(models["probe"].state_dict())
     same_adam = make_optimizer(models["hand"], settings)
@@ -98,11 +119,18 @@ def main() -> None:
     times = interleaved(variants, args.repeats, block=1, clock=args.clock)
     fused = same_adam.param_groups[0].get("fused")
     print(f"\nimages/s over an epoch of {args.examples} training images (median of {args.repeats} rounds)")
-    for name, label in (("probe", "probe.trainer.fit"), ("hand", f"hand loop, same Adam (fused={fused})"), ("hand_default", "hand loop, default Adam")):
+    for name, label in (
+        ("probe", "probe.training.trainer.fit"),
+        ("hand", f"hand loop, same Adam (fused={fused})"),
+        ("hand_default", "hand loop, default Adam"),
+    ):
         print(f"  {label:<38} {args.examples / median(times[name]):9.1f} images/s")
     same = [1 / r for r in ratios(times, "probe", "hand")]
     default = [1 / r for r in ratios(times, "probe", "hand_default")]
-    print(f"  probe / hand loop (same Adam)          {median(same):6.3f}  ({spread(same)})  target ≥ {TARGET}  {verdict(median(same) >= TARGET)}")
+    print(
+        f"  probe / hand loop (same Adam)          {median(same):6.3f}  ({spread(same)})  target ≥ {TARGET}  "
+        f"{verdict(median(same) >= TARGET)}"
+    )
     print(f"  probe / hand loop (default Adam)       {median(default):6.3f}  ({spread(default)})")
 
 

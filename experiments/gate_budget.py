@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 import probe
-from probe.api import cached_source
-from probe.settings import DIGITS_DEFAULTS, RunSettings
+from probe.engine.sources import cached_source
+from probe.settings import DIGITS_PRESET, RunSettings
 
 
 def main() -> None:
@@ -29,11 +29,11 @@ def main() -> None:
     parser.add_argument("--layers", default="conv1,conv4,fc")
     parser.add_argument("--inits", default="0.9")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=DIGITS_DEFAULTS["epochs"])
+    parser.add_argument("--epochs", type=int, default=DIGITS_PRESET["epochs"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    source_settings = RunSettings(epochs=DIGITS_DEFAULTS["epochs"], lr=DIGITS_DEFAULTS["lr"])
+    source_settings = RunSettings(epochs=DIGITS_PRESET["epochs"], lr=DIGITS_PRESET["lr"])
     source, reused = cached_source("paper-cnn", "digits[0-4]", settings=source_settings)
     print(f"source: top-1 {source.quanta_source.test_top1:.3f} ({'cached' if reused else 'trained'})", flush=True)
     done = set()
@@ -42,22 +42,40 @@ def main() -> None:
     for gate_lr in map(float, args.gate_lrs.split(",")):
         for init in map(float, args.inits.split(",")):
             for layer in args.layers.split(","):
-                settings = RunSettings(epochs=args.epochs, lr=DIGITS_DEFAULTS["lr"], gate_lr=gate_lr, init=(init,), runs=args.runs)
-                if all((gate_lr, layer, init, task, seed) in done for task in ("AnB", "AnA") for seed in range(args.runs)):
+                settings = RunSettings(
+                    epochs=args.epochs, lr=DIGITS_PRESET["lr"], gate_lr=gate_lr, init=(init,), runs=args.runs
+                )
+                if all(
+                    (gate_lr, layer, init, task, seed) in done for task in ("AnB", "AnA") for seed in range(args.runs)
+                ):
                     continue
                 started = time.perf_counter()
                 result = probe.measure(source, layer, settings=settings, control=True)
                 with args.out.open("a") as handle:
                     for run in result.runs:
-                        record = dict(gate_lr=gate_lr, layer=layer, init=init, task=run.spec.task, seed=run.spec.seed,
-                                      lambda_source=run.final["lambda_source"], top1=run.final["top1"],
-                                      steps=run.steps, budget=run.gate_budget,
-                                      trajectory=[h["lambda_source"] for h in run.history])
+                        record = dict(
+                            gate_lr=gate_lr,
+                            layer=layer,
+                            init=init,
+                            task=run.spec.task,
+                            seed=run.spec.seed,
+                            lambda_source=run.final["lambda_source"],
+                            top1=run.final["top1"],
+                            steps=run.steps,
+                            budget=run.gate_budget,
+                            trajectory=[h["lambda_source"] for h in run.history],
+                        )
                         handle.write(json.dumps(record) + "\n")
-                print(f"gate_lr {gate_lr:g} init {init} {layer}: "
-                      + ", ".join(f"{s.task} λS {s.mean['lambda_source']:.3f}±{s.std['lambda_source']:.3f} top-1 {s.mean['top1']:.3f}"
-                                  for s in result.summaries)
-                      + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+                print(
+                    f"gate_lr {gate_lr:g} init {init} {layer}: "
+                    + ", ".join(
+                        f"{s.task} λS {s.mean['lambda_source']:.3f}±{s.std['lambda_source']:.3f} top-1 "
+                        f"{s.mean['top1']:.3f}"
+                        for s in result.summaries
+                    )
+                    + f" ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -68,13 +68,19 @@ def _settings(p: dict, seeds: int):
     from probe.settings import RunSettings
 
     return RunSettings(
-        epochs=p["epochs"], lr=p["lr"], gate_lr=p["gate_lr"], gate_optimizer=p["gate_optimizer"],
-        augment=p["augment"], runs=seeds, init=(0.9,), device="cpu",
+        epochs=p["epochs"],
+        lr=p["lr"],
+        gate_lr=p["gate_lr"],
+        gate_optimizer=p["gate_optimizer"],
+        augment=p["augment"],
+        runs=seeds,
+        init=(0.9,),
+        device="cpu",
     )
 
 
 def _source(split: str):
-    from probe.api import cached_source
+    from probe.engine.sources import cached_source
     from probe.settings import RunSettings
 
     model, _ = cached_source("paper-cnn", SPLITS[split][0], settings=RunSettings(**SOURCE_TRAINING))
@@ -82,28 +88,38 @@ def _source(split: str):
 
 
 def _context(p: dict, split: str, seeds: int):
-    from probe.api import prepare
+    from probe.engine.prepare import prepare
 
-    context, _, _ = prepare(_source(split), SPLITS[split][1], settings=_settings(p, seeds), control=True)
+    context = prepare(_source(split), SPLITS[split][1], settings=_settings(p, seeds), control=True).context
     return context
 
 
 def run_unit(unit: dict) -> list[dict]:
     """Train what one unit asks for; return one record per training run."""
     import probe
-    from probe.baselines import train_alone, train_transfer
+    from probe.baselines.transfer import train_alone, train_transfer
 
     p, split, seeds, kind = unit["protocol"], unit["split"], unit["seeds"], unit["kind"]
     base = dict(stage=unit["stage"], protocol=protocol_name(p), **p, split=split, kind=kind, layer=unit.get("layer"))
     records = []
     if kind == "quanta":
-        result = probe.measure(_source(split), unit["layer"], SPLITS[split][1], settings=_settings(p, seeds), control=True)
+        result = probe.measure(
+            _source(split), unit["layer"], SPLITS[split][1], settings=_settings(p, seeds), control=True
+        )
         for run in result.runs:
-            records.append(dict(
-                base, task=run.spec.task, seed=run.spec.seed, steps=run.steps, status=run.status,
-                lambda_source=run.final.get("lambda_source"), top1=run.final.get("top1"),
-                trajectory=[h["lambda_source"] for h in run.history], top1_trajectory=[h["top1"] for h in run.history],
-            ))
+            records.append(
+                dict(
+                    base,
+                    task=run.spec.task,
+                    seed=run.spec.seed,
+                    steps=run.steps,
+                    status=run.status,
+                    lambda_source=run.final.get("lambda_source"),
+                    top1=run.final.get("top1"),
+                    trajectory=[h["lambda_source"] for h in run.history],
+                    top1_trajectory=[h["top1"] for h in run.history],
+                )
+            )
     else:
         context = _context(p, split, seeds)
         tasks = ("AnB", "AnA") if kind == "alone" else ("AnB",)
@@ -113,7 +129,9 @@ def run_unit(unit: dict) -> list[dict]:
                     outcome = train_alone(context, task, seed)
                 else:
                     outcome = train_transfer(context, unit["layer"], task, seed, frozen=True)
-                records.append(dict(base, task=task, seed=seed, top1=outcome.top1, status="failed" if outcome.failure else "ok"))
+                records.append(
+                    dict(base, task=task, seed=seed, top1=outcome.top1, status="failed" if outcome.failure else "ok")
+                )
     return records
 
 
@@ -140,12 +158,21 @@ def record_key(record: dict) -> tuple:
 
 def units_for(stage: str, protocols: list[dict], splits, layers, seeds: int, yosinski: bool) -> list[dict]:
     alone = {(p["lr"], p["augment"], p["epochs"]): p for p in protocols}
-    units = [dict(stage=stage, protocol=p, split=split, kind="alone", layer=None, seeds=seeds) for p in alone.values() for split in splits]
+    units = [
+        dict(stage=stage, protocol=p, split=split, kind="alone", layer=None, seeds=seeds)
+        for p in alone.values()
+        for split in splits
+    ]
     for p in protocols:
         for split in splits:
-            units += [dict(stage=stage, protocol=p, split=split, kind="quanta", layer=layer, seeds=seeds) for layer in layers]
+            units += [
+                dict(stage=stage, protocol=p, split=split, kind="quanta", layer=layer, seeds=seeds) for layer in layers
+            ]
             if yosinski:
-                units += [dict(stage=stage, protocol=p, split=split, kind="yosinski", layer=layer, seeds=seeds) for layer in layers[:-1]]
+                units += [
+                    dict(stage=stage, protocol=p, split=split, kind="yosinski", layer=layer, seeds=seeds)
+                    for layer in layers[:-1]
+                ]
     return units
 
 
@@ -169,7 +196,8 @@ def run_units(units: list[dict], out: Path, jobs: int) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
             r = records[0]
-            print(f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {r['stage']} {r['protocol']} {r['split']} {r['kind']} {r['layer']}", flush=True)
+            where = f"{r['stage']} {r['protocol']} {r['split']} {r['kind']} {r['layer']}"
+            print(f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {where}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,30 +213,60 @@ def _tail_mean(values: list[float], last_epochs: int) -> float:
 
 
 def evaluate_protocol(records: list[dict], stage: str, name: str, split: str, last_epochs: int = 10) -> dict:
-    """The quality measures of one protocol on one split (probe.quality does the arithmetic)."""
-    from probe.quality import impairment, repeatability, separation, settled_drift, spearman
+    """The quality measures of one protocol on one split (probe.results.quality does the arithmetic)."""
+    from probe.results.quality import impairment, repeatability, separation, settled_drift, spearman
 
     quanta = _by(records, stage=stage, protocol=name, split=split, kind="quanta")
     layers = [layer for layer in ALL_LAYERS if _by(quanta, layer=layer)]
     per_task = {}
     for task in ("AnB", "AnA"):
-        per_task[task] = {layer: [_tail_mean(r["trajectory"], last_epochs) for r in sorted(_by(quanta, layer=layer, task=task), key=lambda r: r["seed"])] for layer in layers}
+        per_task[task] = {
+            layer: [
+                _tail_mean(r["trajectory"], last_epochs)
+                for r in sorted(_by(quanta, layer=layer, task=task), key=lambda r: r["seed"])
+            ]
+            for layer in layers
+        }
     sep = separation(per_task["AnA"], per_task["AnB"])
-    drift = {layer: max(settled_drift(r["trajectory"], last_epochs) for r in _by(quanta, layer=layer)) for layer in layers}
+    drift = {
+        layer: max(settled_drift(r["trajectory"], last_epochs) for r in _by(quanta, layer=layer)) for layer in layers
+    }
     p = quanta[0]
-    alone = [r for r in records if r["kind"] == "alone" and r["split"] == split and r["lr"] == p["lr"]
-             and r["augment"] == p["augment"] and r["epochs"] == p["epochs"] and r["stage"] == stage]
+    alone = [
+        r
+        for r in records
+        if r["kind"] == "alone"
+        and r["split"] == split
+        and r["lr"] == p["lr"]
+        and r["augment"] == p["augment"]
+        and r["epochs"] == p["epochs"]
+        and r["stage"] == stage
+    ]
     alone_top1 = statistics.fmean(r["top1"] for r in alone if r["task"] == "AnB") if alone else math.nan
-    quanta_top1 = [statistics.fmean(_tail_mean(r["top1_trajectory"], last_epochs) for r in _by(quanta, layer=layer, task="AnB")) for layer in layers]
-    yos = {layer: statistics.fmean(r["top1"] for r in _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer))
-           for layer in layers if _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)}
+    quanta_top1 = [
+        statistics.fmean(_tail_mean(r["top1_trajectory"], last_epochs) for r in _by(quanta, layer=layer, task="AnB"))
+        for layer in layers
+    ]
+    yos = {
+        layer: statistics.fmean(
+            r["top1"] for r in _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
+        )
+        for layer in layers
+        if _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
+    }
     anb_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnB"].items()}
     ana_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnA"].items()}
     agreement = spearman([anb_mean[layer] for layer in yos], list(yos.values())) if len(yos) >= 3 else math.nan
     return dict(
-        layers=layers, anb=anb_mean, ana=ana_mean, separation=sep, drift=drift, agreement=agreement,
+        layers=layers,
+        anb=anb_mean,
+        ana=ana_mean,
+        separation=sep,
+        drift=drift,
+        agreement=agreement,
         repeatability=repeatability(per_task["AnB"]),
-        impairment=impairment(quanta_top1, alone_top1), alone_top1=alone_top1,
+        impairment=impairment(quanta_top1, alone_top1),
+        alone_top1=alone_top1,
         quanta_top1=statistics.fmean(quanta_top1),
     )
 
@@ -236,7 +294,9 @@ def rank_key(q: dict) -> tuple:
     return (met, min(fc.get("difference", 0.0), 0.6), fc.get("in_spread", 0.0))
 
 
-def summary_table(records: list[dict], stage: str, splits=("halves",), last_epochs: int = 10) -> list[tuple[dict, str, dict]]:
+def summary_table(
+    records: list[dict], stage: str, splits=("halves",), last_epochs: int = 10
+) -> list[tuple[dict, str, dict]]:
     names = list(dict.fromkeys(r["protocol"] for r in records if r["stage"] == stage and r["kind"] == "quanta"))
     rows = []
     for name in names:
@@ -251,16 +311,20 @@ def print_table(rows) -> None:
         c = criteria(q)
         lam = " ".join(f"{layer}:{q['anb'][layer]:.3f}/{q['ana'][layer]:.3f}" for layer in q["layers"])
         fc = q["separation"].get("fc", {})
-        print(f"{name:34s} {extra['split']:6s} AnB/AnA {lam} | fc sep {fc.get('difference', math.nan):+.3f} "
-              f"({fc.get('in_spread', math.nan):.1f} sd) ρY {q['agreement']:.2f} rep {q['repeatability']:.2f} "
-              f"drift max {max(q['drift'].values()):.3f} top1 {q['quanta_top1']:.3f} alone {q['alone_top1']:.3f} "
-              f"| met {sum(c.values())}/{len(c)}: {', '.join(k for k, v in c.items() if not v) or 'all'}")
+        print(
+            f"{name:34s} {extra['split']:6s} AnB/AnA {lam} | fc sep {fc.get('difference', math.nan):+.3f} "
+            f"({fc.get('in_spread', math.nan):.1f} sd) ρY {q['agreement']:.2f} rep {q['repeatability']:.2f} "
+            f"drift max {max(q['drift'].values()):.3f} top1 {q['quanta_top1']:.3f} alone {q['alone_top1']:.3f} "
+            f"| met {sum(c.values())}/{len(c)}: {', '.join(k for k, v in c.items() if not v) or 'all'}"
+        )
 
 
 def markdown_table(rows) -> str:
     """The table of docs/protocol.md: one row per protocol and split."""
-    head = ("| protocol | split | AnB λS (conv1 / conv4 / fc) | AnA λS (conv1 / conv4 / fc) | fc AnA − AnB (in sd) "
-            "| ρ Yosinski | repeat ρ | max drift | top-1 (QUANTA / alone) | criteria met |")
+    head = (
+        "| protocol | split | AnB λS (conv1 / conv4 / fc) | AnA λS (conv1 / conv4 / fc) | fc AnA − AnB (in sd) "
+        "| ρ Yosinski | repeat ρ | max drift | top-1 (QUANTA / alone) | criteria met |"
+    )
     lines = [head, "|" + " --- |" * 10]
     for q, name, extra in rows:
         c = criteria(q)
@@ -268,11 +332,13 @@ def markdown_table(rows) -> str:
         fc = q["separation"].get("fc", {})
         anb = " / ".join(f"{q['anb'][layer]:.3f}" for layer in shown)
         ana = " / ".join(f"{q['ana'][layer]:.3f}" for layer in shown)
+        failed = [k for k, v in c.items() if not v]
+        missed = f" (not: {'; '.join(failed)})" if failed else ""
         lines.append(
             f"| {name} | {extra['split']} | {anb} | {ana} "
             f"| {fc.get('difference', math.nan):+.3f} ({fc.get('in_spread', math.nan):.1f}) | {q['agreement']:.2f} "
-            f"| {q['repeatability']:.2f} | {max(q['drift'].values()):.3f} | {q['quanta_top1']:.3f} / {q['alone_top1']:.3f} "
-            f"| {sum(c.values())}/{len(c)}{'' if all(c.values()) else ' (not: ' + '; '.join(k for k, v in c.items() if not v) + ')'} |"
+            f"| {q['repeatability']:.2f} | {max(q['drift'].values()):.3f} "
+            f"| {q['quanta_top1']:.3f} / {q['alone_top1']:.3f} | {sum(c.values())}/{len(c)}{missed} |"
         )
     return "\n".join(lines)
 
@@ -283,7 +349,16 @@ def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) 
         scores.setdefault(name, []).append(rank_key(q))
     ranked = sorted(scores, key=lambda name: min(scores[name]), reverse=True)[:n]
     by_name = {r["protocol"]: r for r in records if r["kind"] == "quanta"}
-    return [protocol(by_name[name]["lr"], by_name[name]["gate_lr"], by_name[name]["gate_optimizer"], by_name[name]["augment"], by_name[name]["epochs"]) for name in ranked]
+    return [
+        protocol(
+            by_name[name]["lr"],
+            by_name[name]["gate_lr"],
+            by_name[name]["gate_optimizer"],
+            by_name[name]["augment"],
+            by_name[name]["epochs"],
+        )
+        for name in ranked
+    ]
 
 
 def main() -> None:
@@ -294,7 +369,9 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="print the tables from --out and stop")
     parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
     parser.add_argument("--extended", action="store_true", help="coarse: also augmentation and lr 1e-3")
-    parser.add_argument("--last-epochs", type=int, default=10, help="epochs averaged in the printed tables (default: 10)")
+    parser.add_argument(
+        "--last-epochs", type=int, default=10, help="epochs averaged in the printed tables (default: 10)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if not args.summary:
@@ -311,7 +388,14 @@ def main() -> None:
         else:
             best = best_protocols(records, "final", 1, splits=tuple(SPLITS))[0]
             longer = dict(best, epochs=best["epochs"] * 3)
-            units = units_for("rule", [dict(longer, gate_lr=best["gate_lr"] / 3), longer], ["halves"], ("conv4", "fc"), 2, yosinski=False)
+            units = units_for(
+                "rule",
+                [dict(longer, gate_lr=best["gate_lr"] / 3), longer],
+                ["halves"],
+                ("conv4", "fc"),
+                2,
+                yosinski=False,
+            )
         if not args.summary:
             run_units(units, args.out, args.jobs)
         print(f"== {stage}")

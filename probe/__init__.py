@@ -1,11 +1,10 @@
 """quanta-probe: measure, layer by layer, how transferable a trained network's features are (QUANTA)."""
 
-__version__ = "0.1.0"
-
-from .adapters import create_model, list_archs, register_arch  # noqa: E402
-from .allocator import retain_freed_memory  # noqa: E402
-from .api import load_source, measure, scan, train_source  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .api import load_source, measure, scan, train_source
+from .core.gate import QuantaGate
+from .core.hooks import quanta_hooks, source_forward
+from .errors import (
     ArchitectureError,
     CheckpointError,
     DataError,
@@ -16,10 +15,10 @@ from .errors import (  # noqa: E402
     SettingsError,
     ShapeMismatchError,
 )
-from .gate import QuantaGate  # noqa: E402
-from .hooks import quanta_hooks, source_forward  # noqa: E402
-from .results import Measurement, RunResult, RunSpec  # noqa: E402
-from .settings import RunSettings  # noqa: E402
+from .models.registry import create_model, list_archs, register_arch
+from .results.schema import Measurement, RunResult, RunSpec
+from .settings import RunSettings
+from .util.allocator import retain_freed_memory
 
 __all__ = [
     "ArchitectureError",
@@ -36,6 +35,7 @@ __all__ = [
     "RunSpec",
     "SettingsError",
     "ShapeMismatchError",
+    "__version__",
     "create_model",
     "list_archs",
     "load_source",

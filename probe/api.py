@@ -1,300 +1,238 @@
-"""The public API: train a source, measure one layer, scan every layer."""
+"""The public API, a thin facade over the layers below: train or load a source, measure a layer, scan layers.
+
+The request policy lives here, below the CLI, so that ``probe.scan(...)`` and ``probe scan`` agree: the
+dataset presets, the default number of jobs, the default target, the choice of source, and every check
+that needs only the request (data present, output writable, device, layers and baselines known, settings
+valid), which runs before any training or download.
+"""
 
 from __future__ import annotations
 
-import copy
-import fnmatch
-import hashlib
-import json
 import os
-import platform
-import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any
 
-import torch
 from torch import nn
 
-from . import __version__
-from .adapters import create_model, default_layers
-from .checkpoint import (
-    SourceInfo,
-    attach_info,
-    file_sha256,
-    load_raw,
-    load_state_into,
-    save_checkpoint,
-    source_info,
+from .backends import check_backend, default_jobs, executor_for
+from .baselines import check_baselines, run_baselines
+from .core.layers import LayerInfo
+from .data import DatasetSpec, TaskData, check_available, default_target, load_task, parse_spec
+from .data.spec import input_shape
+from .engine.context import ProbeContext
+from .engine.prepare import Prepared, default_target_of, prepare
+from .engine.progress import Progress, ProgressEvent
+from .engine.record import environment, fingerprint
+from .engine.selection import check_layer_list, choose_layers
+from .engine.sources import (
+    cached_source,
+    check_checkpoint_path,
+    load_source,
+    pretrained_source,
+    source_settings,
+    train_source,
 )
-from .data import DatasetSpec, TaskData, default_target, load_task, parse_spec
-from .device import resolve_device
-from .errors import CheckpointError, DataError, LayerError, ProbeError, SettingsError
-from .gate import QuantaGate
-from .hooks import quanta_hooks, resolve_layer, source_forward
-from .layers import check_layers, discover_layers
-from .results import Measurement, RunResult, RunSpec, final_figures, run_grid
-from .settings import RunSettings, init_seed
-from .targets import TargetFactory
-from .trainer import EpochEvent, autocast_for, fit, make_optimizer
+from .errors import ProbeError, SettingsError
+from .models.checkpoint import recorded_info
+from .models.registry import create_model, layer_table
+from .results.schema import Measurement, RunResult, RunSpec, run_grid
+from .results.store import ResultsFolder
+from .settings import RunSettings, preset_for
+from .util.device import resolve_device
+from .util.files import check_writable
 
+__all__ = [
+    "Prepared",
+    "ProgressEvent",
+    "ScanPlan",
+    "cached_source",
+    "check_checkpoint_path",
+    "check_request",
+    "layer_listing",
+    "load_source",
+    "measure",
+    "plan_scan",
+    "prepare",
+    "pretrained_source",
+    "scan",
+    "scan_settings",
+    "source_model",
+    "source_training_settings",
+    "train_source",
+]
 
-@dataclass
-class ProgressEvent:
-    """Sent to a ``progress`` callback after every epoch of every run."""
-
-    spec: RunSpec | None
-    epoch: int
-    epochs: int
-    metrics: dict[str, float]
-    run_index: int  # 0-based index of the run in the grid
-    total_runs: int
-
-
-Progress = Callable[[ProgressEvent], None]
+Target = str | DatasetSpec | TaskData
 
 
 # --------------------------------------------------------------------------------------------------
-# Sources
+# Policy
 
 
-def _settings(settings: RunSettings | None, overrides: dict) -> RunSettings:
-    return (settings or RunSettings()).with_(**overrides) if overrides else (settings or RunSettings())
+def _dataset_name(data: Target) -> str:
+    return data.spec.name if isinstance(data, TaskData) else parse_spec(data).name
 
 
-def train_source(
-    arch: str = "paper-cnn",
-    data: str | DatasetSpec = "digits[0-4]",
+def scan_settings(target: Target | None, settings: RunSettings | None = None, **given: Any) -> RunSettings:
+    """The settings of a request: ``settings`` when given, else the target dataset's preset, then ``given``.
+
+    ``given`` values of None count as not given. Without ``settings``, ``jobs`` defaults to one worker per
+    CPU core on CPU and one on a GPU (:func:`probe.backends.default_jobs`).
+    """
+    given = {name: value for name, value in given.items() if value is not None}
+    if settings is not None:
+        return settings.with_(**given)
+    preset = preset_for(_dataset_name(target)) if target is not None else {}
+    chosen = RunSettings().with_(**{**preset, **given})
+    return chosen if "jobs" in given else chosen.with_(jobs=default_jobs(device=chosen.device))
+
+
+def source_training_settings(data: Target, **given: Any) -> RunSettings:
+    """The settings a source for ``data`` is trained with (``probe train``, and the scan's own source)."""
+    return source_settings(scan_settings(data, **given))
+
+
+def check_request(
     *,
-    settings: RunSettings | None = None,
+    target: Target | None = None,
+    source_data: Target | None = None,
+    layers: str | Sequence[str] | None = None,
+    baselines: Sequence[str] = (),
+    backend: str = "local",
+    backend_options: Mapping | None = None,
     out: str | os.PathLike | None = None,
-    arch_options: dict | None = None,
-    data_dir: str | os.PathLike | None = None,
-    progress: Progress | None = None,
-    **overrides,
-) -> nn.Module:
-    """Train a source model of ``arch`` on task ``data``; save a checkpoint to ``out`` when given.
-
-    The returned model carries a :class:`SourceInfo` (architecture, options, data, settings, test top-1)
-    that :func:`measure` and :func:`scan` use to pick the paper-style target task.
-    """
-    settings = _settings(settings, overrides)
-    device = resolve_device(settings.device)
-    task = load_task(data, data_dir=data_dir)
-    arch_options = dict(arch_options or {})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed("source", settings.seed))
-        model = create_model(arch, num_classes=task.num_classes, in_chans=task.in_chans, input_size=task.input_size, **arch_options)
-    model.to(device)
-    task = task.to(device)
-    optimizer = make_optimizer(model, settings)
-    on_epoch = None
-    if progress is not None:
-        on_epoch = lambda e: progress(ProgressEvent(None, e.epoch, e.epochs, e.metrics, 0, 1))  # noqa: E731
-    outcome = fit(
-        forward=lambda x, idx, split: model(x),
-        trainable=model,
-        optimizer=optimizer,
-        task=task,
-        settings=settings,
-        seed=settings.seed,
-        device=device,
-        on_epoch=on_epoch,
-    )
-    if outcome.failure:
-        raise ProbeError(f"source training diverged: {outcome.failure}; lower --lr")
-    model.eval().cpu()
-    info = SourceInfo(
-        arch=arch,
-        arch_options=arch_options,
-        num_classes=task.num_classes,
-        in_chans=task.in_chans,
-        input_size=tuple(task.input_size),
-        dataset=str(task.spec),
-        settings=settings.to_dict(),
-        test_top1=final_figures(outcome.history, 1)["top1"],
-    )
-    attach_info(model, info)
-    if out is not None:
-        save_checkpoint(model, info, out)
-        info.checkpoint, info.sha256 = str(out), file_sha256(out)
-    return model
-
-
-def load_source(
-    path: str | os.PathLike,
-    arch: str | None = None,
-    *,
-    num_classes: int | None = None,
-    data: str | DatasetSpec | None = None,
-    data_dir: str | os.PathLike | None = None,
-    **arch_options,
-) -> nn.Module:
-    """Load a source from a checkpoint (``probe train`` output, a plain state_dict, or .safetensors).
-
-    The file is read with ``weights_only=True`` and never written. A plain state_dict needs ``arch`` and
-    the source task ``data`` (or ``num_classes``, with in_chans/input_size from ``data``).
-    """
-    digest = file_sha256(path) if Path(path).is_file() else None
-    raw = load_raw(path)
-    if "info" in raw:
-        info = SourceInfo.from_dict(raw["info"])
-        if arch is not None and info.arch is not None and arch != info.arch:
-            raise CheckpointError(f"'{path}' holds a '{info.arch}' model, not '{arch}'; drop --arch or pass the right checkpoint")
-        info.arch_options = {**info.arch_options, **arch_options}
-    else:
-        if arch is None:
-            raise CheckpointError(f"'{path}' is a plain state_dict: say which architecture it is (--arch NAME)")
-        if data is None:
-            raise CheckpointError(f"'{path}' records no source task: give it (--source-data, e.g. cifar10)")
-        task = load_task(data, data_dir=data_dir)
-        info = SourceInfo(
-            arch=arch,
-            arch_options=dict(arch_options),
-            num_classes=num_classes or task.num_classes,
-            in_chans=task.in_chans,
-            input_size=tuple(task.input_size),
-            dataset=str(task.spec),
-        )
-    # The weights come from the file: never ask for (or download) pretrained ones.
-    info.arch_options = {k: v for k, v in info.arch_options.items() if k != "pretrained"}
-    model = create_model(info.arch, num_classes=info.num_classes, in_chans=info.in_chans, input_size=info.input_size, **info.arch_options)
-    load_state_into(model, raw["state_dict"], origin=f"checkpoint '{path}'")
-    model.eval()
-    info.checkpoint, info.sha256 = str(path), digest
-    return attach_info(model, info)
-
-
-# The settings that change how a source is trained (and so key the source cache).
-SOURCE_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment")
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "quanta-probe"))
-
-
-def cached_source(
-    arch: str = "paper-cnn",
-    data: str = "digits[0-4]",
-    *,
     settings: RunSettings | None = None,
-    arch_options: dict | None = None,
     data_dir: str | os.PathLike | None = None,
-    progress: Progress | None = None,
-) -> tuple[nn.Module, bool]:
-    """A source trained on ``data``, reused from the cache when one with the same settings exists.
+    download: bool = False,
+) -> list[str]:
+    """Every check that needs only the request, with nothing trained, downloaded or written; the baselines.
 
-    Returns ``(model, reused)``. The cache key covers architecture, options, data and training settings.
+    Data present (or to be downloaded), the layer list not empty, baselines and back-end known, the results
+    folder writable, the device available. Each failure is a one-line ProbeError.
     """
-    settings = settings or RunSettings()
-    trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING_FIELDS}
-    key_data = {"arch": arch, "options": arch_options or {}, "data": str(parse_spec(data)), "settings": trained_with}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    path = _cache_dir() / "sources" / f"{arch.replace(':', '_')}-{str(parse_spec(data)).replace('[', '_').replace(']', '')}-{key}.pt"
-    if path.is_file():
-        try:
-            return load_source(path), True
-        except ProbeError:
-            path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt
-    model = train_source(arch, data, settings=settings, out=path, arch_options=arch_options, data_dir=data_dir, progress=progress)
-    return model, False
-
-
-# --------------------------------------------------------------------------------------------------
-# Runs
+    for spec in (target, source_data):
+        if spec is not None and not isinstance(spec, TaskData):
+            check_available(spec, data_dir, download)
+    check_layer_list(layers)
+    names = check_baselines(baselines)
+    check_backend(backend, backend_options)
+    if out is not None:
+        check_writable(out)
+    if settings is not None:
+        resolve_device(settings.device)
+    return names
 
 
 @dataclass
-class ProbeContext:
-    """Everything a run needs; a run is a pure function of (context, spec)."""
+class ScanPlan:
+    """A checked scan request: the source (or how to train it), the tasks and the settings. Nothing trained yet."""
 
-    source: nn.Module
-    targets: TargetFactory
-    tasks: dict[str, TaskData]
+    model: nn.Module | None  # None: the source is trained here, or reused from the cache (see source_model)
+    arch: str
+    arch_options: dict
+    source_data: str | None
+    target: str
     settings: RunSettings
-    device: torch.device
-    _cache_key: tuple | None = field(default=None, repr=False)
-    _cache: dict | None = field(default=None, repr=False)
-
-    def source_tensors(self, layer: str, task_name: str) -> dict[str, torch.Tensor] | None:
-        """Source tensors at ``layer`` for every train and test example, when they can be reused.
-
-        Only without augmentation (then they are the same every epoch) and within the memory budget;
-        None means: recompute them for every batch.
-        """
-        task = self.tasks[task_name]
-        if not self.settings.cache_source or (self.settings.augment and task.augment.enabled):
-            return None
-        key = (layer, task_name)
-        if self._cache_key == key:
-            return self._cache
-        self._cache_key, self._cache = None, None  # release the previous layer's tensors first
-        point = resolve_layer(self.source, layer)
-        with autocast_for(self.device, self.settings):
-            probe = source_forward(self.source, point, task.train.x[:1])
-        examples = len(task.train) + len(task.test)
-        if probe.element_size() * probe[0].numel() * examples > self.settings.cache_budget_mb * 2**20:
-            return None
-        cache = {}
-        for split_name, split in (("train", task.train), ("test", task.test)):
-            parts = []
-            for start in range(0, len(split), 256):
-                with autocast_for(self.device, self.settings):
-                    parts.append(source_forward(self.source, point, split.x[start : start + 256]))
-            cache[split_name] = torch.cat(parts)
-        self._cache_key, self._cache = key, cache
-        return cache
+    data_dir: str | os.PathLike | None = None
+    baselines: list[str] = field(default_factory=list)
 
 
-def fresh_target(context: ProbeContext, task_name: str, seed: int) -> nn.Module:
-    """The fresh target of run seed ``seed`` for task ``task_name``, on the context's device."""
-    task = context.tasks[task_name]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed("target", seed))
-        target = context.targets(task.num_classes, task.in_chans, task.input_size)
-    target.to(context.device)
-    if context.device.type == "cuda" and context.settings.channels_last:
-        target.to(memory_format=torch.channels_last)
-    return target
+def _planned_source(
+    source: str | os.PathLike | None,
+    arch: str | None,
+    pretrained: bool,
+    arch_options: dict,
+    source_data: str | None,
+    target: str | None,
+    data_dir: str | os.PathLike | None,
+    download: bool,
+) -> tuple[nn.Module | None, str | None]:
+    """The source model when it needs no training (a checkpoint, pretrained weights), and its own task."""
+    if source is not None and pretrained:
+        raise SettingsError("give either --source CHECKPOINT or --pretrained, not both")
+    if source is not None:
+        model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, **arch_options)
+        recorded = recorded_info(model).dataset
+        if (
+            source_data is not None
+            and recorded is not None
+            and str(parse_spec(recorded)) != str(parse_spec(source_data))
+        ):
+            raise SettingsError(f"'{source}' records source task {recorded}, not {source_data}; drop --source-data")
+        return model, recorded or source_data
+    if pretrained:
+        if arch is None:
+            raise SettingsError("--pretrained needs --arch, e.g. --arch resnet18 or --arch tv:resnet18")
+        if target is None:
+            raise SettingsError(
+                "pretrained weights record no task of this toolkit, so there is no default target: "
+                "give --target (e.g. cifar10)"
+            )
+        check_available(target, data_dir, download)
+        if download:
+            load_task(target, data_dir=data_dir, download=True)
+        return pretrained_source(arch, target, data_dir=data_dir, **arch_options), source_data
+    return None, source_data or "digits[0-4]"
 
 
-def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent], None] | None = None) -> RunResult:
-    """Train one fresh target with a QUANTA gate at ``spec.layer``; return its history and finals."""
-    settings, device = context.settings, context.device
-    task = context.tasks[spec.task]
-    target = fresh_target(context, spec.task, spec.seed)
-    if settings.compile:
-        torch.compiler.reset()  # this run's graphs only: a scan's many layers would exceed dynamo's recompile limit
-        target.compile()  # in place: the layer names and the QUANTA hooks on submodules are kept
-    gate = QuantaGate(spec.init).to(device)
-    optimizer = make_optimizer(target, settings, gate)
-    with quanta_hooks(context.source, target, spec.layer, gate) as wiring:
-        cache = context.source_tensors(spec.layer, spec.task)
-        if cache is None:
-            forward = lambda x, idx, split: wiring(x)  # noqa: E731
-        else:
-            forward = lambda x, idx, split: wiring(x, z_source=cache[split].index_select(0, idx))  # noqa: E731
-        outcome = fit(
-            forward=forward,
-            trainable=target,
-            optimizer=optimizer,
-            task=task,
-            settings=settings,
-            seed=spec.seed,
-            device=device,
-            read_lambda=lambda: gate.lambda_source,
-            on_epoch=on_epoch,
-        )
-    return RunResult(
-        spec=spec,
-        history=outcome.history,
-        final=final_figures(outcome.history, settings.last_epochs) if outcome.history else {},
-        steps=outcome.steps,
-        gate_lr=settings.effective_gate_lr,
-        status="failed" if outcome.failure else "ok",
-        failure=outcome.failure,
-        seconds=outcome.seconds,
+def plan_scan(
+    source: str | os.PathLike | None = None,
+    *,
+    arch: str | None = None,
+    pretrained: bool = False,
+    arch_options: dict | None = None,
+    source_data: str | None = None,
+    target: str | None = None,
+    layers: str | Sequence[str] | None = None,
+    baselines: Sequence[str] = (),
+    backend: str = "local",
+    backend_options: Mapping | None = None,
+    out: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    **given: Any,
+) -> ScanPlan:
+    """Choose the source and the target, settle the settings and check the whole request, training nothing.
+
+    The source is a checkpoint (``source``), pretrained weights (``pretrained``, needs ``arch`` and
+    ``target``) or, by default, ``arch`` (paper-cnn) trained on ``source_data`` (digits[0-4]); the target
+    defaults to the source task's pair (digits[0-4] → digits[5-9], cifar10 → cifar100). ``given`` holds
+    settings (None: not given). With ``download`` the missing datasets are fetched at the end.
+    """
+    options = dict(arch_options or {})
+    names = check_request(layers=layers, baselines=baselines, backend=backend, backend_options=backend_options, out=out)
+    model, source_data = _planned_source(source, arch, pretrained, options, source_data, target, data_dir, download)
+    if target is None:
+        if source_data is None:
+            raise SettingsError(
+                "this source records no task, so there is no default target: give --target (e.g. cifar10)"
+            )
+        target = str(default_target(source_data))
+    settings = scan_settings(target, **given)
+    check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
+    if download:
+        for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
+            load_task(spec, data_dir=data_dir, download=True)
+    return ScanPlan(model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names)
+
+
+def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.Module, bool]:
+    """The plan's source: as planned, or trained on its source task (reused from the cache when it exists).
+
+    Returns ``(model, reused)``; reused is True only for a source taken from the cache.
+    """
+    if plan.model is not None:
+        return plan.model, False
+    settings = source_settings(plan.settings)
+    options = plan.arch_options or None
+    return cached_source(
+        plan.arch,
+        str(plan.source_data),
+        settings=settings,
+        arch_options=options,
+        data_dir=plan.data_dir,
+        progress=progress,
     )
 
 
@@ -302,281 +240,91 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
 # Measure and scan
 
 
-def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
-    """The default probe layers: the adapter's set when the model has one, else every discovered point."""
-    info = source_info(model)
-    if info is not None and info.arch is not None:
-        layers = default_layers(info.arch, model)
-        if layers is not None:
-            return layers
-    if input_shape is None and info is not None and info.input_size is not None:
-        input_shape = (info.in_chans, *info.input_size)
-    if input_shape is None:
-        raise LayerError("cannot discover layers without an input shape: pass layers=[...] or a target task")
-    return [layer.name for layer in discover_layers(model, tuple(input_shape)) if layer.default]
-
-
-def all_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
-    """Every discovered probe point of ``model`` in forward order (what glob patterns match)."""
-    return [layer.name for layer in discover_layers(model, tuple(input_shape))]
-
-
-def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Callable[[], Sequence[str]]) -> list[str]:
-    """Names and glob patterns → concrete layer names (checked); globs match ``candidates()`` in forward order."""
-    layers: list[str] = []
-    known: list[str] | None = None
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            known = list(candidates()) if known is None else known
-            matched = [name for name in known if fnmatch.fnmatch(name, pattern)]
-            if not matched:
-                raise LayerError(f"no probeable layer matches '{pattern}'; available: {', '.join(known)}")
-            layers += matched
-        else:
-            resolve_layer(model, pattern)
-            layers.append(pattern)
-    return list(dict.fromkeys(layers))
-
-
-def _environment(device: torch.device) -> dict:
-    env = {
-        "quanta_probe": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        import torchvision
-
-        env["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0 and (root / "probe").is_dir():
-            env["git_commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return env
-
-
-def _resolve_target(model: nn.Module, target, data_dir) -> TaskData:
-    if isinstance(target, TaskData):
-        return target
-    if target is None:
-        info = source_info(model)
-        if info is None or info.dataset is None:
-            raise DataError(
-                "this model records no source task, so a target task is needed: "
-                "probe.measure(model, 'layer', target='digits[5-9]')"
-            )
-        target = default_target(info.dataset)
-    return load_task(target, data_dir=data_dir)
-
-
-def prepare(
-    model: nn.Module | str | os.PathLike,
-    target=None,
-    *,
-    settings: RunSettings,
-    control: bool = False,
-    source_data=None,
-    data_dir=None,
-) -> tuple[ProbeContext, nn.Module, dict]:
-    """Resolve model, tasks, device and target factory for a measurement."""
-    if isinstance(model, (str, os.PathLike)):
-        model = load_source(model, data=source_data, data_dir=data_dir)
-    if not isinstance(model, nn.Module):
-        raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
-    device = resolve_device(settings.device)
-    info = source_info(model) or SourceInfo()
-    target_task = _resolve_target(model, target, data_dir)
-    if info.in_chans is not None and (info.in_chans, tuple(info.input_size)) != (target_task.in_chans, tuple(target_task.input_size)):
-        raise DataError(
-            f"the source takes {info.in_chans}×{info.input_size[0]}×{info.input_size[1]} inputs but "
-            f"{target_task.spec} has {target_task.in_chans}×{target_task.input_size[0]}×{target_task.input_size[1]}; "
-            "pick a target of the same image format"
-        )
-    tasks = {"AnB": target_task}
-    if control:
-        source_task_spec = source_data or info.dataset
-        if source_task_spec is None:
-            raise DataError("the control (AnA) needs the source's task: pass source_data='digits[0-4]' (--source-data)")
-        tasks["AnA"] = load_task(source_task_spec, data_dir=data_dir)
-    tasks = {name: task.to(device) for name, task in tasks.items()}
-    # The source is never modified: a copy goes to another device, the original stays where it is.
-    source = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
-    factory = TargetFactory(info.arch, dict(info.arch_options)) if info.arch else TargetFactory(template=model)
-    context = ProbeContext(source, factory, tasks, settings, device)
-    source_record = info.to_dict()
-    source_record["class"] = type(model).__name__
-    source_record["state_sha256"] = state_dict_sha256(model)
-    return context, model, source_record
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """A hash of every tensor in ``model.state_dict()`` (names, shapes, dtypes and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def grid(layers: Sequence[str], settings: RunSettings, tasks: Sequence[str]) -> list[RunSpec]:
-    """Every run of a scan, task-major then init, layer, seed (the order the results are shown in)."""
-    return run_grid(layers, settings.init, settings.seed, settings.runs, tasks)
-
-
-def execute_serial(
+def _run(
     context: ProbeContext,
-    specs: Sequence[RunSpec],
-    progress: Progress | None = None,
-    offset: int = 0,
-    total: int | None = None,
-) -> Iterator[RunResult]:
-    """Run ``specs`` one after another in this process, yielding each result as it finishes."""
-    total = len(specs) if total is None else total
-    for index, spec in enumerate(specs, start=offset):
-        on_epoch = None
-        if progress is not None:
-            on_epoch = lambda e, spec=spec, index=index: progress(  # noqa: E731
-                ProgressEvent(spec, e.epoch, e.epochs, e.metrics, index, total)
-            )
-        yield run_one(context, spec, on_epoch)
-
-
-def execute(
-    context: ProbeContext,
-    specs: Sequence[RunSpec],
-    progress: Progress | None = None,
-    *,
-    backend: str = "local",
-    backend_options: dict | None = None,
-    offset: int = 0,
-    total: int | None = None,
-) -> Iterator[RunResult]:
-    """Run ``specs`` on the chosen back-end and yield results as they finish (in any order).
-
-    ``local`` runs in this process (``settings.jobs == 1``) or in worker processes; ``ray`` on a Ray cluster.
-    """
-    if backend == "ray":
-        from .ray_backend import execute_ray
-
-        yield from execute_ray(context, specs, progress, offset=offset, total=total, **(backend_options or {}))
-    elif backend != "local":
-        raise SettingsError(f"unknown backend '{backend}': use local or ray")
-    elif context.settings.jobs > 1 and len(specs) > 1:
-        from .parallel import execute_parallel
-
-        yield from execute_parallel(context, specs, progress, offset=offset, total=total)
-    else:
-        yield from execute_serial(context, specs, progress, offset=offset, total=total)
-
-
-def fingerprint(context: ProbeContext, source_record: dict, layers: Sequence[str]) -> dict:
-    """What must match for a results folder to be resumed: everything that changes a run's numbers."""
-    settings = context.settings.to_dict()
-    for knob in ("jobs", "cache_source", "cache_budget_mb", "device"):
-        settings.pop(knob, None)
-    return {
-        # Runs of another release are not mixed into one folder (the trainer may have changed).
-        "quanta_probe": __version__,
-        "arch": source_record.get("arch") or source_record.get("class"),
-        "arch_options": source_record.get("arch_options", {}),
-        "source_sha256": source_record.get("sha256") or source_record.get("state_sha256"),
-        "source_dataset": source_record.get("dataset"),
-        "tasks": {name: str(task.spec) for name, task in context.tasks.items()},
-        "layers": list(layers),
-        "settings": settings,
-    }
+    specs: list[RunSpec],
+    store: ResultsFolder | None,
+    progress: Progress | None,
+    backend: str,
+    backend_options: Mapping | None,
+) -> tuple[dict[str, RunResult], int]:
+    """Every run of ``specs`` by key: those already in ``store``, and the rest executed (each saved as it
+    finishes); and how many were already there."""
+    finished = store.finished() if store is not None else {}
+    todo = [spec for spec in specs if spec.key not in finished]
+    results = {spec.key: finished[spec.key] for spec in specs if spec.key in finished}
+    execute = executor_for(backend, context.settings, len(todo), backend_options)
+    for result in execute(context, todo, progress, offset=len(specs) - len(todo), total=len(specs)):
+        if store is not None:
+            store.save_run(result)
+        results[result.spec.key] = result
+    return results, len(specs) - len(todo)
 
 
 def scan(
     model: nn.Module | str | os.PathLike,
-    layers: Sequence[str] | None = None,
-    target=None,
+    layers: str | Sequence[str] | None = None,
+    target: Target | None = None,
     *,
     settings: RunSettings | None = None,
     control: bool = False,
-    source_data=None,
+    source_data: Target | None = None,
     data_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     out: str | os.PathLike | None = None,
     fresh: bool = False,
     backend: str = "local",
-    backend_options: dict | None = None,
+    backend_options: Mapping | None = None,
     baselines: Sequence[str] = (),
-    **overrides,
+    **overrides: Any,
 ) -> Measurement:
-    """Measure λS at each layer (default: every probeable layer, in forward order), one fresh target per run.
+    """Measure λS at each layer (default: the architecture's probe layers, in forward order), one fresh target per run.
 
     ``target`` is a dataset spec such as ``'digits[5-9]'`` or ``'cifar100'``; None uses the pairing recorded
-    with a source trained by the toolkit. ``control=True`` also runs AnA (target task = source task).
-    With ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts over);
-    ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer (see probe.baselines).
+    with a source trained by the toolkit. ``settings`` default to the target dataset's preset with
+    ``overrides`` applied (see :func:`scan_settings`). ``control=True`` also runs AnA (target task = source
+    task). With ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts
+    over); ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer (see probe.baselines).
     """
-    settings = _settings(settings, overrides)
-    context, model, source_record = prepare(
-        model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir
-    )
-    target_task = context.tasks["AnB"]
-    shape = (target_task.in_chans, *target_task.input_size)
-    if layers is None:
-        chosen = probeable_layers(model, shape)
-    else:
-        chosen = expand_layers(model, [layers] if isinstance(layers, str) else layers, lambda: all_layers(model, shape))
-    check_layers(model, chosen, shape)
-    specs = grid(chosen, settings, list(context.tasks))
-    store = None
-    if out is not None:
-        from .store import ResultsFolder
-
-        store = ResultsFolder(out, fingerprint(context, source_record, chosen), fresh=fresh)
-    finished = store.finished() if store is not None else {}
-    todo = [spec for spec in specs if spec.key not in finished]
-    results = {key: finished[key] for key in (spec.key for spec in specs) if key in finished}
-    started = time.perf_counter()
+    if isinstance(model, (str, os.PathLike)):
+        data = source_data.spec if isinstance(source_data, TaskData) else source_data
+        model = load_source(model, data=data, data_dir=data_dir)
+    if not isinstance(model, nn.Module):
+        raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
+    target = default_target_of(model) if target is None else target
+    settings = scan_settings(target, settings, **overrides)
+    names = check_request(
+        target=target, layers=layers, baselines=baselines, backend=backend, backend_options=backend_options,
+        out=out, settings=settings, data_dir=data_dir,
+    )  # fmt: skip
+    prepared = prepare(model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir)
+    context, target_task = prepared.context, prepared.context.tasks["AnB"]
+    chosen = choose_layers(prepared.model, layers, (target_task.in_chans, *target_task.input_size))
+    specs = run_grid(chosen, settings.init, settings.seed, settings.runs, list(context.tasks))
+    store = None if out is None else ResultsFolder(out, fingerprint(context, prepared.source_record, chosen), fresh)
     try:
-        for result in execute(
-            context, todo, progress, backend=backend, backend_options=backend_options,
-            offset=len(specs) - len(todo), total=len(specs),
-        ):
-            if store is not None:
-                store.save_run(result)
-            results[result.spec.key] = result
-    except BaseException:
+        started = time.perf_counter()
+        results, resumed = _run(context, specs, store, progress, backend, backend_options)
+        env = environment(context.device)
+        env["seconds"] = time.perf_counter() - started
+        env["resumed_runs"] = resumed
+        if store is not None and store.corrupt:
+            env["redone_corrupt_runs"] = [name for name, _ in store.corrupt]
+        measurement = Measurement(
+            settings=settings.to_dict(),
+            source=prepared.source_record,
+            target=str(target_task.spec),
+            layers=list(chosen),
+            runs=[results[spec.key] for spec in specs],
+            environment=env,
+            extras={"tasks": {name: str(task.spec) for name, task in context.tasks.items()}},
+        )
+        if names:
+            measurement.extras["baselines"] = run_baselines(context, measurement, names, progress=progress)
         if store is not None:
-            store.close()
-        raise
-    environment = _environment(context.device)
-    environment["seconds"] = time.perf_counter() - started
-    environment["resumed_runs"] = len(specs) - len(todo)
-    if store is not None and store.corrupt:
-        environment["redone_corrupt_runs"] = [name for name, _ in store.corrupt]
-    measurement = Measurement(
-        settings=settings.to_dict(),
-        source=source_record,
-        target=str(target_task.spec),
-        layers=list(chosen),
-        runs=[results[spec.key] for spec in specs],
-        environment=environment,
-        extras={"tasks": {name: str(t.spec) for name, t in context.tasks.items()}},
-    )
-    if baselines:
-        from .baselines import run_baselines
-
-        measurement.extras["baselines"] = run_baselines(context, measurement, list(baselines), progress=progress)
-    if store is not None:
-        try:
             store.save_measurement(measurement)
-        finally:
+    finally:
+        if store is not None:
             store.close()
     return measurement
 
@@ -584,19 +332,61 @@ def scan(
 def measure(
     model: nn.Module | str | os.PathLike,
     layer: str,
-    target=None,
+    target: Target | None = None,
     *,
     settings: RunSettings | None = None,
     control: bool = False,
-    source_data=None,
+    source_data: Target | None = None,
     data_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     out: str | os.PathLike | None = None,
     fresh: bool = False,
-    **overrides,
+    **overrides: Any,
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
         model, [layer], target, settings=settings, control=control, source_data=source_data,
         data_dir=data_dir, progress=progress, out=out, fresh=fresh, **overrides,
-    )
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+
+
+@dataclass
+class LayerListing:
+    """What ``probe layers`` shows: the architecture, the data the shapes are for, and the probeable layers."""
+
+    arch: str
+    data: str | None
+    shape: tuple[int, ...]
+    layers: list[LayerInfo]
+
+
+def layer_listing(
+    arch: str | None = None,
+    *,
+    source: str | os.PathLike | None = None,
+    data: str | None = None,
+    arch_options: dict | None = None,
+) -> LayerListing:
+    """The probeable layers of a checkpoint's model (``source``) or of ``arch`` (paper-cnn) built for ``data``.
+
+    A checkpoint's own record of its input format wins over ``data`` (default digits); no data is read.
+    """
+    options = dict(arch_options or {})
+    if source is not None:
+        model = load_source(source, arch=arch, data=data, **options)
+        info = recorded_info(model)
+        name = info.arch or arch or type(model).__name__
+        if info.in_chans is not None and info.input_size is not None:  # the format the source was built for
+            shape: tuple[int, ...] = (info.in_chans, *info.input_size)
+            data = info.dataset or data
+        else:
+            shape = input_shape(data or "digits")
+        return LayerListing(name, data, shape, layer_table(model, shape))
+    name, spec = arch or "paper-cnn", parse_spec(data or "digits")
+    shape = input_shape(spec)
+    model = create_model(name, num_classes=spec.num_classes, in_chans=shape[0], input_size=shape[1:], **options)
+    return LayerListing(name, str(spec), shape, layer_table(model, shape, arch=name))

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 import probe
-from probe.api import prepare
-from probe.baselines import comparison_figure, correlations, run_baselines
-from probe.store import load_folder
-from probe.checkpoint import atomic_write_bytes
+from probe.baselines import correlations, run_baselines
+from probe.engine.prepare import prepare
+from probe.report.figures import comparison_figure
 from probe.results import Measurement
+from probe.results.reading import load_folder
 from probe.settings import RunSettings
+from probe.util.files import atomic_write_bytes
 
 
 def merge(folder: Path, extra: dict) -> None:
@@ -53,11 +54,14 @@ def main() -> None:
         measurement, _ = load_folder(args.folder)
         settings = RunSettings.from_dict({**measurement.settings, "jobs": 1})
         source = probe.load_source(args.source)
-        context, _, _ = prepare(source, measurement.target, settings=settings)  # AnB only
+        context = prepare(source, measurement.target, settings=settings).context  # AnB only
 
         def show(event) -> None:
             if event.epoch == event.epochs:
-                print(f"{event.spec.task} {event.spec.layer} seed {event.spec.seed}: top-1 {event.metrics['top1']:.3f}", flush=True)
+                print(
+                    f"{event.spec.task} {event.spec.layer} seed {event.spec.seed}: top-1 {event.metrics['top1']:.3f}",
+                    flush=True,
+                )
 
         extra = run_baselines(context, measurement, ["yosinski"], progress=show)
         atomic_write_bytes(saved, json.dumps(extra, indent=1, allow_nan=True).encode())

@@ -30,26 +30,35 @@ import sys
 import time
 from pathlib import Path
 
-from probe.allocator import retain_freed_memory
 from probe.results import strict_json
+from probe.util.allocator import retain_freed_memory
 
 SPLITS = {
     "halves": ("digits[0-4]", "digits[5-9]"),
     "parity": ("digits[0,2,4,6,8]", "digits[1,3,5,7,9]"),
 }
 PAPER_INITS = "0.9,0.75,0.5"
-SOURCE_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment", "device", "amp", "channels_last")
 SMOKE = {"epochs": 1, "runs": 1, "layers": "conv1,fc", "inits": "0.9", "width": 0.25}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/reproduction"), help="folder for the results (default: %(default)s)")
-    parser.add_argument("--splits", default=",".join(SPLITS), help=f"comma-separated, of {', '.join(SPLITS)} (default: all)")
-    parser.add_argument("--epochs", type=int, help="epochs of every training, source included (default: 12, the digits default)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/reproduction"), help="folder for the results (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--splits", default=",".join(SPLITS), help=f"comma-separated, of {', '.join(SPLITS)} (default: all)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="epochs of every training, source included (default: 12, the digits default)"
+    )
     parser.add_argument("--source-epochs", type=int, help="epochs of the source's training (default: --epochs)")
     parser.add_argument(
-        "--source-seed", type=int, default=1000,
+        "--source-seed",
+        type=int,
+        default=1000,
         help="seed of the source's training (default: %(default)s, apart from the run seeds 0..runs-1, so that no "
         "target starts from the source's own initial weights)",
     )
@@ -57,13 +66,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", help="comma-separated layers (default: all 7: conv1..conv6, fc)")
     parser.add_argument("--inits", help=f"comma-separated λS inits (default: {PAPER_INITS})")
     parser.add_argument("--width", type=float, help="paper-cnn width (default: 1.0, the paper's CNN)")
-    parser.add_argument("--baselines", default="yosinski,logme,hscore", help="comma-separated, or 'none' (default: %(default)s)")
+    parser.add_argument(
+        "--baselines", default="yosinski,logme,hscore", help="comma-separated, or 'none' (default: %(default)s)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="torch threads per process (default: 1 per split with several workers, else torch's)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="splits run side by side in separate processes (default: %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per process (default: 1 per split with several workers, else torch's)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="splits run side by side in separate processes (default: %(default)s)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="QUANTA runs trained in parallel per split (default: 1)")
     parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out and start over")
-    parser.add_argument("--smoke", action="store_true", help="a tiny check that everything runs: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny check that everything runs: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()),
+    )
     args = parser.parse_args(argv)
     defaults = SMOKE if args.smoke else {"epochs": 12, "runs": 5, "layers": None, "inits": PAPER_INITS, "width": 1.0}
     for key, value in defaults.items():
@@ -73,7 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in args.splits if name not in SPLITS]
     if unknown:
         parser.error(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
-    args.baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    args.baselines = (
+        [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    )
     args.inits = tuple(float(v) for v in args.inits.split(","))
     args.layers = [v.strip() for v in args.layers.split(",")] if args.layers else None
     return args
@@ -101,7 +127,13 @@ class Printer:
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.done * max(0, self.total - self.done)
         spec, metrics = event.spec, event.metrics
-        what = "source" if spec is None else f"{spec.task} {spec.layer or '-'}" + (f" init {spec.init:g}" if spec.task in ("AnB", "AnA") else "") + f" seed {spec.seed}"
+        what = (
+            "source"
+            if spec is None
+            else f"{spec.task} {spec.layer or '-'}"
+            + (f" init {spec.init:g}" if spec.task in ("AnB", "AnA") else "")
+            + f" seed {spec.seed}"
+        )
         lam = f" λS {metrics['lambda_source']:.3f}" if "lambda_source" in metrics else ""
         print(
             f"[{self.split}] {what}: top-1 {metrics.get('top1', math.nan):.3f}{lam}"
@@ -115,32 +147,45 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     import torch
 
     import probe
-    from probe.api import ProgressEvent, cached_source, prepare
-    from probe.baselines import comparison_figure, train_alone
-    from probe.checkpoint import save_checkpoint, source_info
+    from probe.baselines import train_alone
+    from probe.engine.prepare import prepare
+    from probe.engine.progress import ProgressEvent
+    from probe.engine.sources import cached_source, source_settings
+    from probe.models.checkpoint import save_checkpoint, source_info
+    from probe.report.figures import comparison_figure
     from probe.results import RunSpec
-    from probe.settings import DIGITS_DEFAULTS, RunSettings
+    from probe.settings import DIGITS_PRESET, RunSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     task_a, task_b = SPLITS[name]
     settings = RunSettings(
-        **{**DIGITS_DEFAULTS, "epochs": args.epochs}, runs=args.runs, init=args.inits, device=args.device,
+        **{**DIGITS_PRESET, "epochs": args.epochs},
+        runs=args.runs,
+        init=args.inits,
+        device=args.device,
         jobs=args.jobs,
     )
     # The source's settings as `probe train` / `probe scan` make them, so the source cache is shared with the CLI.
-    source_settings = RunSettings(**{field: getattr(settings, field) for field in SOURCE_SETTINGS})
-    source_settings = source_settings.with_(epochs=args.source_epochs or args.epochs, seed=args.source_seed)
+    trained_with = source_settings(settings)
+    trained_with = trained_with.with_(epochs=args.source_epochs or args.epochs, seed=args.source_seed)
     layers = args.layers or ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
     tasks = 2  # AnB and the AnA control
     yosinski = "yosinski" in args.baselines
     per_run = len(layers) * tasks * settings.runs
-    total_epochs = settings.epochs * (per_run * len(settings.init) + (2 * per_run if yosinski else 0) + tasks * settings.runs)
-    printer = Printer(name, total_epochs + source_settings.epochs)
+    total_epochs = settings.epochs * (
+        per_run * len(settings.init) + (2 * per_run if yosinski else 0) + tasks * settings.runs
+    )
+    printer = Printer(name, total_epochs + trained_with.epochs)
     started = time.perf_counter()
 
-    print(f"[{name}] A = {task_a}, B = {task_b}: {total_epochs // settings.epochs} trainings of {settings.epochs} epochs", flush=True)
-    source, reused = cached_source("paper-cnn", task_a, settings=source_settings, arch_options={"width": args.width}, progress=printer)
+    print(
+        f"[{name}] A = {task_a}, B = {task_b}: {total_epochs // settings.epochs} trainings of {settings.epochs} epochs",
+        flush=True,
+    )
+    source, reused = cached_source(
+        "paper-cnn", task_a, settings=trained_with, arch_options={"width": args.width}, progress=printer
+    )
     info = source_info(source)
     print(f"[{name}] source {'reused' if reused else 'trained'}: test top-1 {info.test_top1:.4f}", flush=True)
     sources = args.out / "sources"
@@ -149,11 +194,19 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
 
     folder = args.out / name
     measurement = probe.scan(
-        source, layers, task_b, settings=settings, control=True, source_data=task_a,
-        out=folder, fresh=args.fresh, baselines=args.baselines, progress=printer,
+        source,
+        layers,
+        task_b,
+        settings=settings,
+        control=True,
+        source_data=task_a,
+        out=folder,
+        fresh=args.fresh,
+        baselines=args.baselines,
+        progress=printer,
     )
     try:
-        from probe.report import write_figures
+        from probe.report.figures import write_figures
 
         write_figures(measurement, folder)
     except ImportError:
@@ -163,7 +216,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     # The target trained alone, same settings and seeds (question 1); the Yosinski baseline already has it.
     alone = measurement.extras.get("baselines", {}).get("alone")
     if not alone:
-        context, _, _ = prepare(source, task_b, settings=settings, control=True, source_data=task_a)
+        context = prepare(source, task_b, settings=settings, control=True, source_data=task_a).context
         alone = {}
         for task in context.tasks:
             values = []
@@ -195,7 +248,11 @@ def summarise(name: str, measurement, alone: dict, seconds: float) -> dict:
         reference = alone.get(task, {}).get("mean", math.nan)
         for init, layers in inits.items():
             average = sum(v["top1"]["mean"] for v in layers.values()) / len(layers)
-            question1[f"{task} init {init}"] = {"quanta_top1_over_layers": average, "alone_top1": reference, "difference": average - reference}
+            question1[f"{task} init {init}"] = {
+                "quanta_top1_over_layers": average,
+                "alone_top1": reference,
+                "difference": average - reference,
+            }
     return {
         "split": name,
         "A": task_a,
@@ -221,7 +278,9 @@ def fmt(entry, digits: int = 3) -> str:
         mean, std = entry.get("mean"), entry.get("std")
         if mean is None or (isinstance(mean, float) and not math.isfinite(mean)):
             return "—"
-        return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None and math.isfinite(std) else f"{mean:.{digits}f}"
+        return (
+            f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None and math.isfinite(std) else f"{mean:.{digits}f}"
+        )
     return f"{entry:.{digits}f}" if isinstance(entry, (int, float)) and math.isfinite(entry) else "—"
 
 
@@ -236,8 +295,10 @@ def markdown(summaries: list[dict]) -> str:
         lines += [
             f"## {s['split']}: A = {s['A']}, B = {s['B']}",
             "",
-            f"paper-cnn, source test top-1 {fmt(s['source_test_top1'], 4)}; {settings['runs']} runs × {settings['epochs']} epochs "
-            f"(lr {settings['lr']:g}, gate lr {settings['gate_lr'] or settings['lr']:g}), finals = mean of the last {settings['last_epochs']} epochs; "
+            f"paper-cnn, source test top-1 {fmt(s['source_test_top1'], 4)}; {settings['runs']} runs × "
+            f"{settings['epochs']} epochs "
+            f"(lr {settings['lr']:g}, gate lr {settings['gate_lr'] or settings['lr']:g}), finals = mean of the last "
+            f"{settings['last_epochs']} epochs; "
             f"{s['seconds'] / 60:.0f} min.",
             "",
         ]
@@ -252,13 +313,23 @@ def markdown(summaries: list[dict]) -> str:
                 row.append(fmt(cells.get(first, {}).get(layer, {}).get("top1")))
             row += [fmt(per_layer.get(layer, {}).get(k)) for k in keys]
             lines.append("| " + " | ".join(row) + " |")
-        lines += ["", "Target trained alone (no transfer): " + ", ".join(f"{t} {fmt(v)}" for t, v in s["alone"].items()), ""]
+        lines += [
+            "",
+            "Target trained alone (no transfer): " + ", ".join(f"{t} {fmt(v)}" for t, v in s["alone"].items()),
+            "",
+        ]
         lines += ["Question 1, mean QUANTA top-1 over layers vs the target alone:", ""]
-        lines += [f"- {k}: {fmt(v['quanta_top1_over_layers'])} vs {fmt(v['alone_top1'])} (difference {fmt(v['difference'])})" for k, v in s["question1"].items()]
+        lines += [
+            f"- {k}: {fmt(v['quanta_top1_over_layers'])} vs {fmt(v['alone_top1'])} (difference {fmt(v['difference'])})"
+            for k, v in s["question1"].items()
+        ]
         correlations = s["baselines"].get("correlations", {})
         if correlations:
             lines += ["", "Rank correlation of λS (init " + f"{first}) with each baseline over layers:", ""]
-            lines += [f"- {k}: Spearman {fmt(c.get('spearman'))}, Kendall τb {fmt(c.get('kendall'))}" for k, c in correlations.items()]
+            lines += [
+                f"- {k}: Spearman {fmt(c.get('spearman'))}, Kendall τb {fmt(c.get('kendall'))}"
+                for k, c in correlations.items()
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -277,7 +348,17 @@ def main(argv: list[str] | None = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         children = []
         for name in args.splits:
-            command = [sys.executable, __file__, *argv, "--splits", name, "--workers", "1", "--threads", str(args.threads or 1)]
+            command = [
+                sys.executable,
+                __file__,
+                *argv,
+                "--splits",
+                name,
+                "--workers",
+                "1",
+                "--threads",
+                str(args.threads or 1),
+            ]
             log = open(args.out / f"{name}.log", "w")
             print(f"split {name}: running in process, log in {log.name}", flush=True)
             children.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))

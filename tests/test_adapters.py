@@ -11,16 +11,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from probe.adapters import create_model, default_layers, get_arch, list_archs
-from probe.adapters.torchvision_models import GREY_NOTE
-from probe.checkpoint import SourceInfo, attach_info
+from probe.core.gate import QuantaGate
+from probe.core.hooks import quanta_hooks, resolve_layer, source_forward
+from probe.core.layers import check_layers, discover_layers, explain_shared
 from probe.errors import ArchitectureError, LayerError
-from probe.gate import QuantaGate
-from probe.hooks import quanta_hooks, resolve_layer, source_forward
-from probe.layers import check_layers, discover_layers, explain_shared
+from probe.models import create_model, default_layers, get_arch, list_archs
+from probe.models.checkpoint import SourceInfo, attach_info
+from probe.models.targets import TargetFactory
+from probe.models.torchvision_models import GREY_NOTE
 from probe.settings import RunSettings
-from probe.targets import TargetFactory
-from probe.trainer import make_optimizer
+from probe.training.trainer import make_optimizer
 
 # (arch, in_chans, input size, options, head name): small variants at small sizes, grey where it matters.
 ARCHS = {
@@ -42,14 +42,15 @@ RESNET18_BLOCKS = [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
 EXPECTED_DEFAULTS = {
     "paper-cnn": ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"],
     "timm-resnet18": ["bn1", *[f"{b}.act2:input" for b in RESNET18_BLOCKS]],
-    "timm-convnext": [
-        f"stages.{s}.blocks.{b}.mlp.fc1" for s, depth in enumerate((2, 2, 6, 2)) for b in range(depth)
-    ],
+    "timm-convnext": [f"stages.{s}.blocks.{b}.mlp.fc1" for s, depth in enumerate((2, 2, 6, 2)) for b in range(depth)],
     "timm-vit": [f"{b}.mlp.fc1" for b in _blocks("blocks", 6)],
     "tv-resnet18": ["bn1", *[f"{b}.bn1" for b in RESNET18_BLOCKS]],
     "tv-mobilenet": [
-        "features.0.1", "features.1.block.0.1", *[f"features.{i}.block.1.1" for i in range(2, 12)],
-        "features.12.1", "classifier.0",
+        "features.0.1",
+        "features.1.block.0.1",
+        *[f"features.{i}.block.1.1" for i in range(2, 12)],
+        "features.12.1",
+        "classifier.0",
     ],
 }
 
@@ -71,8 +72,16 @@ class Case:
         self.source = create_model(self.arch, SOURCE_CLASSES, self.in_chans, self.size, **self.options).eval()
         with torch.no_grad():
             _perturb_batchnorm(self.source, 1)
-        attach_info(self.source, SourceInfo(arch=self.arch, arch_options=dict(self.options), num_classes=SOURCE_CLASSES,
-                                            in_chans=self.in_chans, input_size=self.size))
+        attach_info(
+            self.source,
+            SourceInfo(
+                arch=self.arch,
+                arch_options=dict(self.options),
+                num_classes=SOURCE_CLASSES,
+                in_chans=self.in_chans,
+                input_size=self.size,
+            ),
+        )
         self.shape = (self.in_chans, *self.size)
         self.layers = discover_layers(self.source, self.shape, default_layers(self.arch, self.source))
         self.defaults = [layer.name for layer in self.layers if layer.default]
@@ -148,7 +157,9 @@ def test_builders_never_download_and_report_bad_options():
 
 
 def test_inputs_too_small_name_the_smallest_size():
-    with pytest.raises(ArchitectureError, match=r"timm:convnext_atto cannot run on 1×8×8 inputs.*smallest input is 32×32"):
+    with pytest.raises(
+        ArchitectureError, match=r"timm:convnext_atto cannot run on 1×8×8 inputs.*smallest input is 32×32"
+    ):
         create_model("convnext_atto", 4, 1, (8, 8))
     with pytest.raises(ArchitectureError, match=r"vit_tiny_patch16_224 cannot run on 3×8×8 .*smallest input is 16×16"):
         create_model("vit_tiny_patch16_224", 4, 3, (8, 8))
@@ -232,7 +243,9 @@ def test_shared_torchvision_relu_is_a_clear_layer_error():
     model = create_model("tv:resnet18", 4, 3, (16, 16)).eval()
     names = [layer.name for layer in discover_layers(model, (3, 16, 16))]
     assert not any("relu" in n for n in names[1:])  # the stem's relu runs once, but bn1 is the point
-    with pytest.raises(LayerError, match=r"'layer1.0.relu' runs 2 times.*output of 'layer1.0.bn1'.*'layer1.0.bn2' changed in place"):
+    with pytest.raises(
+        LayerError, match=r"'layer1.0.relu' runs 2 times.*output of 'layer1.0.bn1'.*'layer1.0.bn2' changed in place"
+    ):
         check_layers(model, ["layer1.0.relu"], (3, 16, 16))
     assert "'layerN.M.act2:input'" in explain_shared(model, "layer1.0.relu:input", (3, 16, 16))
     assert explain_shared(model, "layer1.0.bn1", (3, 16, 16)) is None
@@ -265,7 +278,9 @@ class _FunctionalNet(nn.Module):
 def test_generic_module_with_functional_activations_and_weight_sharing():
     model = _FunctionalNet()
     layers = discover_layers(model, (3, 8, 8))
-    assert [(layer.name, layer.kind, layer.activation, layer.default) for layer in layers] == [("conv", "conv", "relu", True)]
+    assert [(layer.name, layer.kind, layer.activation, layer.default) for layer in layers] == [
+        ("conv", "conv", "relu", True)
+    ]
     with pytest.raises(LayerError, match=r"'shared' runs 2 times"):
         check_layers(model, ["shared"], (3, 8, 8))
     with pytest.raises(LayerError, match="no layer named 'nope'"):

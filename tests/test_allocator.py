@@ -1,4 +1,4 @@
-"""probe.allocator: freed tensors' memory is kept for the next step instead of page-faulted in again."""
+"""probe.util.allocator: freed tensors' memory is kept for the next step instead of page-faulted in again."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 # Touch a 32 MB tensor and free it, six times; then count the page faults of doing that six more times.
 SCRIPT = """
 import resource, torch
-from probe.allocator import retain_freed_memory
+from probe.util.allocator import retain_freed_memory
 applied = retain_freed_memory()
 assert retain_freed_memory() == applied  # idempotent
 for _ in range(6):  # steady state: the heap has grown to hold it (small blocks may pin a copy or two)
@@ -36,7 +36,9 @@ def python_output(script: str, retain: str) -> list[str]:
     env = {**os.environ, "PROBE_RETAIN_MEMORY": retain}
     env.pop("MALLOC_MMAP_MAX_", None)
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
 
 
 def run(retain: str) -> tuple[bool, int]:
@@ -59,9 +61,9 @@ def test_opt_out_keeps_the_c_library_default_which_faults_every_time():
 TRAIN = """
 import hashlib, torch
 import probe
-from probe.adapters import create_model
+from probe.models import create_model
 from probe.settings import RunSettings
-from probe.trainer import make_optimizer
+from probe.training.trainer import make_optimizer
 torch.set_num_threads(1)
 print(probe.retain_freed_memory())  # the public name
 torch.manual_seed(0)

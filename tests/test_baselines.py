@@ -12,10 +12,8 @@ import torch
 from torch import nn
 
 import probe
-from probe.settings import init_seed
 from probe.api import prepare
 from probe.baselines import (
-    comparison_figure,
     kendall_tau_b,
     layer_scores,
     modules_through,
@@ -25,12 +23,13 @@ from probe.baselines import (
     transfer_layers,
     transfer_target,
 )
+from probe.baselines.scores import h_score, logme, pool_features
+from probe.core.hooks import source_forward
 from probe.errors import LayerError, SettingsError, ShapeMismatchError
-from probe.adapters.paper_cnn import PaperCNN
-from probe.hooks import source_forward
+from probe.models.paper_cnn import PaperCNN
+from probe.report.figures import comparison_figure
 from probe.results import Measurement
-from probe.scores import h_score, logme, pool_features
-from probe.settings import RunSettings
+from probe.settings import RunSettings, init_seed
 
 SETTINGS = RunSettings(epochs=2, runs=1, lr=1e-3, last_epochs=10)
 
@@ -94,7 +93,7 @@ def bn_context():
         loss.backward()
         optimizer.step()
     source.eval()
-    context, _, _ = prepare(source, "digits[5-9]", settings=SETTINGS)
+    context = prepare(source, "digits[5-9]", settings=SETTINGS).context
     return context
 
 
@@ -147,7 +146,7 @@ def test_transfer_copies_exactly_the_layers_up_to_n_into_the_seeded_fresh_target
     assert copied == ["conv1", "bn1"]
     with torch.random.fork_rng(devices=[]):  # what the QUANTA run with seed 3 starts from
         torch.manual_seed(init_seed("target", 3))
-        fresh = bn_context.targets(task.num_classes, task.in_chans, task.input_size)
+        fresh = bn_context.target_factory(task.num_classes, task.in_chans, task.input_size)
     for name in ("conv1", "bn1"):
         assert _same(target.get_submodule(name), source.get_submodule(name))
     for name in ("conv2", "bn2", "head"):
@@ -231,7 +230,7 @@ def test_rank_correlations_agree_with_scipy_on_tied_data():
 
 def test_unknown_baselines_list_the_valid_names(bn_context):
     measurement = Measurement(SETTINGS.to_dict(), {}, "digits[5-9]", ["conv1"])
-    with pytest.raises(SettingsError, match="unknown baseline.*knn.*valid: yosinski, logme, hscore"):
+    with pytest.raises(SettingsError, match="unknown baseline.*knn.*choose from yosinski, logme, hscore"):
         run_baselines(bn_context, measurement, ["logme", "knn"])
 
 
@@ -259,12 +258,17 @@ def test_selffer_bnb_uses_the_model_trained_on_b(bn_context):
 def test_scan_with_baselines_end_to_end(tiny_source, tmp_path):
     events = []
     m = probe.scan(
-        tiny_source, layers=["conv1", "conv6"], epochs=1, runs=2, lr=1e-3,
-        baselines=["yosinski", "logme", "hscore"], progress=events.append,
+        tiny_source,
+        layers=["conv1", "conv6"],
+        epochs=1,
+        runs=2,
+        lr=1e-3,
+        baselines=["yosinski", "logme", "hscore"],
+        progress=events.append,
     )
     baselines = m.extras["baselines"]
     assert list(baselines["per_layer"]) == ["conv1", "conv6"]
-    for layer, entry in baselines["per_layer"].items():
+    for entry in baselines["per_layer"].values():
         assert set(entry) == {"AnB_frozen", "AnB_finetune", "logme", "hscore"}
         for key in ("AnB_frozen", "AnB_finetune"):
             assert entry[key]["runs"] == 2 and len(entry[key]["values"]) == 2
@@ -293,7 +297,9 @@ def test_scan_with_baselines_end_to_end(tiny_source, tmp_path):
 
 
 def test_correlations_with_three_layers_compare_lambda_and_each_baseline(tiny_source, tmp_path):
-    m = probe.scan(tiny_source, layers=["conv1", "conv3", "fc"], epochs=1, runs=1, lr=1e-3, baselines=["logme", "hscore"])
+    m = probe.scan(
+        tiny_source, layers=["conv1", "conv3", "fc"], epochs=1, runs=1, lr=1e-3, baselines=["logme", "hscore"]
+    )
     lambdas = [m.summary(layer).mean["lambda_source"] for layer in m.layers]
     per_layer = m.extras["baselines"]["per_layer"]
     for key in ("logme", "hscore"):
@@ -320,7 +326,17 @@ def test_the_digits_reproduction_script_runs_in_smoke_mode(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())[0]
     assert summary["A"] == "digits[0-4]" and summary["layers"] == ["conv1", "conv6", "fc"]
     assert set(summary["alone"]) == {"AnB", "AnA"}
-    assert set(summary["baselines"]["correlations"]) == {"AnB_frozen", "AnB_finetune", "AnA_frozen", "AnA_finetune", "logme", "hscore"}
-    assert Measurement.from_dict(json.loads((tmp_path / "halves" / "results.json").read_text())).layers == summary["layers"]
+    assert set(summary["baselines"]["correlations"]) == {
+        "AnB_frozen",
+        "AnB_finetune",
+        "AnA_frozen",
+        "AnA_finetune",
+        "logme",
+        "hscore",
+    }
+    assert (
+        Measurement.from_dict(json.loads((tmp_path / "halves" / "results.json").read_text())).layers
+        == summary["layers"]
+    )
     assert (tmp_path / "halves" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert "TO BE FILLED" not in (tmp_path / "summary.md").read_text()

@@ -8,12 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from probe.adapters import create_model
 from probe.api import load_source
-from probe.checkpoint import SourceInfo, file_sha256, save_checkpoint, source_info
+from probe.engine.sources import pretrained_source
 from probe.errors import CheckpointError
-from probe.sources import pretrained_file, pretrained_source
-from probe.targets import TargetFactory
+from probe.models import create_model
+from probe.models.checkpoint import SourceInfo, save_checkpoint, source_info
+from probe.models.pretrained import pretrained_file
+from probe.models.targets import TargetFactory
+from probe.util.files import file_sha256
 
 DIGITS = "digits[0-4]"  # 5 classes of 1×8×8 grey images
 
@@ -33,14 +35,19 @@ FAMILIES = [("paper-cnn", {"width": 0.25}), ("mobilenetv3_small_050", {}), ("tv:
 
 
 @pytest.mark.parametrize("arch, options", FAMILIES, ids=[a for a, _ in FAMILIES])
-@pytest.mark.parametrize("layout", ["probe-train", "plain.pt", "plain.pth", "state_dict-key", "model-key", "safetensors"])
+@pytest.mark.parametrize(
+    "layout", ["probe-train", "plain.pt", "plain.pth", "state_dict-key", "model-key", "safetensors"]
+)
 def test_every_format_round_trips_and_the_file_is_never_written(tmp_path, arch, options, layout):
     model = _model(arch, **options)
     state = model.state_dict()
     if layout == "probe-train":
         path = tmp_path / "source.pt"
-        save_checkpoint(model, SourceInfo(arch=arch, arch_options=options, num_classes=5, in_chans=1,
-                                          input_size=(8, 8), dataset=DIGITS), path)
+        save_checkpoint(
+            model,
+            SourceInfo(arch=arch, arch_options=options, num_classes=5, in_chans=1, input_size=(8, 8), dataset=DIGITS),
+            path,
+        )
     elif layout == "safetensors":
         path = tmp_path / "source.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
@@ -80,15 +87,18 @@ def test_a_checkpoint_of_another_architecture_or_class_count_names_the_differenc
     ):
         load_source(path, "paper-cnn", data=DIGITS, width=0.25)
     info_path = tmp_path / "paper.pt"
-    save_checkpoint(_model("paper-cnn", width=0.25), SourceInfo(arch="paper-cnn", arch_options={"width": 0.25},
-                                                                 num_classes=5, in_chans=1, input_size=(8, 8)), info_path)
+    save_checkpoint(
+        _model("paper-cnn", width=0.25),
+        SourceInfo(arch="paper-cnn", arch_options={"width": 0.25}, num_classes=5, in_chans=1, input_size=(8, 8)),
+        info_path,
+    )
     with pytest.raises(CheckpointError, match="holds a 'paper-cnn' model, not 'resnet18'"):
         load_source(info_path, "resnet18")
 
 
 def test_a_torchvision_resnet_checkpoint_loads_into_timm_resnet18_unchanged():
     # Why the shared-relu error can point at timm's resnet18: same keys and shapes, same function.
-    from probe.checkpoint import load_state_into
+    from probe.models.checkpoint import load_state_into
 
     torch.manual_seed(4)
     tv_model = create_model("tv:resnet18", 10, 3, (32, 32)).eval()
@@ -138,7 +148,9 @@ def offline(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch", ["resnet18", "timm:vit_tiny_patch16_224", "tv:resnet18"])
 def test_pretrained_without_a_cached_copy_fails_at_once_without_network(offline, arch):
     name = arch.split(":")[-1]
-    with pytest.raises(CheckpointError, match=rf"no cached pretrained weights for (timm|torchvision) '{name}'.*never downloads"):
+    with pytest.raises(
+        CheckpointError, match=rf"no cached pretrained weights for (timm|torchvision) '{name}'.*never downloads"
+    ):
         create_model(arch, 5, 3, (32, 32), pretrained=True)
     with pytest.raises(CheckpointError, match="no cached pretrained weights"):
         pretrained_source(arch, input_size=(32, 32))

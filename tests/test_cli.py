@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 import probe
 from probe.cli import LiveProgress, app
-from probe.report import format_mean_std, results_table, to_json
-from probe.results import Measurement, RunSpec, SCHEMA
-from probe.settings import DIGITS_DEFAULTS
+from probe.report.tables import format_mean_std, results_table, to_json
+from probe.results import SCHEMA, Measurement, RunSpec
+from probe.settings import DIGITS_PRESET
 
 TINY = ["--width", "0.25", "--device", "cpu"]
 PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
@@ -39,7 +39,11 @@ def explain(result) -> str:
     """Output and, for an unexpected exception, its traceback: assertion messages that say what broke."""
     import traceback
 
-    trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info and result.exit_code not in (0, 2, 130) else ""
+    trace = (
+        "".join(traceback.format_exception(*result.exc_info))
+        if result.exc_info and result.exit_code not in (0, 2, 130)
+        else ""
+    )
     return f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{trace}"
 
 
@@ -73,8 +77,23 @@ def cache(tmp_path_factory) -> dict:
 def scanned(tmp_path_factory, cache):
     """One small end-to-end scan: 2 layers × 2 inits × (AnB, AnA) × 1 run, 2 epochs, cheap baselines."""
     out = tmp_path_factory.mktemp("scan") / "results"
-    args = ["scan", *TINY, "--epochs", "2", "--layers", "conv1", "--layers", "fc", "--init", "0.9,0.5",
-            "--control", "--baselines", "logme,hscore", "--out", out]
+    args = [
+        "scan",
+        *TINY,
+        "--epochs",
+        "2",
+        "--layers",
+        "conv1",
+        "--layers",
+        "fc",
+        "--init",
+        "0.9,0.5",
+        "--control",
+        "--baselines",
+        "logme,hscore",
+        "--out",
+        out,
+    ]
     result = invoke(args, env=cache)
     assert result.exit_code == 0, explain(result)
     return out, result
@@ -112,14 +131,20 @@ def test_every_option_of_every_command_has_help():
 def test_scan_help_lists_every_option_of_the_issue():
     scan = get_command(app).commands["scan"]
     options = {opt for param in scan.params for opt in getattr(param, "opts", [])}
-    wanted = "arch source target source-data layers init runs epochs batch-size lr gate-lr seed device data-dir download " \
-             "control out fresh jobs no-augment baselines backend address gpus-per-run cpus-per-run width pretrained json quiet"
+    wanted = (
+        "arch source target source-data layers init runs epochs batch-size lr gate-lr seed device data-dir download "
+        "control out fresh jobs no-augment baselines backend address gpus-per-run cpus-per-run width pretrained "
+        "json quiet"
+    )
     assert {f"--{name}" for name in wanted.split()} <= options
 
 
 def test_python_m_probe_help():
     result = subprocess.run(
-        [sys.executable, "-m", "probe", "--help"], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "probe", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -141,7 +166,11 @@ def test_scan_writes_results_table_and_figures(scanned):
     data = json.loads((out / "results.json").read_text())
     assert data["schema"] == SCHEMA
     # Digits defaults fill the options the user did not give; the given ones win.
-    assert data["settings"]["epochs"] == 2 and data["settings"]["lr"] == DIGITS_DEFAULTS["lr"] and data["settings"]["gate_lr"] == DIGITS_DEFAULTS["gate_lr"]
+    assert (
+        data["settings"]["epochs"] == 2
+        and data["settings"]["lr"] == DIGITS_PRESET["lr"]
+        and data["settings"]["gate_lr"] == DIGITS_PRESET["gate_lr"]
+    )
     assert data["settings"]["init"] == [0.9, 0.5]
     assert data["layers"] == ["conv1", "fc"]
     assert data["target"] == "digits[5-9]"
@@ -172,7 +201,9 @@ def test_scan_reuses_the_cached_source_and_json_is_all_of_stdout(cache, scanned)
 
 
 def test_scan_json_quiet_leaves_stderr_empty(cache, scanned):
-    result = invoke(["scan", *TINY, "--epochs", "2", "--layers", "conv[64]", "--runs", "1", "--json", "--quiet"], env=cache)
+    result = invoke(
+        ["scan", *TINY, "--epochs", "2", "--layers", "conv[64]", "--runs", "1", "--json", "--quiet"], env=cache
+    )
     assert result.exit_code == 0, explain(result)
     assert result.stderr == ""
     assert json.loads(result.stdout)["layers"] == ["conv4", "conv6"]  # the glob's matches, in forward order
@@ -182,20 +213,22 @@ def test_train_then_scan_a_checkpoint(checkpoint, cache):
     path, result = checkpoint
     assert path.is_file()
     assert "source test top-1" in result.stdout and str(path) in result.stdout
-    digest = probe.checkpoint.file_sha256(path)
-    scan = invoke(["scan", "--source", path, "--layers", "conv2", "--epochs", "1", "--no-augment", "--json", "--quiet"], env=cache)
+    digest = probe.util.files.file_sha256(path)
+    scan = invoke(
+        ["scan", "--source", path, "--layers", "conv2", "--epochs", "1", "--no-augment", "--json", "--quiet"], env=cache
+    )
     assert scan.exit_code == 0, explain(scan)
     data = json.loads(scan.stdout)
     assert data["target"] == "digits[5-9]"  # the pairing recorded in the checkpoint
     assert data["source"]["checkpoint"] == str(path)
     assert data["settings"]["augment"] is False
-    assert probe.checkpoint.file_sha256(path) == digest  # the source file is never written
+    assert probe.util.files.file_sha256(path) == digest  # the source file is never written
 
 
 def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanned, monkeypatch):
-    import probe.api
+    import probe.backends.serial
 
-    real_run_one, calls = probe.api.run_one, []
+    real_run_one, calls = probe.backends.serial.run_one, []
 
     def interrupted_after_first(context, spec, on_epoch=None):
         calls.append(spec)
@@ -203,7 +236,7 @@ def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanne
             raise KeyboardInterrupt
         return real_run_one(context, spec, on_epoch)
 
-    monkeypatch.setattr(probe.api, "run_one", interrupted_after_first)
+    monkeypatch.setattr(probe.backends.serial, "run_one", interrupted_after_first)
     out = tmp_path / "partial"
     args = ["scan", *TINY, "--epochs", "1", "--layers", "conv1,fc", "--jobs", "1", "--out", out]  # in-process runs
     result = invoke(args, env=cache)
@@ -216,7 +249,7 @@ def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanne
     assert report.exit_code == 0, explain(report)
     assert "partial results: 1 of 2 runs finished" in report.stderr
 
-    monkeypatch.setattr(probe.api, "run_one", real_run_one)
+    monkeypatch.setattr(probe.backends.serial, "run_one", real_run_one)
     resumed = invoke([*args, "--json"], env=cache)
     assert resumed.exit_code == 0, explain(resumed)
     assert json.loads(resumed.stdout)["environment"]["resumed_runs"] == 1
@@ -227,7 +260,20 @@ def test_sigterm_stops_a_scan_cleanly(tmp_path, checkpoint):
     out = tmp_path / "terminated"
     env = {**os.environ, "PROBE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     # Long runs of a given source: the signal arrives while the first run trains.
-    command = [sys.executable, "-m", "probe", "scan", "--source", str(source), "--epochs", "500", "--layers", "conv1,fc", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "probe",
+        "scan",
+        "--source",
+        str(source),
+        "--epochs",
+        "500",
+        "--layers",
+        "conv1,fc",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -362,13 +408,52 @@ def test_corrupt_checkpoint_and_bad_layer_are_one_line_errors(tmp_path, checkpoi
     out = tmp_path / "never"
     assert_user_error(invoke(["scan", "--source", path, "--layers", "conv9", "--out", out], env=cache), "conv9")
     assert not out.exists()
-    assert_user_error(invoke(["scan", "--source", path, "--source-data", "digits[5-9]"], env=cache), "records source task digits[0-4]")
+    assert_user_error(
+        invoke(["scan", "--source", path, "--source-data", "digits[5-9]"], env=cache), "records source task digits[0-4]"
+    )
 
 
 def test_cifar_target_without_data_is_a_one_line_error(tmp_path, checkpoint, cache):
     path, _ = checkpoint
     result = invoke(["scan", "--source", path, "--target", "cifar100", "--data-dir", tmp_path / "empty"], env=cache)
     assert_user_error(result)
+
+
+def _fails_fast_writing_nothing(args, tmp_path, fragment):
+    """``args`` fail in under 5 s with one line and exit 2, and nothing is written (no source trained or cached)."""
+    env = {"PROBE_CACHE": str(tmp_path / "cache"), "PROBE_DATA": str(tmp_path / "data")}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    started = time.perf_counter()
+    result = invoke(args, env=env)
+    seconds = time.perf_counter() - started
+    assert_user_error(result, fragment)
+    assert seconds < 5, f"{seconds:.1f} s: the check ran after expensive work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_cifar_target_without_the_data_fails_before_a_source_is_trained(tmp_path):
+    _fails_fast_writing_nothing(["scan", "--target", "cifar10", *TINY], tmp_path, "CIFAR-10 not found")
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_before_training(tmp_path):
+    _fails_fast_writing_nothing(["train", "--out", "/proc/ck.pt", *TINY], tmp_path, "cannot write the checkpoint")
+
+
+def test_an_empty_layer_list_is_an_error_not_every_layer(tmp_path):
+    args = ["scan", "--layers", "", *TINY, "--out", tmp_path / "out"]
+    _fails_fast_writing_nothing(args, tmp_path, "the layer list is empty")
+
+
+def test_the_cli_and_the_api_record_the_same_settings_for_the_same_request(tmp_path, checkpoint, cache):
+    path, _ = checkpoint
+    by_cli = tmp_path / "cli"
+    args = ["scan", "--source", path, "--layers", "conv1", "--epochs", "1", "--device", "cpu", "--out", by_cli]
+    assert invoke([*args, "--json"], env=cache).exit_code == 0
+    by_api = tmp_path / "api"
+    probe.scan(path, ["conv1"], epochs=1, device="cpu", out=by_api)
+    recorded = [json.loads((folder / "results.json").read_text())["settings"] for folder in (by_cli, by_api)]
+    assert recorded[0] == recorded[1]
+    assert (recorded[0]["lr"], recorded[0]["gate_lr"]) == (DIGITS_PRESET["lr"], DIGITS_PRESET["gate_lr"])
 
 
 def test_unwritable_out_fails_before_training(tmp_path):
@@ -382,11 +467,6 @@ def test_unwritable_out_fails_before_training(tmp_path):
 def test_report_of_a_foreign_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     assert_user_error(invoke(["report", tmp_path]), "not a quanta-probe results folder")
-
-
-def test_pretrained_without_the_sources_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "probe.sources", None)  # makes `from .sources import ...` fail
-    assert_user_error(invoke(["scan", "--pretrained", "--arch", "resnet18", "--target", "cifar10"]), "pretrained_source")
 
 
 # -------------------------------------------------------------------------------- rendering
@@ -419,7 +499,7 @@ def test_table_shows_failed_runs_and_baseline_columns(scanned):
 
 
 def test_live_progress_tracks_the_whole_scan():
-    from probe.api import ProgressEvent
+    from probe.engine.progress import ProgressEvent
 
     buffer = io.StringIO()
     live = LiveProgress(enabled=True, console=Console(file=buffer, force_terminal=True, width=200))
@@ -427,7 +507,11 @@ def test_live_progress_tracks_the_whole_scan():
     with live:
         for index, layer in enumerate(("conv1", "fc")):
             for epoch in (1, 2, 3):
-                callback(ProgressEvent(RunSpec(layer, 0.9, "AnB", 0), epoch, 3, {"lambda_source": 0.8, "top1": 0.5}, index, 2))
+                callback(
+                    ProgressEvent(
+                        RunSpec(layer, 0.9, "AnB", 0), epoch, 3, {"lambda_source": 0.8, "top1": 0.5}, index, 2
+                    )
+                )
         task = live._progress.tasks[0]
         assert (task.completed, task.total) == (6, 6)
         assert "run 2/2" in task.description and "fc" in task.description and "λS" in task.description
@@ -440,4 +524,4 @@ def test_bare_probe_scan_runs_the_embedded_default(tmp_path, cache):
     assert result.exit_code == 0, explain(result)
     data = json.loads(result.stdout)
     assert data["layers"] == PAPER_LAYERS and data["target"] == "digits[5-9]"
-    assert data["settings"]["epochs"] == probe.settings.DIGITS_DEFAULTS["epochs"]
+    assert data["settings"]["epochs"] == probe.settings.DIGITS_PRESET["epochs"]

@@ -14,7 +14,6 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from probe import data as D
 from probe.data import (
     AugmentConfig,
     DatasetSpec,
@@ -25,6 +24,8 @@ from probe.data import (
     parse_spec,
     resolve_data_dir,
 )
+from probe.data import cifar as cifar_module
+from probe.data.digits import digits_indices
 from probe.errors import DataError, SettingsError
 
 # ------------------------------------------------------------------ tiny CIFAR archives
@@ -65,8 +66,12 @@ def write_cifar10(root: pathlib.Path, per_batch: int = 6, test: int = 10) -> dic
     xs, ys = [], []
     for i in range(1, 6):
         x, y = _images(rng, per_batch, i), [int(v) for v in rng.integers(0, 10, per_batch)]
-        batch = {b"batch_label": b"training batch %d of 5" % i, b"labels": y, b"data": x,
-                 b"filenames": [b"img_%d.png" % j for j in range(per_batch)]}
+        batch = {
+            b"batch_label": b"training batch %d of 5" % i,
+            b"labels": y,
+            b"data": x,
+            b"filenames": [b"img_%d.png" % j for j in range(per_batch)],
+        }
         (folder / f"data_batch_{i}").write_bytes(_py2_dumps(batch))
         xs.append(x)
         ys.extend(y)
@@ -86,8 +91,11 @@ def write_cifar100(root: pathlib.Path, train: int = 30, test: int = 12) -> dict[
     folder.mkdir(parents=True)
     x, y = _images(rng, train, 1), [3, 5, 7] * (train // 3)
     tx, ty = _images(rng, test, 0), [5, 3, 99] * (test // 3)
-    (folder / "train").write_bytes(pickle.dumps(
-        {b"filenames": [b"a.png"] * train, b"fine_labels": y, b"coarse_labels": [0] * train, b"data": x}, protocol=2))
+    (folder / "train").write_bytes(
+        pickle.dumps(
+            {b"filenames": [b"a.png"] * train, b"fine_labels": y, b"coarse_labels": [0] * train, b"data": x}, protocol=2
+        )
+    )
     test_batch = {b"fine_labels": ty, b"coarse_labels": [0] * test, b"data": tx}
     (folder / "test").write_bytes(pickle.dumps(test_batch, protocol=5))
     meta = {b"fine_label_names": [b"class_%d" % i for i in range(100)], b"coarse_label_names": [b"c"] * 20}
@@ -194,8 +202,8 @@ _PINNED_TEST_SUM = 311827
 
 def test_digits_split_is_deterministic_disjoint_and_stratified() -> None:
     target = load_digits().target
-    train, test = D._digits_indices(target)
-    again_train, again_test = D._digits_indices(target)
+    train, test = digits_indices(target)
+    again_train, again_test = digits_indices(target)
     assert np.array_equal(train, again_train) and np.array_equal(test, again_test)
     assert len(np.intersect1d(train, test)) == 0
     assert np.array_equal(np.union1d(train, test), np.arange(len(target)))
@@ -255,7 +263,8 @@ def test_load_cifar10(tmp_path: pathlib.Path) -> None:
     assert torch.allclose(task.test.x, _normalised(raw["test_x"], raw["train_x"]), atol=1e-5)
     # channel-major layout: row[c*1024 + i*32 + j] is pixel (c, i, j)
     expected = (raw["train_x"][4, 2 * 1024 + 5 * 32 + 7] - raw["train_x"].reshape(-1, 3, 1024)[:, 2].mean()) / raw[
-        "train_x"].reshape(-1, 3, 1024)[:, 2].std()
+        "train_x"
+    ].reshape(-1, 3, 1024)[:, 2].std()
     assert task.train.x[4, 2, 5, 7].item() == pytest.approx(expected, abs=1e-5)
     assert task.augment == default_augment("cifar10") and task.augment.flip
 
@@ -280,7 +289,7 @@ def test_cifar_is_cached_per_folder(tmp_path: pathlib.Path, monkeypatch: pytest.
     first = load_task("cifar100[3]", data_dir=tmp_path)
     expected = first.train.x.clone()
     first.train.x.add_(1000)  # mutating what we got must not touch the cache
-    monkeypatch.setattr(D, "_read_pickle", lambda *_: pytest.fail("re-read a cached dataset"))
+    monkeypatch.setattr(cifar_module, "_read_pickle", lambda *_: pytest.fail("re-read a cached dataset"))
     second = load_task("cifar100[5,3]", data_dir=tmp_path)
     assert torch.equal(second.train.x[second.train.y == 1], expected)
 
@@ -379,7 +388,9 @@ def test_download_offline_fails_fast(tmp_path: pathlib.Path, monkeypatch: pytest
 
 def test_download_skipped_when_present(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_cifar10(tmp_path)
-    monkeypatch.setattr(D, "_download", lambda *_: pytest.fail("downloaded although the files are there"))
+    monkeypatch.setattr(
+        cifar_module, "download_archive", lambda *_: pytest.fail("downloaded although the files are there")
+    )
     assert len(load_task("cifar10", data_dir=tmp_path, download=True).test) == 10
 
 
@@ -411,9 +422,9 @@ def test_augment_disabled_returns_input() -> None:
 def test_augment_flip_only_mirrors_some_samples_exactly() -> None:
     x = _batch(n=64)
     out = augment_batch(x, AugmentConfig(flip=True), torch.Generator().manual_seed(0))
-    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x)]
-    same = [torch.equal(o, i) for o, i in zip(out, x)]
-    assert all(m != s for m, s in zip(mirrored, same))  # every sample is one or the other
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x, strict=False)]
+    same = [torch.equal(o, i) for o, i in zip(out, x, strict=False)]
+    assert all(m != s for m, s in zip(mirrored, same, strict=False))  # every sample is one or the other
     assert 10 < sum(mirrored) < 54
 
 

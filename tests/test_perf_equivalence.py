@@ -8,11 +8,11 @@ from torch import nn
 
 import probe
 from probe import api
-from probe.adapters.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
+from probe.core.hooks import source_forward
 from probe.data import load_task
-from probe.hooks import source_forward
+from probe.models.paper_cnn import PAPER_CNN_LAYERS, PaperCNN
 from probe.settings import RunSettings
-from probe.trainer import fit, make_optimizer
+from probe.training.trainer import fit, make_optimizer
 
 
 def _paper_cnn() -> PaperCNN:
@@ -26,7 +26,9 @@ class _CountCalls:
     def __init__(self, model: nn.Module) -> None:
         self.calls = {name: 0 for name, _ in model.named_modules() if name}
         self.handles = [
-            module.register_forward_pre_hook(lambda module, args, name=name: self.calls.__setitem__(name, self.calls[name] + 1))
+            module.register_forward_pre_hook(
+                lambda module, args, name=name: self.calls.__setitem__(name, self.calls[name] + 1)
+            )
             for name, module in model.named_modules()
             if name
         ]
@@ -50,9 +52,12 @@ def test_the_truncated_source_forward_captures_what_the_full_forward_does(layer)
 def test_truncation_stops_at_the_layer_and_survives_an_inplace_relu_right_after_it():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(8 * 8 * 8, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 4),
     ).eval()
     x = torch.randn(2, 3, 8, 8)
     counter = _CountCalls(model)
@@ -70,7 +75,7 @@ def test_truncation_stops_at_the_layer_and_survives_an_inplace_relu_right_after_
 
 def test_caching_the_source_tensors_changes_no_number(tiny_source):
     settings = RunSettings(epochs=2, lr=1e-3, gate_lr=0.03, augment=False)
-    context, _, _ = api.prepare(tiny_source, "digits[5-9]", settings=settings)
+    context = api.prepare(tiny_source, "digits[5-9]", settings=settings).context
     cache = context.source_tensors("conv2", "AnB")
     assert cache is not None, "the cache must actually be used for this comparison to mean anything"
     assert cache["train"].shape[0] == len(context.tasks["AnB"].train)

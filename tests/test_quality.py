@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from probe.quality import (
+from probe.results.quality import (
     SETTLED_DRIFT,
     impairment,
     is_settled,

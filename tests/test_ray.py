@@ -13,11 +13,15 @@ import torch
 
 ray = pytest.importorskip("ray", reason="the Ray back-end needs the optional extra: pip install 'quanta-probe[ray]'")
 
-import probe  # noqa: E402
-from probe import api, ray_backend  # noqa: E402
-from probe.interrupt import graceful_interrupts  # noqa: E402
-from probe.results import RunSpec  # noqa: E402
-from probe.store import ResultsFolder  # noqa: E402
+# Imported after the skip above (ruff's E402 is off for this file in pyproject.toml).
+import probe
+from probe import api
+from probe.backends import executor_for
+from probe.backends import ray_cluster as ray_backend
+from probe.engine.run import run_one
+from probe.results import RunSpec, run_grid
+from probe.results.store import ResultsFolder
+from probe.util.interrupt import graceful_interrupts
 
 pytestmark = pytest.mark.ray
 
@@ -76,7 +80,7 @@ def _descendants():
 
 def _worker_running(spec):
     """The pid of the Ray worker (a descendant of this test process) now running ``spec``, or None."""
-    title = f"ray::{ray_backend.task_name(spec)}".encode()  # Ray's process title while it runs the task
+    title = f"ray::{ray_backend.ray_task_name(spec)}".encode()  # Ray's process title while it runs the task
     for pid in _descendants():
         with contextlib.suppress(OSError):  # the process may end while we look
             if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].split(b" ")[0] == title:
@@ -109,11 +113,13 @@ def _listening_addresses(pids):
 
 def test_ray_scan_equals_local_scan(tiny_source, local_scan, shared_ray):
     events = []
-    measurement = probe.scan(tiny_source, layers=LAYERS, backend="ray", backend_options={"cpus_per_run": 1}, progress=events.append, **GRID)
+    measurement = probe.scan(
+        tiny_source, layers=LAYERS, backend="ray", backend_options={"cpus_per_run": 1}, progress=events.append, **GRID
+    )
     assert ray.is_initialized()  # an instance the caller started is left running
     assert [run.spec for run in measurement.runs] == [run.spec for run in local_scan.runs]
     assert _histories(measurement) == _histories(local_scan)  # bit for bit: same seeds, one thread per run
-    assert all(run.ok and run.final == ref.final for run, ref in zip(measurement.runs, local_scan.runs))
+    assert all(run.ok and run.final == ref.final for run, ref in zip(measurement.runs, local_scan.runs, strict=False))
     # every epoch of every run was reported live, in epoch order within a run, with its grid index
     by_run = collections.defaultdict(list)
     for event in events:
@@ -129,17 +135,17 @@ def test_the_local_instance_listens_on_loopback_only(shared_ray):
 
 
 def test_probe_error_in_a_run_reaches_the_caller_unchanged(tiny_source, shared_ray):
-    context, _, _ = api.prepare(tiny_source, settings=probe.RunSettings(epochs=1))
+    context = api.prepare(tiny_source, settings=probe.RunSettings(epochs=1)).context
     bad = RunSpec("no_such_layer", 0.9, "AnB", 0)
     with pytest.raises(probe.LayerError) as raised:
         list(ray_backend.execute_ray(context, [bad]))
     with pytest.raises(probe.LayerError) as local:
-        api.run_one(context, bad)
+        run_one(context, bad)
     assert str(raised.value) == str(local.value)
 
 
 def test_per_run_resources_are_checked_against_settings_and_cluster(tiny_source, shared_ray):
-    context, _, _ = api.prepare(tiny_source, settings=probe.RunSettings(epochs=1, device="cpu"))
+    context = api.prepare(tiny_source, settings=probe.RunSettings(epochs=1, device="cpu")).context
     spec = RunSpec("conv1", 0.9, "AnB", 0)
     with pytest.raises(probe.SettingsError, match="contradict"):
         list(ray_backend.execute_ray(context, [spec], gpus_per_run=1))
@@ -187,15 +193,15 @@ def test_a_killed_worker_has_its_run_redone_once(tiny_source, local_scan, shared
 
 def test_missing_ray_is_a_settings_error_with_the_install_line(tiny_source, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
-    context, _, _ = api.prepare(tiny_source, settings=probe.RunSettings(epochs=1))
+    context = api.prepare(tiny_source, settings=probe.RunSettings(epochs=1)).context
     with pytest.raises(probe.SettingsError, match=r"pip install 'quanta-probe\[ray\]'"):
-        list(api.execute(context, api.grid(["conv1"], context.settings, ["AnB"]), backend="ray"))
+        list(executor_for("ray", context.settings, 1)(context, run_grid(["conv1"], (0.9,), 0, 1, ["AnB"])))
 
 
 def test_interrupt_on_the_driver_cancels_the_runs_in_flight(tiny_source, shared_ray):
     settings = probe.RunSettings(epochs=100, runs=2)  # each run would hold its CPU for far more than 10 s
-    context, _, _ = api.prepare(tiny_source, settings=settings)
-    specs = api.grid(LAYERS, settings, ["AnB"])
+    context = api.prepare(tiny_source, settings=settings).context
+    specs = run_grid(LAYERS, settings.init, settings.seed, settings.runs, ["AnB"])
 
     def interrupt(event):
         raise KeyboardInterrupt
@@ -210,7 +216,7 @@ def test_interrupt_on_the_driver_cancels_the_runs_in_flight(tiny_source, shared_
 
 def test_sigterm_stops_a_scan_that_started_its_own_instance(tiny_source, _ray_teardown):
     ray.shutdown()  # so that execute_ray starts (and must stop) its own instance
-    context, _, _ = api.prepare(tiny_source, settings=probe.RunSettings(epochs=30))
+    context = api.prepare(tiny_source, settings=probe.RunSettings(epochs=30)).context
     events = []
 
     def terminate(event):  # what a batch scheduler does; Ray's own handler would abort the process

@@ -14,14 +14,15 @@ import time
 import pytest
 
 import probe
-import probe.api
-from probe.checkpoint import save_checkpoint, source_info
+import probe.engine.run
 from probe.errors import ResultsError
-from probe.store import CorruptRunWarning, load_folder, read_run_file
+from probe.models.checkpoint import save_checkpoint, source_info
+from probe.results.reading import load_folder
+from probe.results.store import CorruptRunWarning, read_run_file
 
 LAYERS = ["conv1", "conv2"]
 TARGET = "digits[5-9]"
-SETTINGS = dict(epochs=2, runs=2, lr=1e-3, gate_lr=0.03)
+SETTINGS = dict(epochs=2, runs=2, lr=1e-3, gate_lr=0.03, jobs=1)  # jobs=1: runs in this process
 RUNS = len(LAYERS) * SETTINGS["runs"]
 
 # A scan in its own process, as `probe scan --out` runs it; ``pause`` seconds after each epoch leave
@@ -32,7 +33,7 @@ SCAN = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     import probe
-    from probe.interrupt import graceful_interrupts
+    from probe.util.interrupt import graceful_interrupts
 
     source, out, pause, layers, settings = sys.argv[1], sys.argv[2], float(sys.argv[3]), *map(json.loads, sys.argv[4:])
     try:
@@ -60,7 +61,9 @@ def uninterrupted(source_path):
 def _start_scan(source_path, out, pause: float) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = [str(source_path), str(out), str(pause), json.dumps(LAYERS), json.dumps(SETTINGS)]
-    return subprocess.Popen([sys.executable, "-c", SCAN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCAN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _run_files(out) -> list:
@@ -82,11 +85,11 @@ def _stop_mid_scan(process: subprocess.Popen, out, signum: int) -> int:
 
 def _assert_same_runs(measurement, reference) -> None:
     assert [r.spec for r in measurement.runs] == [r.spec for r in reference.runs]
-    for run, expected in zip(measurement.runs, reference.runs):
+    for run, expected in zip(measurement.runs, reference.runs, strict=False):
         assert run.status == expected.status == "ok"
         differences = [
             f"epoch {got['epoch']} {metric}: {got[metric]!r} != {want[metric]!r}"
-            for got, want in zip(run.history, expected.history)
+            for got, want in zip(run.history, expected.history, strict=False)
             for metric in want
             if got.get(metric) != want[metric]
         ]
@@ -149,7 +152,9 @@ def test_a_corrupted_run_file_is_detected_and_redone(source_path, uninterrupted,
     damaged.write_bytes(damaged.read_bytes()[:200])
     redone = []
     with pytest.warns(CorruptRunWarning, match=f"{damaged.name}: not valid JSON.*will be redone"):
-        measurement = probe.scan(source_path, LAYERS, TARGET, out=out, progress=lambda e: redone.append(e.spec.key), **SETTINGS)
+        measurement = probe.scan(
+            source_path, LAYERS, TARGET, out=out, progress=lambda e: redone.append(e.spec.key), **SETTINGS
+        )
     assert set(redone) == {damaged.stem}
     assert (out / "runs" / f"{damaged.name}.corrupt").exists()
     assert read_run_file(damaged).to_dict()["history"] == uninterrupted.runs[1].history
@@ -165,7 +170,9 @@ def test_a_folder_of_other_settings_is_refused_before_training_and_fresh_starts_
     with pytest.raises(ResultsError, match=r"settings\.epochs: 1 → 2.*--fresh") as info:
         probe.scan(source_path, ["conv1"], TARGET, out=out, progress=progress.append, **dict(small, epochs=2))
     assert progress == [] and "\n" not in str(info.value)
-    measurement = probe.scan(source_path, ["conv1"], TARGET, out=out, fresh=True, progress=progress.append, **dict(small, epochs=2))
+    measurement = probe.scan(
+        source_path, ["conv1"], TARGET, out=out, fresh=True, progress=progress.append, **dict(small, epochs=2)
+    )
     assert len(progress) == 2 and measurement.environment["resumed_runs"] == 0
     assert len(measurement.runs[0].history) == 2
     assert len(_run_files(out)) == 1 and load_folder(out)[1].complete
@@ -188,7 +195,9 @@ def test_a_diverging_run_is_saved_as_failed_and_not_redone(source_path, tmp_path
     summary = measurement.summary("conv1")
     assert (summary.runs, summary.ok_runs) == (2, 0)
     progress = []
-    again = probe.scan(source_path, ["conv1"], TARGET, out=out, progress=progress.append, **dict(SETTINGS, lr=1e6, gate_lr=1e6))
+    again = probe.scan(
+        source_path, ["conv1"], TARGET, out=out, progress=progress.append, **dict(SETTINGS, lr=1e6, gate_lr=1e6)
+    )
     assert progress == [] and again.environment["resumed_runs"] == 2
     status = load_folder(out)[1]
     assert (status.done, len(status.failed), status.missing) == (0, 2, [])
@@ -196,7 +205,7 @@ def test_a_diverging_run_is_saved_as_failed_and_not_redone(source_path, tmp_path
 
 def test_a_run_that_turns_nan_is_left_out_of_the_means(source_path, uninterrupted, tmp_path, monkeypatch):
     """NaN logits injected into seed 1 from its second epoch: the trainer stops it; seed 0 alone makes the mean."""
-    real_fit = probe.api.fit
+    real_fit = probe.engine.run.fit
 
     def fit_with_nan_for_seed_1(*, forward, seed, on_epoch=None, **kwargs):
         if seed != 1:
@@ -214,7 +223,7 @@ def test_a_run_that_turns_nan_is_left_out_of_the_means(source_path, uninterrupte
 
         return real_fit(forward=poisoned, seed=seed, on_epoch=count, **kwargs)
 
-    monkeypatch.setattr(probe.api, "fit", fit_with_nan_for_seed_1)
+    monkeypatch.setattr(probe.engine.run, "fit", fit_with_nan_for_seed_1)
     out = tmp_path / "out"
     measurement = probe.scan(source_path, ["conv1"], TARGET, out=out, **SETTINGS)
     ok, failed = measurement.runs

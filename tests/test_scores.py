@@ -1,4 +1,4 @@
-"""Tests of probe.scores against plain numpy reference implementations."""
+"""Tests of probe.baselines.scores against plain numpy reference implementations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from probe.baselines.scores import h_score, logme, pool_features
 from probe.errors import SettingsError
-from probe.scores import h_score, logme, pool_features
 
 SHAPES = [(120, 8), (60, 25), (20, 50), (10, 64)]  # N > D and N < D
 CLASS_COUNTS = [2, 3, 7]
@@ -21,7 +21,7 @@ CLASS_COUNTS = [2, 3, 7]
 def logme_reference(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-3) -> float:
     """LogME (You et al., ICML 2021, Algorithm 1): per class fixed point on eig(F^T F).
 
-    Same safeguards as probe.scores.logme: eigenvalues at rounding level count as 0, and the loop
+    Same safeguards as probe.baselines.scores.logme: eigenvalues at rounding level count as 0, and the loop
     also stops once lambda leaves [1e-12 min(s > 0), 1e12 max(s)] (a beta or alpha -> inf limit).
     """
     n, d = f.shape
@@ -33,7 +33,7 @@ def logme_reference(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: floa
         t = (y == c).astype(np.float64)
         vt_fty = np.where(s > 0, v.T @ (f.T @ t), 0.0)  # F^T y lies in the range of F^T F
 
-        def fit(alpha: float, beta: float) -> tuple[float, float, float]:
+        def fit(alpha: float, beta: float, t=t, vt_fty=vt_fty) -> tuple[float, float, float]:
             m = v @ (beta * vt_fty / (alpha + beta * s))  # m = beta A^-1 F^T y
             gamma = float(np.sum(beta * s / (alpha + beta * s)))
             return gamma, float(m @ m), float(np.sum((f @ m - t) ** 2))
@@ -154,7 +154,13 @@ def _regularized_h_score(f: torch.Tensor, y: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     "n,d,score",
-    [(200, 16, logme), (30, 64, logme), (200, 16, h_score), (200, 16, _regularized_h_score), (30, 64, _regularized_h_score)],
+    [
+        (200, 16, logme),
+        (30, 64, logme),
+        (200, 16, h_score),
+        (200, 16, _regularized_h_score),
+        (30, 64, _regularized_h_score),
+    ],
 )
 def test_separable_features_score_higher_than_noise(n: int, d: int, score) -> None:
     separable, y = random_data(n, d, 4, seed=3, spread=3.0)

@@ -14,19 +14,19 @@ import textwrap
 import pytest
 
 from probe.errors import ResultsError
-from probe.interrupt import graceful_interrupts, resume_hint
-from probe.results import Measurement, RunResult, RunSpec
-from probe.settings import RunSettings
-from probe.store import (
+from probe.results import Measurement, RunResult, RunSpec, run_grid
+from probe.results.reading import load_folder
+from probe.results.store import (
     CorruptRunFile,
     CorruptRunWarning,
     ResultsFolder,
-    atomic_write,
     canonical_json,
     expected_specs,
-    load_folder,
     read_run_file,
 )
+from probe.settings import RunSettings
+from probe.util.files import atomic_write_bytes
+from probe.util.interrupt import graceful_interrupts, resume_hint
 
 
 def _fingerprint(**changes) -> dict:
@@ -48,12 +48,28 @@ def _fingerprint(**changes) -> dict:
 def _run(layer: str = "conv1", seed: int = 0, failed: bool = False, lam: float = 0.8125) -> RunResult:
     history = [
         {"epoch": 1, "lambda_source": 0.9, "top1": 0.5, "top3": 0.75, "loss": 1.25, "precision": 0.5, "recall": 0.5},
-        {"epoch": 2, "lambda_source": lam, "top1": 0.625 + seed / 64, "top3": 0.875, "loss": 1.0, "precision": 0.625, "recall": 0.6},
+        {
+            "epoch": 2,
+            "lambda_source": lam,
+            "top1": 0.625 + seed / 64,
+            "top3": 0.875,
+            "loss": 1.0,
+            "precision": 0.625,
+            "recall": 0.6,
+        },
     ]
     if failed:
         history[-1]["loss"] = math.nan
-        return RunResult(RunSpec(layer, 0.9, "AnB", seed), history, {"loss": math.nan, "top1": 0.6}, 40, 0.03,
-                         "failed", "test loss became nan in epoch 2", 0.5)
+        return RunResult(
+            RunSpec(layer, 0.9, "AnB", seed),
+            history,
+            {"loss": math.nan, "top1": 0.6},
+            40,
+            0.03,
+            "failed",
+            "test loss became nan in epoch 2",
+            0.5,
+        )
     final = {k: v for k, v in history[-1].items() if k != "epoch"}
     return RunResult(RunSpec(layer, 0.9, "AnB", seed), history, final, 40, 0.03, seconds=0.5)
 
@@ -156,21 +172,23 @@ def test_leftover_temporary_files_of_a_killed_write_are_removed(tmp_path):
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
     target = tmp_path / "results.json"
-    atomic_write(target, b"old")
+    atomic_write_bytes(target, b"old")
 
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, b"new")
+        atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["results.json"]
 
 
 def test_the_measurement_is_written_as_strict_json_and_csv(tmp_path):
     store = ResultsFolder(tmp_path, _fingerprint())
-    measurement = Measurement({"epochs": 2}, {"arch": "paper-cnn"}, "digits[5-9]", ["conv1"], [_run(), _run(seed=1, failed=True)])
+    measurement = Measurement(
+        {"epochs": 2}, {"arch": "paper-cnn"}, "digits[5-9]", ["conv1"], [_run(), _run(seed=1, failed=True)]
+    )
     store.save_measurement(measurement)
     data = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda name: pytest.fail(name))
     assert Measurement.from_dict(data).runs[0].to_dict() == measurement.runs[0].to_dict()
@@ -183,7 +201,9 @@ def test_the_measurement_is_written_as_strict_json_and_csv(tmp_path):
 def test_a_folder_of_another_scan_is_refused_naming_what_differs(tmp_path):
     ResultsFolder(tmp_path, _fingerprint()).save_run(_run())
     changed = _fingerprint(settings={"epochs": 20}, tasks={"AnB": "digits[0-4]"})
-    with pytest.raises(ResultsError, match=r"tasks\.AnB: digits\[5-9\] → digits\[0-4\]; settings\.epochs: 12 → 20\)") as info:
+    with pytest.raises(
+        ResultsError, match=r"tasks\.AnB: digits\[5-9\] → digits\[0-4\]; settings\.epochs: 12 → 20\)"
+    ) as info:
         ResultsFolder(tmp_path, changed)
     assert "--fresh" in str(info.value) and "--out" in str(info.value) and "\n" not in str(info.value)
     assert (tmp_path / "runs" / f"{_run().spec.key}.json").exists()  # nothing was touched
@@ -255,11 +275,11 @@ def test_a_file_in_place_of_the_folder_is_refused(tmp_path):
 
 
 def test_the_expected_runs_are_the_grid_of_the_scan():
-    from probe.api import grid
-
     settings = RunSettings(init=(0.9, 0.5), runs=3, seed=7)
     fingerprint = _fingerprint(tasks={"AnB": "digits[5-9]", "AnA": "digits[0-4]"}, settings=settings.to_dict())
-    assert expected_specs(json.loads(json.dumps(fingerprint))) == grid(["conv1", "conv2"], settings, ["AnB", "AnA"])
+    assert expected_specs(json.loads(json.dumps(fingerprint))) == run_grid(
+        ["conv1", "conv2"], settings.init, settings.seed, settings.runs, ["AnB", "AnA"]
+    )
 
 
 # --------------------------------------------------------------------------------------------- locking
@@ -282,7 +302,12 @@ _HOLD_LOCK = textwrap.dedent(
 
 
 def test_a_folder_another_process_writes_to_is_refused(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ResultsError, match=r"another scan \(pid 4242\) is writing to"):
@@ -291,11 +316,23 @@ def test_a_folder_another_process_writes_to_is_refused(tmp_path):
         holder.communicate("", timeout=30)
     store = ResultsFolder(tmp_path, _fingerprint())  # the holder is gone: the folder is free
     again = ResultsFolder(tmp_path, _fingerprint())  # the same process may open it again
-    probe_lock = subprocess.run([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")], input="", capture_output=True, text=True, timeout=30)
+    probe_lock = subprocess.run(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert probe_lock.stdout.strip() == "busy"
     store.close()
     again.close()
-    probe_lock = subprocess.run([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")], input="", capture_output=True, text=True, timeout=30)
+    probe_lock = subprocess.run(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert probe_lock.stdout.strip() == "locked"
 
 
@@ -315,7 +352,10 @@ def test_a_partial_folder_is_read_with_what_is_missing(tmp_path):
     assert status.missing == ["AnB__conv2__init0.9__seed0", "AnB__conv2__init0.9__seed1"]
     assert [name for name, _ in status.corrupt] == ["AnB__conv2__init0.9__seed0.json"]
     assert not status.complete
-    assert status.describe() == "2 of 4 runs finished (1 failed); 1 unreadable run file; 2 to do, resume with the same command"
+    assert (
+        status.describe()
+        == "2 of 4 runs finished (1 failed); 1 unreadable run file; 2 to do, resume with the same command"
+    )
     assert [r.spec.key for r in measurement.runs] == ["AnB__conv1__init0.9__seed0", "AnB__conv1__init0.9__seed1"]
     summary = measurement.summary("conv1")
     assert (summary.runs, summary.ok_runs) == (2, 1)
@@ -333,7 +373,11 @@ def test_a_finished_folder_is_read_from_results_json(tmp_path):
     store = ResultsFolder(tmp_path, _fingerprint(layers=["conv1"], settings={"runs": 1}))
     run = _run()
     store.save_run(run)
-    store.save_measurement(Measurement({"epochs": 2}, {"arch": "paper-cnn"}, "digits[5-9]", ["conv1"], [run], extras={"baselines": {"x": 1}}))
+    store.save_measurement(
+        Measurement(
+            {"epochs": 2}, {"arch": "paper-cnn"}, "digits[5-9]", ["conv1"], [run], extras={"baselines": {"x": 1}}
+        )
+    )
     measurement, status = load_folder(tmp_path)
     assert status.complete and (status.expected, status.done, status.missing) == (1, 1, [])
     assert measurement.extras == {"baselines": {"x": 1}}
@@ -367,7 +411,10 @@ def test_sigterm_becomes_keyboard_interrupt_and_the_old_handler_returns():
 @pytest.mark.parametrize(
     "argv, hint",
     [
-        (["/venv/bin/probe", "scan", "--out", "my results", "--fresh", "--epochs", "3"], "probe scan --out 'my results' --epochs 3"),
+        (
+            ["/venv/bin/probe", "scan", "--out", "my results", "--fresh", "--epochs", "3"],
+            "probe scan --out 'my results' --epochs 3",
+        ),
         (["/src/probe/__main__.py", "scan", "m.pt", "--fresh=true"], "python -m probe scan m.pt"),
         (["./run.sh", "scan", "--no-fresh"], "./run.sh scan --no-fresh"),
     ],
@@ -378,3 +425,12 @@ def test_the_resume_hint_is_the_same_command_without_fresh(argv, hint):
 
 def test_canonical_json_ignores_formatting_and_key_order():
     assert canonical_json({"b": 1, "a": [1.5, "λ"]}) == canonical_json(json.loads('{ "a": [1.5, "λ"], "b": 1 }'))
+
+
+def test_a_folder_written_before_a_setting_existed_resumes_with_that_settings_default(tmp_path):
+    older = _fingerprint()  # no gate_optimizer: written before the setting was added
+    ResultsFolder(tmp_path, older).save_run(_run())
+    adam = _fingerprint(settings={"gate_optimizer": "adam"})  # the default: what those runs used
+    assert list(ResultsFolder(tmp_path, adam).finished()) == [_run().spec.key]
+    with pytest.raises(ResultsError, match=r"settings.gate_optimizer: adam → sgd"):
+        ResultsFolder(tmp_path, _fingerprint(settings={"gate_optimizer": "sgd"}))

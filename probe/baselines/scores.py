@@ -1,0 +1,194 @@
+"""Score-based transferability estimators computed on a feature matrix.
+
+* :func:`logme` -- LogME, You et al., "LogME: Practical Assessment of Pre-trained Models for
+  Transfer Learning", ICML 2021.
+* :func:`h_score` -- H-score, Bao et al., "An Information-Theoretic Approach to Transferability
+  in Task Transfer Learning", ICIP 2019; with ``shrinkage=True`` the regularised H-score of
+  Ibrahim et al., "Newer is not always better: Rethinking transferability metrics, their
+  peculiarities, stability and performance", 2022.
+
+Both take features of shape (N, ...) (pooled by :func:`pool_features`) and N class labels, run on
+the features' device and compute in float64. Higher is better for both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..core.hooks import resolve_layer, source_forward
+from ..errors import SettingsError
+
+H_SCORE_SHRINKAGE = True  # Ibrahim et al. (2022): plain H-score degenerates when features outnumber examples
+
+
+def pool_features(z: torch.Tensor) -> torch.Tensor:
+    """Reduce layer outputs to one vector per sample.
+
+    (N, C, H, W) maps are globally average-pooled to (N, C); (N, L, D) tokens are averaged over
+    L to (N, D); (N, D) is returned unchanged; any other rank is flattened to (N, -1).
+    """
+    if z.dim() == 0:
+        raise SettingsError("features must have a sample dimension, got a scalar")
+    if z.dim() == 4:
+        return z.mean(dim=(2, 3))
+    if z.dim() == 3:
+        return z.mean(dim=1)
+    if z.dim() == 2:
+        return z
+    return z.reshape(z.shape[0], -1)
+
+
+def _prepare(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Validate inputs; return float64 (N, D) features, labels as 0..C-1 indices, and C."""
+    f = pool_features(features).to(torch.float64)
+    y = torch.as_tensor(labels, device=f.device).reshape(-1)
+    n = f.shape[0]
+    if y.numel() != n:
+        raise SettingsError(f"features have {n} samples but labels have {y.numel()}; give one label per sample")
+    if n < 2:
+        raise SettingsError(f"need at least 2 samples to compute a score, got {n}")
+    classes, y = torch.unique(y, return_inverse=True)
+    if classes.numel() < 2:
+        raise SettingsError(f"need at least 2 classes to compute a score, got {classes.numel()}")
+    if not bool(torch.isfinite(f).all()):
+        raise SettingsError("features contain NaN or infinite values; check the model and its inputs")
+    return f, y, int(classes.numel())
+
+
+def logme(features: torch.Tensor, labels: torch.Tensor, max_iter: int = 100, tol: float = 1e-3) -> float:
+    """LogME score (You et al., ICML 2021): mean over classes of the per-sample log evidence.
+
+    For each class c the one-hot target y = [labels == c] is modelled as y = F w + noise with
+    prior w ~ N(0, alpha^-1 I) and noise ~ N(0, beta^-1 I). alpha and beta are fitted by the
+    paper's fixed-point iteration (Algorithm 1) from alpha = beta = 1, stopping once
+    lambda = alpha / beta changes by less than ``tol`` (relative) or after ``max_iter`` steps;
+    log p(y | F, alpha, beta) / N is then evaluated at the fitted alpha, beta.
+
+    One thin SVD F = U diag(s) V^T serves all classes. Keeping the K singular values above the
+    usual numerical-rank cutoff, with sigma = s^2 and x = U^T y:
+    ||m||^2 = sum sigma x^2 / (sigma + lambda)^2 and
+    ||F m - y||^2 = sum (lambda x / (sigma + lambda))^2 + (||y||^2 - ||x||^2), and the D - K zero
+    eigenvalues of F^T F contribute (D - K) log(alpha) to log|alpha I + beta F^T F|. This covers
+    N >= D and N < D alike.
+
+    Numerical safeguards: a residual ||y||^2 - ||x||^2 at rounding level is set to 0 (when
+    rank F = N the targets are fitted exactly), and the iteration also stops once lambda leaves
+    [1e-12 min(sigma), 1e12 max(sigma)], where the evidence has reached its beta -> inf
+    (noise-free fit) or alpha -> inf (features ignored) limit up to ~1e-12.
+    """
+    f, y, num_classes = _prepare(features, labels)
+    n, d = f.shape
+    targets = torch.nn.functional.one_hot(y, num_classes).to(torch.float64)  # (N, C)
+    y2 = targets.sum(0)  # ||y||^2 per class
+    u, s, _ = torch.linalg.svd(f, full_matrices=False)
+    keep = s > max(n, d) * torch.finfo(torch.float64).eps * s.max()
+    u, sigma = u[:, keep], (s[keep] ** 2).unsqueeze(1)  # (N, K), (K, 1)
+    k = sigma.shape[0]
+    if k == 0:  # all-zero features: only the noise model y ~ N(0, I / beta) is left
+        evidence = -n / 2.0 * (torch.log(2.0 * math.pi * y2 / n) + 1.0)
+        return float(evidence.mean().item() / n)
+    x2 = (u.T @ targets) ** 2  # (K, C)
+    res_x2 = y2 - x2.sum(0)
+    res_x2 = torch.where(res_x2 > 1e-10 * y2, res_x2, torch.zeros_like(res_x2))
+    tiny = torch.finfo(torch.float64).tiny
+    lam_lo, lam_hi = 1e-12 * float(sigma.min()), 1e12 * float(sigma.max())
+
+    def moments(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """gamma, ||m||^2 and ||F m - y||^2 per class at lambda = alpha / beta."""
+        gamma = (sigma / (sigma + lam)).sum(0)
+        m2 = (sigma * x2 / (sigma + lam) ** 2).sum(0)
+        res2 = (x2 * (lam / (sigma + lam)) ** 2).sum(0) + res_x2
+        return gamma, m2.clamp_min(tiny), res2.clamp_min(tiny)
+
+    alpha = torch.ones(num_classes, dtype=torch.float64, device=f.device)
+    beta = torch.ones_like(alpha)
+    active = torch.ones(num_classes, dtype=torch.bool, device=f.device)
+    for _ in range(max_iter):
+        lam = alpha / beta
+        gamma, m2, res2 = moments(lam)
+        new_alpha, new_beta = gamma / m2, (n - gamma) / res2
+        alpha = torch.where(active, new_alpha, alpha)
+        beta = torch.where(active, new_beta, beta)
+        new_lam = new_alpha / new_beta
+        done = ((new_lam - lam).abs() < tol * lam) | (new_lam < lam_lo) | (new_lam > lam_hi)
+        active = active & ~done
+        if not bool(active.any()):
+            break
+
+    _, m2, res2 = moments(alpha / beta)
+    evidence = (
+        k / 2.0 * torch.log(alpha)  # D/2 log(alpha) less the (D - K) zero eigenvalues' log(alpha)/2
+        + n / 2.0 * torch.log(beta)
+        - 0.5 * torch.log(alpha + beta * sigma).sum(0)
+        - beta / 2.0 * res2
+        - alpha / 2.0 * m2
+        - n / 2.0 * math.log(2.0 * math.pi)
+    )
+    return float((evidence / n).mean().item())
+
+
+def _ledoit_wolf(fc: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Ledoit-Wolf (2004) shrunk covariance of centred features and its shrinkage coefficient.
+
+    S = fc^T fc / N is shrunk towards mu I (mu = tr(S) / D) by delta = min(b^2, d^2) / d^2 with
+    d^2 = ||S - mu I||_F^2 / D and b^2 = sum_k ||f_k f_k^T - S||_F^2 / (N^2 D).
+    """
+    n, d = fc.shape
+    emp = fc.T @ fc / n
+    mu = torch.diagonal(emp).sum() / d
+    eye = torch.eye(d, dtype=fc.dtype, device=fc.device)
+    d2 = ((emp - mu * eye) ** 2).sum() / d
+    # sum_k ||f_k f_k^T - S||_F^2 = sum_k ||f_k||^4 - N ||S||_F^2
+    b2 = (((fc * fc).sum(1) ** 2).sum() - n * (emp**2).sum()) / (n * n * d)
+    delta = 0.0 if float(d2) == 0.0 else float(torch.clamp(b2, min=0.0).minimum(d2) / d2)
+    return (1.0 - delta) * emp + delta * mu * eye, delta
+
+
+def h_score(features: torch.Tensor, labels: torch.Tensor, shrinkage: bool = False, rcond: float = 1e-10) -> float:
+    """H-score (Bao et al., ICIP 2019): tr(cov(f)^+ cov(E[f | y])) on centred features.
+
+    cov(f) is the unbiased sample covariance; its inverse is a Hermitian pseudo-inverse that drops
+    eigenvalues below ``rcond`` times the largest one. cov(E[f | y]) is the covariance of the
+    features replaced by their class means.
+
+    With ``shrinkage=True`` this is the regularised H-score of Ibrahim et al. (2022):
+    tr(cov_delta(f)^-1 (1 - delta) cov(E[f | y])) with cov_delta the Ledoit-Wolf shrunk covariance
+    and delta its shrinkage coefficient, which stays stable when D is large compared with N.
+    """
+    f, y, num_classes = _prepare(features, labels)
+    n, d = f.shape
+    fc = f - f.mean(0, keepdim=True)
+    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
+    means = torch.zeros(num_classes, d, dtype=torch.float64, device=f.device).index_add_(0, y, fc)
+    means = means / counts.unsqueeze(1)
+    cov_g = (means.T * counts) @ means / (n - 1)  # sum_c n_c mu_c mu_c^T / (N - 1)
+    if shrinkage:
+        cov_f, delta = _ledoit_wolf(fc)
+        cov_g = (1.0 - delta) * cov_g
+    else:
+        cov_f = fc.T @ fc / (n - 1)
+    precision = torch.linalg.pinv(cov_f, rtol=rcond, hermitian=True)
+    return float(torch.trace(precision @ cov_g).item())
+
+
+@torch.no_grad()
+def layer_scores(
+    source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> dict[str, float]:
+    """LogME and H-score of the source's pooled tensors at ``layer`` for inputs ``x`` with labels ``y``."""
+    point = resolve_layer(source, layer)
+    was_training = source.training
+    source.eval()
+    try:
+        features = torch.cat(
+            [
+                pool_features(source_forward(source, point, x[i : i + batch_size])).float()
+                for i in range(0, len(x), batch_size)
+            ]
+        )
+    finally:
+        source.train(was_training)
+    return {"logme": logme(features, y), "hscore": h_score(features, y, shrinkage=H_SCORE_SHRINKAGE)}

@@ -1,0 +1,340 @@
+"""The commands: ``train``, ``scan``, ``layers`` and ``report``. Each parses, calls :mod:`probe.api`, renders."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console, JustifyMethod
+from rich.markup import escape
+from rich.table import Table
+from typer.exceptions import Exit
+
+from .. import api
+from ..errors import ProbeError, ResultsError
+from ..models.checkpoint import recorded_info
+from ..report.figures import write_figures
+from ..report.tables import correlations_table, results_table
+from ..util.interrupt import graceful_interrupts, resume_hint
+from .app import (
+    app,
+    arch_options_of,
+    fail,
+    folder_status,
+    parse_floats,
+    split_values,
+    stderr_console,
+    stdout_console,
+    write_json,
+)
+from .options import (
+    AddressOption,
+    ArchOption,
+    Backend,
+    BackendOption,
+    BaselinesOption,
+    BatchOption,
+    ControlOption,
+    CpusPerRunOption,
+    DataDirOption,
+    DeviceOption,
+    DownloadOption,
+    EpochsOption,
+    FreshOption,
+    GateLrOption,
+    GpusPerRunOption,
+    InitOption,
+    JobsOption,
+    JsonOption,
+    LayersOption,
+    LrOption,
+    NoAugmentOption,
+    OutOption,
+    PretrainedOption,
+    QuietOption,
+    RunsOption,
+    SeedOption,
+    SourceDataOption,
+    SourceOption,
+    TargetOption,
+    WidthOption,
+)
+from .progress import LiveProgress, live_progress
+
+EXIT_INTERRUPTED = 130
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the checkpoint (.pt).")],
+    arch: ArchOption = None,
+    data: Annotated[str, typer.Option("--data", help="The source task, e.g. digits[0-4], cifar10.")] = "digits[0-4]",
+    epochs: EpochsOption = None,
+    batch_size: BatchOption = None,
+    lr: LrOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = None,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = False,
+    width: WidthOption = None,
+    no_augment: NoAugmentOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a source model and save it as a checkpoint that records its task and settings.
+
+    Example: [bold]probe train --arch paper-cnn --data cifar10 --out cifar10.pt --download[/bold]
+    """
+    options = arch_options_of(arch or "paper-cnn", width)
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=_augment(no_augment))
+    settings = api.source_training_settings(data, **given)
+    api.check_checkpoint_path(out)
+    err = stderr_console(quiet)
+    plan = f"{settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"
+    err.print(escape(f"training {arch or 'paper-cnn'} on {data} for {plan}"))
+    with live_progress(quiet) as live:
+        model = api.train_source(
+            arch or "paper-cnn", data, settings=settings, out=out, arch_options=options, data_dir=data_dir,
+            download=download, progress=live.phase("source"),
+        )  # fmt: skip
+    info = recorded_info(model)
+    summary = escape(f"({info.arch} on {info.dataset}) → {out}")
+    stdout_console().print(f"source test top-1 [bold]{info.test_top1:.4f}[/bold] {summary}")
+
+
+@app.command()
+def scan(
+    ctx: typer.Context,
+    arch: ArchOption = None,
+    source: SourceOption = None,
+    target: TargetOption = None,
+    source_data: SourceDataOption = None,
+    layers: LayersOption = None,
+    init: InitOption = None,
+    runs: RunsOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchOption = None,
+    lr: LrOption = None,
+    gate_lr: GateLrOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = None,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = False,
+    control: ControlOption = False,
+    out: OutOption = None,
+    fresh: FreshOption = False,
+    jobs: JobsOption = None,
+    no_augment: NoAugmentOption = False,
+    baselines: BaselinesOption = None,
+    backend: BackendOption = Backend.local,
+    address: AddressOption = None,
+    gpus_per_run: GpusPerRunOption = None,
+    cpus_per_run: CpusPerRunOption = None,
+    width: WidthOption = None,
+    pretrained: PretrainedOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Measure λS, how much of each layer of a frozen source transfers to a target task.
+
+    Without options: the embedded demo (a paper CNN trained on digits 0-4, cached; target digits 5-9).
+
+    Examples: [bold]probe scan --epochs 12 --runs 3 --out results/digits[/bold];
+    [bold]probe scan --arch paper-cnn --source cifar10.pt --target cifar100 --init 0.9,0.75,0.5 --control
+    --out results/cifar[/bold]
+    """
+    given = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, runs=runs, seed=seed, device=device, jobs=jobs,
+        init=tuple(inits) if (inits := parse_floats(init, "--init")) else None, augment=_augment(no_augment),
+    )  # fmt: skip
+    backend_options = {
+        k: v
+        for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items()
+        if v is not None
+    }
+    plan = api.plan_scan(
+        source, arch=arch, pretrained=pretrained, arch_options=arch_options_of(arch or "paper-cnn", width),
+        source_data=source_data, target=target, layers=_layer_list(layers), baselines=split_values(baselines),
+        backend=backend.value, backend_options=backend_options or None, out=out, data_dir=data_dir,
+        download=download, **given,
+    )  # fmt: skip
+    err = stderr_console(quiet)
+    with live_progress(quiet) as live:
+        try:
+            with graceful_interrupts():  # SIGTERM stops the scan like Ctrl-C
+                model = _source(plan, live, err)
+                measurement = api.scan(
+                    model, _layer_list(layers), plan.target, settings=plan.settings, control=control,
+                    source_data=plan.source_data, data_dir=data_dir, progress=live.phase("scan"), out=out,
+                    fresh=fresh, backend=backend.value, backend_options=backend_options or None,
+                    baselines=plan.baselines,
+                )  # fmt: skip
+        except KeyboardInterrupt:
+            live.__exit__(None, None, None)
+            _interrupted(out, (ctx.obj or {}).get("argv", []), len(live.finished_runs))
+            raise Exit(EXIT_INTERRUPTED) from None
+    _render(measurement, out, json_output, err)
+
+
+def _augment(no_augment: bool) -> bool | None:
+    return False if no_augment else None
+
+
+def _layer_list(values: Sequence[str] | None) -> list[str] | None:
+    """--layers as a list: None when not given; [] (an error below) when given but empty, e.g. --layers ''."""
+    return None if values is None else split_values(values)
+
+
+def _source(plan: api.ScanPlan, live: LiveProgress, err: Console):
+    """The plan's source, saying when it was trained here or reused from the cache."""
+    model, reused = api.source_model(plan, progress=live.phase("source"))
+    if plan.model is None:
+        info = recorded_info(model)
+        verb = "reused the cached" if reused else "trained a"
+        where = f" ({info.checkpoint})" if info.checkpoint else ""
+        err.print(escape(f"source: {verb} {plan.arch} on {info.dataset}, test top-1 {info.test_top1:.3f}{where}"))
+    return model
+
+
+def _interrupted(out: Path | None, argv: list[str], finished: int) -> None:
+    if out is None:
+        sys.stderr.write("interrupted: no results saved (give --out DIR to keep finished runs and resume)\n")
+        return
+    saved = finished  # the progress callback's count, unless the folder says better
+    with contextlib.suppress(ProbeError, OSError):
+        _, status = folder_status(out)
+        saved = status["done"] + status["failed"]
+    sys.stderr.write(
+        f"interrupted: {saved} run{'' if saved == 1 else 's'} saved in {out}; resume with: {resume_hint(argv)}\n"
+    )
+
+
+def _print_tables(measurement) -> None:
+    """The results table, and the rank correlations with the baselines when there are any, on stdout."""
+    console = stdout_console()
+    console.print(results_table(measurement))
+    correlations = correlations_table(measurement)
+    if correlations is not None:
+        console.print(correlations)
+
+
+def _render(measurement, out: Path | None, json_output: bool, err: Console) -> None:
+    """The results table (or JSON) on stdout; the figures in ``out``."""
+    if json_output:
+        write_json(measurement.to_dict())
+    else:
+        _print_tables(measurement)
+    if out is None:
+        return
+    try:
+        figures = write_figures(measurement, out)
+    except Exception as error:  # the results are saved already; say so rather than lose them in a traceback
+        fail(
+            f"could not draw the figures ({type(error).__name__}: {error}); the results are saved: redraw with "
+            f"probe report {out}"
+        )
+        raise Exit(1) from None
+    err.print(escape(f"saved in {out}: results.json, results.csv, " + ", ".join(path.name for path in figures)))
+
+
+@app.command()
+def layers(
+    arch: ArchOption = None,
+    source: Annotated[Path | None, typer.Option("--source", help="List the layers of this checkpoint's model.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Dataset whose input size the shapes are for, e.g. digits (1×8×8), cifar10 (3×32×32); a "
+            "checkpoint's own record wins. \\[default: digits]",
+        ),
+    ] = None,
+    width: WidthOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List the probeable layers in forward order with their output shapes; mark the ones scan probes by default.
+
+    Example: [bold]probe layers --arch resnet18 --data cifar10[/bold]
+    """
+    listing = api.layer_listing(
+        arch, source=source, data=data, arch_options=arch_options_of(arch or "paper-cnn", width)
+    )
+    rows = [
+        {
+            "name": layer.name,
+            "kind": layer.kind,
+            "shape": list(layer.shape) if layer.shape is not None else None,
+            "default": bool(layer.default),
+            "module_type": layer.module_type,
+            "activation": layer.activation,
+        }
+        for layer in listing.layers
+    ]
+    if json_output:
+        write_json({"arch": listing.arch, "data": listing.data, "input_shape": list(listing.shape), "layers": rows})
+        return
+    stdout_console().print(_layers_table(listing, rows))
+
+
+def _layers_table(listing: api.LayerListing, rows: list[dict]) -> Table:
+    shape = "×".join(map(str, listing.shape))
+    table = Table(
+        title=escape(f"probeable layers of {listing.arch} for {shape} inputs ({listing.data})"),
+        caption=f"{sum(r['default'] for r in rows)} of {len(rows)} probed by default (✓); "
+        "pick others with probe scan --layers NAME",
+        header_style="bold",
+    )
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("#", "right"),
+        ("layer", "left"),
+        ("kind", "left"),
+        ("module", "left"),
+        ("output shape", "left"),
+    )
+    for name, justify in (*columns, ("default", "center")):
+        table.add_column(name, justify=justify)
+    for index, row in enumerate(rows, start=1):
+        shape_text = "×".join(map(str, row["shape"])) if row["shape"] else "—"
+        cells = (str(index), row["name"], row["kind"], row["module_type"], shape_text, "✓" if row["default"] else "")
+        table.add_row(*map(escape, cells))
+    return table
+
+
+@app.command()
+def report(
+    folder: Annotated[
+        Path,
+        typer.Argument(help="A results folder written by probe scan --out (or its results.json).", show_default=False),
+    ],
+    json_output: JsonOption = False,
+    no_figures: Annotated[
+        bool, typer.Option("--no-figures", help="Only print; do not redraw the PNG figures.")
+    ] = False,
+) -> None:
+    """Re-render the table and the figures of a saved results folder, without training.
+
+    A partial folder (an interrupted scan) is rendered as far as it goes, and report says how many runs are missing.
+    Example: [bold]probe report results/digits[/bold]
+    """
+
+    measurement, status = folder_status(folder)
+    if measurement is None:
+        raise ResultsError(
+            f"'{folder}' holds no finished run yet ({status['description']}); run probe scan --out {folder}"
+        )
+    if json_output:
+        write_json({"folder": str(folder), "status": status, "results": measurement.to_dict()})
+    else:
+        _print_tables(measurement)
+    err = stderr_console()
+    if status["missing"] or status["corrupt"]:
+        err.print(escape(f"partial results: {status['description']}"))
+    else:
+        err.print(escape(status["description"]))
+    if not no_figures:
+        where = folder if folder.is_dir() else folder.parent  # report also takes a results.json itself
+        figures = write_figures(measurement, where)
+        err.print(escape(f"redrew {', '.join(path.name for path in figures)} in {where}"))

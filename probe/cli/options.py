@@ -1,0 +1,150 @@
+"""The command-line options shared by the commands, each with its help text (defaults shown come from below)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..baselines import BASELINES
+from ..settings import DIGITS_PRESET
+
+
+class Backend(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+ArchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or "
+        "the checkpoint's]",
+    ),
+]
+EpochsOption = Annotated[
+    int | None,
+    typer.Option("--epochs", help=f"Training epochs. \\[default: 60; digits: {DIGITS_PRESET['epochs']}]"),
+]
+BatchOption = Annotated[int | None, typer.Option("--batch-size", help="Mini-batch size. \\[default: 32]")]
+LrOption = Annotated[
+    float | None,
+    typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_PRESET['lr']:g}]"),
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")
+]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N. \\[default: auto]")]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Folder with the CIFAR data. \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]"
+    ),
+]
+DownloadOption = Annotated[bool, typer.Option("--download", help="Download CIFAR-10/100 into --data-dir when missing.")]
+WidthOption = Annotated[
+    float | None, typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout and nothing else.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no messages on stderr.")]
+NoAugmentOption = Annotated[bool, typer.Option("--no-augment", help="Train without data augmentation.")]
+
+# probe scan
+SourceOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--source",
+        help="Source checkpoint (probe train output, a state_dict or .safetensors). \\[default: train one, cached]",
+    ),
+]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="Target task, e.g. digits[5-9], cifar100. \\[default: the source's pairing: digits[0-4] → "
+        "digits[5-9], cifar10 → cifar100]",
+    ),
+]
+SourceDataOption = Annotated[
+    str | None,
+    typer.Option(
+        "--source-data",
+        help="The source's own task (for AnA and plain state_dicts). \\[default: the checkpoint's record, else "
+        "digits[0-4]]",
+    ),
+]
+LayersOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layers",
+        help="Layers to probe: names or glob patterns, repeatable or comma-separated (conv1,fc or 'conv*'). "
+        "\\[default: every probeable layer]",
+    ),
+]
+InitOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--init",
+        help="Initial λS, repeatable or comma-separated; each value is a separate series (the paper: "
+        "0.9,0.75,0.5). \\[default: 0.9]",
+    ),
+]
+RunsOption = Annotated[
+    int | None,
+    typer.Option("--runs", help="Runs (seeds) per layer and init; the table shows mean ± std. \\[default: 1]"),
+]
+GateLrOption = Annotated[
+    float | None,
+    typer.Option(
+        "--gate-lr",
+        help="Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; "
+        f"digits: {DIGITS_PRESET['gate_lr']:g}]",
+    ),
+]
+ControlOption = Annotated[
+    bool, typer.Option("--control", help="Also run the AnA control (target task = the source's task).")
+]
+OutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Results folder: results.json, results.csv, one file per run, transferability.png, dynamics.png. "
+        "Re-running resumes.",
+    ),
+]
+FreshOption = Annotated[bool, typer.Option("--fresh", help="Discard the runs already in --out and start over.")]
+JobsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 "
+        "on a GPU]",
+    ),
+]
+BaselinesOption = Annotated[
+    list[str] | None,
+    typer.Option("--baselines", help=f"Also compute baselines per layer, comma-separated: {', '.join(BASELINES)}."),
+]
+BackendOption = Annotated[
+    Backend, typer.Option("--backend", help="Where runs execute: local (this machine) or ray (a Ray cluster).")
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="ray: address of the cluster (e.g. ray://head:10001). \\[default: start or join a local one]",
+    ),
+]
+GpusPerRunOption = Annotated[
+    float | None, typer.Option("--gpus-per-run", help="ray: GPUs reserved by each run (fractions share a GPU).")
+]
+CpusPerRunOption = Annotated[
+    int | None,
+    typer.Option("--cpus-per-run", help="ray: CPUs reserved by each run (also its torch threads). \\[default: 1]"),
+]
+PretrainedOption = Annotated[
+    bool, typer.Option("--pretrained", help="Use the timm/torchvision pretrained weights of --arch as the source.")
+]

@@ -1,0 +1,127 @@
+"""The dataset spec language: ``digits``, ``cifar10[0-4]``, ``cifar100[0,2,5-7]``; paper-style target pairs."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from ..errors import DataError
+
+# name -> number of classes
+KNOWN_DATASETS: dict[str, int] = {"digits": 10, "cifar10": 10, "cifar100": 100}
+# Input shape (C, H, W) of each dataset, known without reading it (so `probe layers` needs no data on disk).
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset and an optional ordered class subset (``None`` = all classes).
+
+    Constructing one validates it (unknown name, empty subset, out-of-range or repeated class ->
+    :class:`DataError`); labels are later re-indexed 0..K-1 in the order of ``classes``.
+    """
+
+    name: str
+    classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        name = str(self.name).strip().lower()
+        if name not in KNOWN_DATASETS:
+            close = difflib.get_close_matches(name, KNOWN_DATASETS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DataError(f"unknown dataset '{self.name}'{hint}; known datasets: {', '.join(KNOWN_DATASETS)}")
+        object.__setattr__(self, "name", name)
+        if self.classes is None:
+            return
+        classes = tuple(int(c) for c in self.classes)
+        n = KNOWN_DATASETS[name]
+        if not classes:
+            raise DataError(f"empty class subset for '{name}'; list at least one class, e.g. '{name}[0-4]'")
+        for c in classes:
+            if not 0 <= c < n:
+                raise DataError(f"class {c} is out of range: {name} has classes 0-{n - 1}; pick classes in that range")
+        seen: set[int] = set()
+        for c in classes:
+            if c in seen:
+                raise DataError(f"class {c} is listed twice in the subset of '{name}'; list each class once")
+            seen.add(c)
+        object.__setattr__(self, "classes", classes)
+
+    def __str__(self) -> str:
+        if self.classes is None:
+            return self.name
+        parts: list[str] = []
+        start = prev = self.classes[0]
+        for c in (*self.classes[1:], None):
+            if c is not None and c == prev + 1:
+                prev = c
+                continue
+            parts.append(str(start) if start == prev else f"{start},{prev}" if prev == start + 1 else f"{start}-{prev}")
+            if c is not None:
+                start = prev = c
+        return f"{self.name}[{','.join(parts)}]"
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of this (subset of the) dataset."""
+        return KNOWN_DATASETS[self.name] if self.classes is None else len(self.classes)
+
+
+_SPEC_RE = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[(.*)\])?\s*$")
+
+
+_ITEM_RE = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
+
+
+def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
+    """Parse ``'digits'``, ``'digits[0-4]'``, ``'cifar100[0-49]'``, ``'digits[0-2, 7]'``, ...
+
+    A :class:`DatasetSpec` is returned as is (it was validated when built).
+    """
+    if isinstance(text, DatasetSpec):
+        return text
+    match = _SPEC_RE.match(str(text))
+    if match is None:
+        raise DataError(
+            f"malformed dataset spec '{text}'; write a name with an optional class list, "
+            "e.g. 'digits[0-4]' or 'cifar100[0,2,5-7]'"
+        )
+    name, body = match.groups()
+    if body is None:
+        return DatasetSpec(name, None)
+    if not body.strip():
+        raise DataError(f"empty class subset in '{text}'; list at least one class, e.g. '{name.lower()}[0-4]'")
+    classes: list[int] = []
+    for item in body.split(","):
+        m = _ITEM_RE.match(item.strip())
+        if m is None:
+            raise DataError(
+                f"malformed class list '[{body}]' in '{text}'; "
+                "use indices and ascending ranges, e.g. '[0-4]' or '[1,3,5-7]'"
+            )
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise DataError(f"descending range '{item.strip()}' in '{text}'; write it ascending, e.g. '{hi}-{lo}'")
+        classes.extend(range(lo, hi + 1))
+    return DatasetSpec(name, tuple(classes))
+
+
+def default_target(source: str | DatasetSpec) -> DatasetSpec:
+    """The paper-style target of ``source``: the complement subset, or ``cifar100`` for ``cifar10``."""
+    spec = parse_spec(source)
+    if spec.classes is not None:
+        rest = tuple(c for c in range(KNOWN_DATASETS[spec.name]) if c not in set(spec.classes))
+        if rest:
+            return DatasetSpec(spec.name, rest)
+    elif spec.name == "cifar10":
+        return DatasetSpec("cifar100", None)
+    raise DataError(
+        f"no default target for source '{spec}'; "
+        "give a target explicitly, e.g. source 'digits[0-4]' with target 'digits[5-9]'"
+    )
+
+
+def input_shape(spec: str | DatasetSpec) -> tuple[int, int, int]:
+    """The (C, H, W) of a dataset's images, known without reading the data."""
+    return INPUT_SHAPES[parse_spec(spec).name]

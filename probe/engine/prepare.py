@@ -1,0 +1,94 @@
+"""From a request to a run context: the source model, the tasks on the device, the target factory."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..data.spec import default_target
+from ..data.tensors import TaskData, load_task
+from ..errors import DataError, ProbeError
+from ..models.checkpoint import SourceInfo, source_info
+from ..models.targets import TargetFactory
+from ..settings import RunSettings
+from ..util.device import resolve_device
+from .context import ProbeContext
+from .record import state_dict_sha256
+from .sources import load_source
+
+
+@dataclass
+class Prepared:
+    """A measurement made ready: the run context, the source model as given (or loaded), its record."""
+
+    context: ProbeContext
+    model: nn.Module
+    source_record: dict
+
+
+def default_target_of(model: nn.Module) -> str:
+    """The paper-style target of the task ``model`` was trained on (a DataError when it records none)."""
+    info = source_info(model)
+    if info is None or info.dataset is None:
+        raise DataError(
+            "this model records no source task, so a target task is needed: "
+            "probe.measure(model, 'layer', target='digits[5-9]')"
+        )
+    return str(default_target(info.dataset))
+
+
+def _resolve_target(model: nn.Module, target, data_dir) -> TaskData:
+    if isinstance(target, TaskData):
+        return target
+    return load_task(default_target_of(model) if target is None else target, data_dir=data_dir)
+
+
+def prepare(
+    model: nn.Module | str | os.PathLike,
+    target=None,
+    *,
+    settings: RunSettings,
+    control: bool = False,
+    source_data=None,
+    data_dir=None,
+) -> Prepared:
+    """Resolve model, tasks, device and target factory for a measurement."""
+    if isinstance(model, (str, os.PathLike)):
+        model = load_source(model, data=source_data, data_dir=data_dir)
+    if not isinstance(model, nn.Module):
+        raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
+    device = resolve_device(settings.device)
+    info = source_info(model) or SourceInfo()
+    target_task = _resolve_target(model, target, data_dir)
+    if (
+        info.in_chans is not None
+        and info.input_size is not None
+        and (info.in_chans, tuple(info.input_size))
+        != (
+            target_task.in_chans,
+            tuple(target_task.input_size),
+        )
+    ):
+        raise DataError(
+            f"the source takes {info.in_chans}×{info.input_size[0]}×{info.input_size[1]} inputs but "
+            f"{target_task.spec} has {target_task.in_chans}×{target_task.input_size[0]}×{target_task.input_size[1]}; "
+            "pick a target of the same image format"
+        )
+    tasks = {"AnB": target_task}
+    if control:
+        source_task_spec = source_data or info.dataset
+        if source_task_spec is None:
+            raise DataError("the control (AnA) needs the source's task: pass source_data='digits[0-4]' (--source-data)")
+        tasks["AnA"] = load_task(source_task_spec, data_dir=data_dir)
+    tasks = {name: task.to(device) for name, task in tasks.items()}
+    # The source is never modified: a copy goes to another device, the original stays where it is.
+    source = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
+    factory = TargetFactory(info.arch, dict(info.arch_options)) if info.arch else TargetFactory(template=model)
+    context = ProbeContext(source, factory, tasks, settings, device)
+    source_record = info.to_dict()
+    source_record["class"] = type(model).__name__
+    source_record["state_sha256"] = state_dict_sha256(model)
+    return Prepared(context, model, source_record)

@@ -1,0 +1,255 @@
+"""Sources: the frozen model a scan probes, trained here (and cached), loaded from a checkpoint or pretrained."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.surgery import require_head
+from ..data.spec import DatasetSpec, parse_spec
+from ..data.tensors import load_task
+from ..errors import ArchitectureError, CheckpointError, ProbeError, ResultsError
+from ..models.checkpoint import SourceInfo, attach_info, load_raw, load_state_into, save_checkpoint
+from ..models.pretrained import pretrained_file
+from ..models.registry import create_model
+from ..results.schema import final_figures
+from ..settings import RunSettings, init_seed
+from ..training.trainer import fit, make_optimizer
+from ..util.device import resolve_device
+from ..util.files import check_writable, file_sha256
+from .progress import Progress, epoch_reporter
+
+# How a source is trained: the training settings of the scan it serves, without the gate's. The first ones
+# change its weights and key the source cache; the performance knobs never change a result on CPU.
+SOURCE_TRAINING = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment")
+SOURCE_PERFORMANCE = ("device", "amp", "channels_last")
+
+
+def source_settings(settings: RunSettings) -> RunSettings:
+    """The settings a scan's source is trained with: its :data:`SOURCE_TRAINING` and :data:`SOURCE_PERFORMANCE`."""
+    return RunSettings(**{name: getattr(settings, name) for name in SOURCE_TRAINING + SOURCE_PERFORMANCE})
+
+
+def check_checkpoint_path(out: str | os.PathLike) -> None:
+    """A one-line ResultsError, before any training, when a checkpoint cannot be written to ``out``."""
+    out = Path(out)
+    if out.is_dir():
+        raise ResultsError(f"--out '{out}' is a folder; give a file name such as {out / 'source.pt'}")
+    check_writable(out.parent, what="the checkpoint")
+
+
+def train_source(
+    arch: str = "paper-cnn",
+    data: str | DatasetSpec = "digits[0-4]",
+    *,
+    settings: RunSettings | None = None,
+    out: str | os.PathLike | None = None,
+    arch_options: dict | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    progress: Progress | None = None,
+    **overrides,
+) -> nn.Module:
+    """Train a source model of ``arch`` on task ``data``; save a checkpoint to ``out`` when given.
+
+    ``out`` is checked to be writable before anything else; ``download`` fetches missing CIFAR data.
+
+    The returned model carries a :class:`SourceInfo` (architecture, options, data, settings, test top-1)
+    that :func:`measure` and :func:`scan` use to pick the paper-style target task.
+    """
+    settings = (settings or RunSettings()).with_(**overrides)
+    if out is not None:
+        check_checkpoint_path(out)
+    device = resolve_device(settings.device)
+    task = load_task(data, data_dir=data_dir, download=download)
+    arch_options = dict(arch_options or {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed("source", settings.seed))
+        model = create_model(
+            arch, num_classes=task.num_classes, in_chans=task.in_chans, input_size=task.input_size, **arch_options
+        )
+    model.to(device)
+    task = task.to(device)
+    optimizer = make_optimizer(model, settings)
+    outcome = fit(
+        forward=lambda x, idx, split: model(x),
+        trainable=model,
+        optimizer=optimizer,
+        task=task,
+        settings=settings,
+        seed=settings.seed,
+        device=device,
+        on_epoch=epoch_reporter(progress, None),
+    )
+    if outcome.failure:
+        raise ProbeError(f"source training diverged: {outcome.failure}; lower --lr")
+    model.eval().cpu()
+    info = SourceInfo(
+        arch=arch,
+        arch_options=arch_options,
+        num_classes=task.num_classes,
+        in_chans=task.in_chans,
+        input_size=task.input_size,
+        dataset=str(task.spec),
+        settings=settings.to_dict(),
+        test_top1=final_figures(outcome.history, 1)["top1"],
+    )
+    attach_info(model, info)
+    if out is not None:
+        save_checkpoint(model, info, out)
+        info.checkpoint, info.sha256 = str(out), file_sha256(out)
+    return model
+
+
+def load_source(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    *,
+    num_classes: int | None = None,
+    data: str | DatasetSpec | None = None,
+    data_dir: str | os.PathLike | None = None,
+    **arch_options,
+) -> nn.Module:
+    """Load a source from a checkpoint (``probe train`` output, a plain state_dict, or .safetensors).
+
+    The file is read with ``weights_only=True`` and never written. A plain state_dict needs ``arch`` and
+    the source task ``data`` (or ``num_classes``, with in_chans/input_size from ``data``).
+    """
+    digest = file_sha256(path) if Path(path).is_file() else None
+    raw = load_raw(path)
+    if "info" in raw:
+        info = SourceInfo.from_dict(raw["info"])
+        if arch is not None and info.arch is not None and arch != info.arch:
+            raise CheckpointError(
+                f"'{path}' holds a '{info.arch}' model, not '{arch}'; drop --arch or pass the right checkpoint"
+            )
+        info.arch_options = {**info.arch_options, **arch_options}
+    else:
+        if arch is None:
+            raise CheckpointError(f"'{path}' is a plain state_dict: say which architecture it is (--arch NAME)")
+        if data is None:
+            raise CheckpointError(f"'{path}' records no source task: give it (--source-data, e.g. cifar10)")
+        task = load_task(data, data_dir=data_dir)
+        info = SourceInfo(
+            arch=arch,
+            arch_options=dict(arch_options),
+            num_classes=num_classes or task.num_classes,
+            in_chans=task.in_chans,
+            input_size=task.input_size,
+            dataset=str(task.spec),
+        )
+    if info.arch is None or info.num_classes is None or info.in_chans is None or info.input_size is None:
+        raise CheckpointError(f"'{path}' records an incomplete source (architecture, classes or image format missing)")
+    # The weights come from the file: never ask for (or download) pretrained ones.
+    info.arch_options = {k: v for k, v in info.arch_options.items() if k != "pretrained"}
+    model = create_model(
+        info.arch, num_classes=info.num_classes, in_chans=info.in_chans, input_size=info.input_size, **info.arch_options
+    )
+    load_state_into(model, raw["state_dict"], origin=f"checkpoint '{path}'")
+    model.eval()
+    info.checkpoint, info.sha256 = str(path), digest
+    return attach_info(model, info)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "quanta-probe"))
+
+
+def cached_source(
+    arch: str = "paper-cnn",
+    data: str = "digits[0-4]",
+    *,
+    settings: RunSettings | None = None,
+    arch_options: dict | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> tuple[nn.Module, bool]:
+    """A source trained on ``data``, reused from the cache when one with the same settings exists.
+
+    Returns ``(model, reused)``. The cache key covers architecture, options, data and training settings.
+    """
+    settings = settings or RunSettings()
+    trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING}
+    key_data = {"arch": arch, "options": arch_options or {}, "data": str(parse_spec(data)), "settings": trained_with}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    path = (
+        _cache_dir()
+        / "sources"
+        / f"{arch.replace(':', '_')}-{str(parse_spec(data)).replace('[', '_').replace(']', '')}-{key}.pt"
+    )
+    if path.is_file():
+        try:
+            return load_source(path), True
+        except ProbeError:
+            path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt
+    model = train_source(
+        arch, data, settings=settings, out=path, arch_options=arch_options, data_dir=data_dir, progress=progress
+    )
+    return model, False
+
+
+def pretrained_source(
+    arch: str,
+    data=None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    in_chans: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    **options,
+) -> nn.Module:
+    """A source with pretrained weights (e.g. ImageNet) for images of ``data``'s format.
+
+    ``arch`` is any registered name (``resnet18``, ``timm:convnext_atto``, ``tv:resnet18``). The source keeps
+    its pretrained head (e.g. 1000 classes); targets built from its SourceInfo get a fresh model with their
+    own head (``pretrained`` is not recorded in ``arch_options``). ``data`` (a dataset spec) or
+    ``in_chans``/``input_size`` give the image format; grey images go to timm's adapted first conv, or are
+    repeated to 3 channels for torchvision models.
+    """
+    dataset = None
+    chans, size = (3 if in_chans is None else in_chans), ((224, 224) if input_size is None else input_size)
+    if data is not None:
+        task = load_task(data, data_dir=data_dir)
+        chans, size, dataset = task.in_chans, task.input_size, str(task.spec)
+    options.pop("pretrained", None)
+    weights = pretrained_file(arch)
+    model = create_model(arch, num_classes=None, in_chans=chans, input_size=size, pretrained=True, **options)
+    model.eval()
+    info = SourceInfo(
+        arch=arch,
+        arch_options=dict(options),
+        num_classes=_num_classes(model),
+        in_chans=chans,
+        input_size=(size[0], size[1]),
+        dataset=None,
+        settings={"pretrained": str(weights), "images": dataset},
+        checkpoint=str(weights),
+        sha256=file_sha256(weights),
+    )
+    return attach_info(model, info)
+
+
+def _num_classes(model: nn.Module) -> int:
+    classes = getattr(model, "num_classes", None)
+    if isinstance(classes, int):
+        return classes
+    head = model.get_submodule(require_head(model))
+    if not isinstance(head, nn.Linear):  # pragma: no cover - require_head finds an nn.Linear
+        raise ArchitectureError(f"cannot tell how many classes {type(model).__name__}'s head has")
+    return head.out_features
+
+
+__all__ = [
+    "SOURCE_PERFORMANCE",
+    "SOURCE_TRAINING",
+    "cached_source",
+    "check_checkpoint_path",
+    "load_source",
+    "pretrained_source",
+    "source_settings",
+    "train_source",
+]

@@ -1,0 +1,1 @@
+"""Report: tables (rich, JSON) and figures of a measurement."""

@@ -1,0 +1,158 @@
+"""The tables a researcher reads: the results table, the rank correlations, strict JSON for ``--json``.
+
+* :func:`results_table` — one rich table, a row per layer in forward order (λS, top-1, top-3, loss,
+  precision and recall as mean ± std over runs; AnA and baseline columns when present).
+* :func:`to_json` — strict JSON (NaN and ±inf become ``null``) for ``--json`` output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ..baselines.compare import BASELINE_LABELS
+from ..results.schema import Measurement, Summary, strict_json
+from .views import describe, finite, inits_of, layer_order, summary_index, tasks_of
+
+METRIC_LABELS = {
+    "lambda_source": "λS",
+    "top1": "top-1",
+    "top3": "top-3",
+    "loss": "loss",
+    "precision": "precision",
+    "recall": "recall",
+}
+
+
+def format_mean_std(mean: float, std: float, ok_runs: int, digits: int = 3) -> str:
+    """``0.812 ± 0.014``; the mean alone for a single run; ``—`` when there is no value."""
+    if not finite(mean):
+        return "—"
+    if ok_runs < 2 or not finite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def to_json(data: Any) -> str:
+    """Strict, indented JSON of ``data`` (NaN and ±inf become null)."""
+    return json.dumps(strict_json(data), indent=2, allow_nan=False, ensure_ascii=False)
+
+
+def _cell(summary: Summary | None, metric: str) -> str:
+    if summary is None:
+        return "—"
+    return format_mean_std(summary.mean.get(metric, math.nan), summary.std.get(metric, math.nan), summary.ok_runs)
+
+
+def _baseline_cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return format_mean_std(
+            value.get("mean", math.nan), value.get("std", math.nan), 2 if finite(value.get("std")) else 1
+        )
+    if finite(value):
+        return f"{value:.3f}"
+    return "—"
+
+
+def _budgets(measurement: Measurement) -> str:
+    by_task: dict[str, float] = {}
+    for s in measurement.summaries:
+        by_task[s.task] = max(by_task.get(s.task, 0.0), s.gate_budget)
+    if not by_task:
+        return "—"
+    if len(set(round(v, 6) for v in by_task.values())) == 1:
+        return f"{next(iter(by_task.values())):.3g}"
+    return ", ".join(f"{value:.3g} ({task})" for task, value in by_task.items())
+
+
+def caption(measurement: Measurement) -> str:
+    """The line under the table: source accuracy, gate budget, runs and what a cell is."""
+    source = measurement.source or {}
+    settings = measurement.settings or {}
+    parts = []
+    top1 = source.get("test_top1")
+    if finite(top1):
+        parts.append(f"source test top-1 {top1:.3f}")
+    gate_lr = settings.get("gate_lr") or settings.get("lr")
+    parts.append(
+        f"gate budget (gate_lr {gate_lr:g} × steps) {_budgets(measurement)}"
+        if gate_lr
+        else f"gate budget {_budgets(measurement)}"
+    )
+    runs = settings.get("runs", 1)
+    last = settings.get("last_epochs")
+    cell = f"mean ± std over {runs} runs" if runs and runs > 1 else "1 run"
+    if last:
+        cell += f", each the mean of its last {last} epochs"
+    parts.append(cell)
+    return " · ".join(parts)
+
+
+def results_table(measurement: Measurement) -> Table:
+    """One row per layer in forward order; see the module docstring for the columns."""
+    inits, tasks = inits_of(measurement), tasks_of(measurement)
+    index = summary_index(measurement)
+    first = inits[0] if inits else None
+    several = len(inits) > 1
+    partial = any(s.ok_runs < s.runs for s in index.values())
+    baselines = (measurement.extras or {}).get("baselines") or {}
+    per_layer = baselines.get("per_layer") or {}
+    baseline_keys = list(dict.fromkeys(k for row in per_layer.values() for k in row))
+
+    note = caption(measurement)
+    if several:
+        note += f" · top-1 to recall: runs with λS init {first:g}"
+    table = Table(
+        title=escape(f"QUANTA transferability: {describe(measurement)}"), caption=escape(note), header_style="bold"
+    )
+    table.add_column("layer", style="bold")  # names are added as Text: never read as markup
+    for init in inits:
+        table.add_column(f"λS (init {init:g})" if several else "λS", justify="right", style="cyan")
+    for metric in ("top1", "top3", "loss", "precision", "recall"):
+        table.add_column(METRIC_LABELS[metric], justify="right")
+    if partial:
+        table.add_column("ok / runs", justify="right")
+    control = "AnA" in tasks
+    if control:
+        for init in inits:
+            table.add_column(f"AnA λS (init {init:g})" if several else "AnA λS", justify="right", style="magenta")
+        table.add_column("AnA top-1", justify="right", style="magenta")
+    for key in baseline_keys:
+        table.add_column(BASELINE_LABELS.get(key, key), justify="right", style="green")
+
+    for layer in layer_order(measurement):
+        main = index.get(("AnB", first, layer)) if first is not None else None
+        row: list = [Text(layer)]
+        row += [_cell(index.get(("AnB", init, layer)), "lambda_source") for init in inits]
+        row += [_cell(main, metric) for metric in ("top1", "top3", "loss", "precision", "recall")]
+        if partial:
+            group = [index[k] for k in index if k[0] == "AnB" and k[2] == layer]
+            ok, runs = sum(s.ok_runs for s in group), sum(s.runs for s in group)
+            row.append(Text(f"{ok} / {runs}", style="red" if ok < runs else ""))
+        if control:
+            row += [_cell(index.get(("AnA", init, layer)), "lambda_source") for init in inits]
+            row.append(_cell(index.get(("AnA", first, layer)) if first is not None else None, "top1"))
+        row += [_baseline_cell(per_layer.get(layer, {}).get(key)) for key in baseline_keys]
+        table.add_row(*row)
+    return table
+
+
+def correlations_table(measurement: Measurement) -> Table | None:
+    """Rank correlations of λS with each baseline (from ``extras['baselines']``), or None."""
+    correlations = ((measurement.extras or {}).get("baselines") or {}).get("correlations") or {}
+    if not correlations:
+        return None
+    kinds = list(dict.fromkeys(k for row in correlations.values() if isinstance(row, dict) for k in row))
+    table = Table(title="rank correlation of λS with the baselines, over layers", header_style="bold")
+    table.add_column("baseline", style="bold")
+    for kind in kinds:
+        table.add_column(kind.capitalize(), justify="right")
+    for name, row in correlations.items():
+        row = row if isinstance(row, dict) else {}
+        table.add_row(Text(BASELINE_LABELS.get(name, name)), *[_baseline_cell(row.get(kind)) for kind in kinds])
+    return table

@@ -1,0 +1,1 @@
+"""Utilities every layer may use: atomic files, devices, the allocator switch, interrupts."""
