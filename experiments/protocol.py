@@ -383,7 +383,9 @@ def main() -> None:
         if stage == "coarse":
             units = units_for("coarse", coarse_protocols(args.extended), ["halves"], COARSE_LAYERS, 2, yosinski=False)
         elif stage == "final":
-            finalists = best_protocols(records, "coarse", 1)
+            # the default one-run scan must stay under 2 minutes on 2 cores: only 12-epoch protocols can be the default
+            short = [r for r in records if r.get("epochs") == 12]
+            finalists = best_protocols(short, "coarse", 1)
             units = units_for("final", finalists, list(SPLITS), ALL_LAYERS, 3, yosinski=True)
         else:
             best = best_protocols(records, "final", 1, splits=tuple(SPLITS))[0]

@@ -39,7 +39,7 @@ from .models.checkpoint import recorded_info
 from .models.registry import create_model, layer_table
 from .results.schema import Measurement, RunResult, RunSpec, run_grid
 from .results.store import ResultsFolder
-from .settings import RunSettings, preset_for
+from .settings import RunSettings, preset_for, source_preset_for
 from .util.device import resolve_device
 from .util.files import check_writable
 
@@ -74,8 +74,11 @@ def _dataset_name(data: Target) -> str:
     return data.spec.name if isinstance(data, TaskData) else parse_spec(data).name
 
 
-def scan_settings(target: Target | None, settings: RunSettings | None = None, **given: Any) -> RunSettings:
-    """The settings of a request: ``settings`` when given, else the target dataset's preset, then ``given``.
+def scan_settings(
+    target: Target | None, settings: RunSettings | None = None, *, preset: str | None = None, **given: Any
+) -> RunSettings:
+    """The settings of a request: ``settings`` when given, else the preset (``paper``, ``digits``; default: the
+    target dataset's own), then ``given``.
 
     ``given`` values of None count as not given. Without ``settings``, ``jobs`` defaults to one worker per
     CPU core on CPU and one on a GPU (:func:`probe.backends.default_jobs`).
@@ -83,14 +86,17 @@ def scan_settings(target: Target | None, settings: RunSettings | None = None, **
     given = {name: value for name, value in given.items() if value is not None}
     if settings is not None:
         return settings.with_(**given)
-    preset = preset_for(_dataset_name(target)) if target is not None else {}
-    chosen = RunSettings().with_(**{**preset, **given})
+    base = preset_for(_dataset_name(target) if target is not None else "", preset)
+    chosen = RunSettings().with_(**{**base, **given})
     return chosen if "jobs" in given else chosen.with_(jobs=default_jobs(device=chosen.device))
 
 
-def source_training_settings(data: Target, **given: Any) -> RunSettings:
-    """The settings a source for ``data`` is trained with (``probe train``, and the scan's own source)."""
-    return source_settings(scan_settings(data, **given))
+def source_training_settings(data: Target, *, preset: str | None = None, **given: Any) -> RunSettings:
+    """The settings a source for ``data`` is trained with (``probe train``, and the scan's own source): the
+    preset's source settings, then ``given`` (values of None count as not given)."""
+    given = {name: value for name, value in given.items() if value is not None}
+    base = source_preset_for(_dataset_name(data), preset)
+    return source_settings(RunSettings().with_(**{**base, **given}))
 
 
 def check_request(
@@ -136,6 +142,7 @@ class ScanPlan:
     settings: RunSettings
     data_dir: str | os.PathLike | None = None
     baselines: list[str] = field(default_factory=list)
+    source_settings: RunSettings | None = None  # how the source is trained when ``model`` is None
 
 
 def _planned_source(
@@ -191,6 +198,7 @@ def plan_scan(
     out: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
+    preset: str | None = None,
     **given: Any,
 ) -> ScanPlan:
     """Choose the source and the target, settle the settings and check the whole request, training nothing.
@@ -209,12 +217,15 @@ def plan_scan(
                 "this source records no task, so there is no default target: give --target (e.g. cifar10)"
             )
         target = str(default_target(source_data))
-    settings = scan_settings(target, **given)
+    settings = scan_settings(target, preset=preset, **given)
+    trained = None
+    if model is None and source_data is not None:  # the source is trained here: with its preset's settings
+        trained = source_training_settings(source_data, preset=preset, **given)
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
     if download:
         for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
             load_task(spec, data_dir=data_dir, download=True)
-    return ScanPlan(model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names)
+    return ScanPlan(model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names, trained)
 
 
 def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.Module, bool]:
@@ -224,7 +235,7 @@ def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.M
     """
     if plan.model is not None:
         return plan.model, False
-    settings = source_settings(plan.settings)
+    settings = plan.source_settings or source_settings(plan.settings)
     options = plan.arch_options or None
     return cached_source(
         plan.arch,
@@ -276,13 +287,15 @@ def scan(
     backend: str = "local",
     backend_options: Mapping | None = None,
     baselines: Sequence[str] = (),
+    preset: str | None = None,
     **overrides: Any,
 ) -> Measurement:
     """Measure λS at each layer (default: the architecture's probe layers, in forward order), one fresh target per run.
 
     ``target`` is a dataset spec such as ``'digits[5-9]'`` or ``'cifar100'``; None uses the pairing recorded
-    with a source trained by the toolkit. ``settings`` default to the target dataset's preset with
-    ``overrides`` applied (see :func:`scan_settings`). ``control=True`` also runs AnA (target task = source
+    with a source trained by the toolkit. ``settings`` default to the target dataset's preset (or the named
+    ``preset``: ``"paper"`` for the paper's exact protocol) with ``overrides`` applied (see
+    :func:`scan_settings`). ``control=True`` also runs AnA (target task = source
     task). With ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts
     over); ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer (see probe.baselines).
     """
@@ -292,7 +305,7 @@ def scan(
     if not isinstance(model, nn.Module):
         raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
     target = default_target_of(model) if target is None else target
-    settings = scan_settings(target, settings, **overrides)
+    settings = scan_settings(target, settings, preset=preset, **overrides)
     names = check_request(
         target=target, layers=layers, baselines=baselines, backend=backend, backend_options=backend_options,
         out=out, settings=settings, data_dir=data_dir,
@@ -341,12 +354,13 @@ def measure(
     progress: Progress | None = None,
     out: str | os.PathLike | None = None,
     fresh: bool = False,
+    preset: str | None = None,
     **overrides: Any,
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
         model, [layer], target, settings=settings, control=control, source_data=source_data,
-        data_dir=data_dir, progress=progress, out=out, fresh=fresh, **overrides,
+        data_dir=data_dir, progress=progress, out=out, fresh=fresh, preset=preset, **overrides,
     )  # fmt: skip
 
 

@@ -154,7 +154,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     from probe.models.checkpoint import save_checkpoint, source_info
     from probe.report.figures import comparison_figure
     from probe.results import RunSpec
-    from probe.settings import DIGITS_PRESET, RunSettings
+    from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, RunSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,7 +167,7 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
         jobs=args.jobs,
     )
     # The source's settings as `probe train` / `probe scan` make them, so the source cache is shared with the CLI.
-    trained_with = source_settings(settings)
+    trained_with = source_settings(settings.with_(**DIGITS_SOURCE_PRESET))
     trained_with = trained_with.with_(epochs=args.source_epochs or args.epochs, seed=args.source_seed)
     layers = args.layers or ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
     tasks = 2  # AnB and the AnA control

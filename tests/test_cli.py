@@ -130,11 +130,13 @@ def test_every_option_of_every_command_has_help():
 
 def test_scan_help_lists_every_option_of_the_issue():
     scan = get_command(app).commands["scan"]
-    options = {opt for param in scan.params for opt in getattr(param, "opts", [])}
+    options = {
+        opt for param in scan.params for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+    }
     wanted = (
-        "arch source target source-data layers init runs epochs batch-size lr gate-lr seed device data-dir download "
-        "control out fresh jobs no-augment baselines backend address gpus-per-run cpus-per-run width pretrained "
-        "json quiet"
+        "arch source target source-data layers init runs epochs batch-size lr gate-lr gate-budget gate-optimizer "
+        "preset seed device data-dir download control out fresh jobs augment no-augment baselines backend address "
+        "gpus-per-run cpus-per-run width pretrained json quiet"
     )
     assert {f"--{name}" for name in wanted.split()} <= options
 
@@ -169,7 +171,8 @@ def test_scan_writes_results_table_and_figures(scanned):
     assert (
         data["settings"]["epochs"] == 2
         and data["settings"]["lr"] == DIGITS_PRESET["lr"]
-        and data["settings"]["gate_lr"] == DIGITS_PRESET["gate_lr"]
+        and data["settings"]["gate_budget"] == DIGITS_PRESET["gate_budget"]
+        and data["settings"]["augment"] == DIGITS_PRESET["augment"]
     )
     assert data["settings"]["init"] == [0.9, 0.5]
     assert data["layers"] == ["conv1", "fc"]
@@ -453,7 +456,7 @@ def test_the_cli_and_the_api_record_the_same_settings_for_the_same_request(tmp_p
     probe.scan(path, ["conv1"], epochs=1, device="cpu", out=by_api)
     recorded = [json.loads((folder / "results.json").read_text())["settings"] for folder in (by_cli, by_api)]
     assert recorded[0] == recorded[1]
-    assert (recorded[0]["lr"], recorded[0]["gate_lr"]) == (DIGITS_PRESET["lr"], DIGITS_PRESET["gate_lr"])
+    assert (recorded[0]["lr"], recorded[0]["gate_budget"]) == (DIGITS_PRESET["lr"], DIGITS_PRESET["gate_budget"])
 
 
 def test_unwritable_out_fails_before_training(tmp_path):

@@ -18,7 +18,8 @@ from .. import api
 from ..errors import ProbeError, ResultsError
 from ..models.checkpoint import recorded_info
 from ..report.figures import write_figures
-from ..report.tables import correlations_table, results_table
+from ..report.tables import correlations_table, quality_line, results_table
+from ..results.assessment import results_document
 from ..util.interrupt import graceful_interrupts, resume_hint
 from .app import (
     app,
@@ -34,6 +35,7 @@ from .app import (
 from .options import (
     AddressOption,
     ArchOption,
+    AugmentOption,
     Backend,
     BackendOption,
     BaselinesOption,
@@ -45,15 +47,17 @@ from .options import (
     DownloadOption,
     EpochsOption,
     FreshOption,
+    GateBudgetOption,
     GateLrOption,
+    GateOptimizerOption,
     GpusPerRunOption,
     InitOption,
     JobsOption,
     JsonOption,
     LayersOption,
     LrOption,
-    NoAugmentOption,
     OutOption,
+    PresetOption,
     PretrainedOption,
     QuietOption,
     RunsOption,
@@ -81,7 +85,8 @@ def train(
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
     width: WidthOption = None,
-    no_augment: NoAugmentOption = False,
+    augment: AugmentOption = None,
+    preset: PresetOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train a source model and save it as a checkpoint that records its task and settings.
@@ -89,8 +94,8 @@ def train(
     Example: [bold]probe train --arch paper-cnn --data cifar10 --out cifar10.pt --download[/bold]
     """
     options = arch_options_of(arch or "paper-cnn", width)
-    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=_augment(no_augment))
-    settings = api.source_training_settings(data, **given)
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=augment)
+    settings = api.source_training_settings(data, preset=preset, **given)
     api.check_checkpoint_path(out)
     err = stderr_console(quiet)
     plan = f"{settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"
@@ -119,6 +124,9 @@ def scan(
     batch_size: BatchOption = None,
     lr: LrOption = None,
     gate_lr: GateLrOption = None,
+    gate_budget: GateBudgetOption = None,
+    gate_optimizer: GateOptimizerOption = None,
+    preset: PresetOption = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
@@ -127,7 +135,7 @@ def scan(
     out: OutOption = None,
     fresh: FreshOption = False,
     jobs: JobsOption = None,
-    no_augment: NoAugmentOption = False,
+    augment: AugmentOption = None,
     baselines: BaselinesOption = None,
     backend: BackendOption = Backend.local,
     address: AddressOption = None,
@@ -147,8 +155,9 @@ def scan(
     --out results/cifar[/bold]
     """
     given = dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, runs=runs, seed=seed, device=device, jobs=jobs,
-        init=tuple(inits) if (inits := parse_floats(init, "--init")) else None, augment=_augment(no_augment),
+        epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, gate_budget=gate_budget,
+        gate_optimizer=gate_optimizer, runs=runs, seed=seed, device=device, jobs=jobs,
+        init=tuple(inits) if (inits := parse_floats(init, "--init")) else None, augment=augment,
     )  # fmt: skip
     backend_options = {
         k: v
@@ -159,7 +168,7 @@ def scan(
         source, arch=arch, pretrained=pretrained, arch_options=arch_options_of(arch or "paper-cnn", width),
         source_data=source_data, target=target, layers=_layer_list(layers), baselines=split_values(baselines),
         backend=backend.value, backend_options=backend_options or None, out=out, data_dir=data_dir,
-        download=download, **given,
+        download=download, preset=preset, **given,
     )  # fmt: skip
     err = stderr_console(quiet)
     with live_progress(quiet) as live:
@@ -177,10 +186,6 @@ def scan(
             _interrupted(out, (ctx.obj or {}).get("argv", []), len(live.finished_runs))
             raise Exit(EXIT_INTERRUPTED) from None
     _render(measurement, out, json_output, err)
-
-
-def _augment(no_augment: bool) -> bool | None:
-    return False if no_augment else None
 
 
 def _layer_list(values: Sequence[str] | None) -> list[str] | None:
@@ -216,6 +221,7 @@ def _print_tables(measurement) -> None:
     """The results table, and the rank correlations with the baselines when there are any, on stdout."""
     console = stdout_console()
     console.print(results_table(measurement))
+    console.print(escape(quality_line(measurement)))
     correlations = correlations_table(measurement)
     if correlations is not None:
         console.print(correlations)
@@ -224,7 +230,7 @@ def _print_tables(measurement) -> None:
 def _render(measurement, out: Path | None, json_output: bool, err: Console) -> None:
     """The results table (or JSON) on stdout; the figures in ``out``."""
     if json_output:
-        write_json(measurement.to_dict())
+        write_json(results_document(measurement))
     else:
         _print_tables(measurement)
     if out is None:
@@ -326,7 +332,7 @@ def report(
             f"'{folder}' holds no finished run yet ({status['description']}); run probe scan --out {folder}"
         )
     if json_output:
-        write_json({"folder": str(folder), "status": status, "results": measurement.to_dict()})
+        write_json({"folder": str(folder), "status": status, "results": results_document(measurement)})
     else:
         _print_tables(measurement)
     err = stderr_console()

@@ -50,7 +50,22 @@ WidthOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout and nothing else.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no messages on stderr.")]
-NoAugmentOption = Annotated[bool, typer.Option("--no-augment", help="Train without data augmentation.")]
+AugmentOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--augment/--no-augment",
+        help="Train with data augmentation (random crops and flips). \\[default: on; digits: "
+        f"{'on' if DIGITS_PRESET.get('augment', True) else 'off'}]",
+    ),
+]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        help="Start from a preset: paper (the paper exactly: lr 1e-4, gate lr = lr, 60 epochs, augmentation) or "
+        "digits (docs/protocol.md). Options given beside it win. \\[default: the target data's own]",
+    ),
+]
 
 # probe scan
 SourceOption = Annotated[
@@ -101,8 +116,20 @@ GateLrOption = Annotated[
     typer.Option(
         "--gate-lr",
         help="Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; "
-        f"digits: {DIGITS_PRESET['gate_lr']:g}]",
+        "digits: from --gate-budget]",
     ),
+]
+GateBudgetOption = Annotated[
+    float | None,
+    typer.Option(
+        "--gate-budget",
+        help="The gate's travel, gate_lr × steps: the gate lr becomes BUDGET / steps for any run length "
+        f"(ignored with --gate-lr). \\[default: none (gate lr = --lr); digits: {DIGITS_PRESET.get('gate_budget')}]",
+    ),
+]
+GateOptimizerOption = Annotated[
+    str | None,
+    typer.Option("--gate-optimizer", help="adam (as the paper) or sgd, for the gate's vS, vT. \\[default: adam]"),
 ]
 ControlOption = Annotated[
     bool, typer.Option("--control", help="Also run the AnA control (target task = the source's task).")

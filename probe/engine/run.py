@@ -22,7 +22,8 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
         torch.compiler.reset()  # this run's graphs only: a scan's many layers would exceed dynamo's recompile limit
         target.compile()  # in place: the layer names and the QUANTA hooks on submodules are kept
     gate = QuantaGate(spec.init).to(device)
-    optimizer = make_optimizer(target, settings, gate)
+    gate_lr = settings.gate_lr_for(settings.steps_per_run(len(task.train)))
+    optimizer = make_optimizer(target, settings, gate, gate_lr=gate_lr)
     with quanta_hooks(context.source, target, spec.layer, gate) as wiring:
         cache = context.source_tensors(spec.layer, spec.task)
         if cache is None:
@@ -45,7 +46,7 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
         history=outcome.history,
         final=final_figures(outcome.history, settings.last_epochs) if outcome.history else {},
         steps=outcome.steps,
-        gate_lr=settings.effective_gate_lr,
+        gate_lr=gate_lr,
         status="failed" if outcome.failure else "ok",
         failure=outcome.failure,
         seconds=outcome.seconds,

@@ -16,6 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..baselines.compare import BASELINE_LABELS
+from ..results.assessment import assess
+from ..results.quality import SETTLED_DRIFT
 from ..results.schema import Measurement, Summary, strict_json
 from .views import describe, finite, inits_of, layer_order, summary_index, tasks_of
 
@@ -43,10 +45,16 @@ def to_json(data: Any) -> str:
     return json.dumps(strict_json(data), indent=2, allow_nan=False, ensure_ascii=False)
 
 
+UNSETTLED_MARK = "*"
+
+
 def _cell(summary: Summary | None, metric: str) -> str:
     if summary is None:
         return "—"
-    return format_mean_std(summary.mean.get(metric, math.nan), summary.std.get(metric, math.nan), summary.ok_runs)
+    text = format_mean_std(summary.mean.get(metric, math.nan), summary.std.get(metric, math.nan), summary.ok_runs)
+    if metric == "lambda_source" and summary.ok_runs and not summary.settled:
+        text += f" {UNSETTLED_MARK}"  # still moving over the averaged epochs: see the caption
+    return text
 
 
 def _baseline_cell(value: Any) -> str:
@@ -78,19 +86,49 @@ def caption(measurement: Measurement) -> str:
     top1 = source.get("test_top1")
     if finite(top1):
         parts.append(f"source test top-1 {top1:.3f}")
-    gate_lr = settings.get("gate_lr") or settings.get("lr")
-    parts.append(
-        f"gate budget (gate_lr {gate_lr:g} × steps) {_budgets(measurement)}"
-        if gate_lr
-        else f"gate budget {_budgets(measurement)}"
-    )
+    gate_lrs = sorted({round(r.gate_lr, 12) for r in measurement.runs})
+    gate_lr = f"gate_lr {gate_lrs[0]:.3g} × steps" if len(gate_lrs) == 1 else "gate_lr × steps"
+    parts.append(f"gate budget ({gate_lr}) {_budgets(measurement)}")
     runs = settings.get("runs", 1)
     last = settings.get("last_epochs")
     cell = f"mean ± std over {runs} runs" if runs and runs > 1 else "1 run"
     if last:
         cell += f", each the mean of its last {last} epochs"
     parts.append(cell)
+    if any(s.ok_runs and not s.settled for s in measurement.summaries):
+        parts.append(
+            f"{UNSETTLED_MARK} λS still moving over those epochs (drift > {SETTLED_DRIFT:g}): not a result yet, "
+            "train longer (see dynamics.png)"
+        )
     return " · ".join(parts)
+
+
+def quality_line(measurement: Measurement) -> str:
+    """One line on how far the table can be trusted (probe.results.assessment): separation, repeatability,
+    agreement with Yosinski, impairment and the unsettled layers, as far as the measurement has them."""
+    quality = assess(measurement)
+    parts = []
+    separation = quality.get("separation") or {}
+    if separation:
+        last = list(separation)[-1]
+        entry = separation[last]
+        spread = entry["in_spread"]
+        parts.append(
+            f"AnA − AnB λS at {last} {entry['difference']:+.3f}" + (f" ({spread:.1f} sd)" if finite(spread) else "")
+        )
+    if "repeatability" in quality:
+        parts.append(f"layer ranking over disjoint seeds ρ {quality['repeatability']:.2f}")
+    if finite(quality.get("agreement_yosinski")):
+        parts.append(f"ρ(λS, Yosinski AnB frozen) {quality['agreement_yosinski']:.2f}")
+    if finite(quality.get("impairment")):
+        parts.append(f"top-1 lost to the gate vs the target alone {quality['impairment']:+.3f}")
+    unsettled = quality["unsettled"]
+    parts.append(
+        "every λS settled"
+        if not unsettled
+        else "unsettled: " + ", ".join(f"{u['layer']} ({u['task']})" for u in unsettled)
+    )
+    return "quality: " + " · ".join(parts)
 
 
 def results_table(measurement: Measurement) -> Table:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .quality import SETTLED_DRIFT, settled_drift
+
 SCHEMA = "quanta-probe/results/1"
 METRICS = ("lambda_source", "top1", "top3", "loss", "precision", "recall")
 
@@ -102,7 +104,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 @dataclass
 class Summary:
-    """Mean ± sample std over the successful runs of one (layer, init, task)."""
+    """Mean ± sample std over the successful runs of one (layer, init, task).
+
+    ``lambda_drift`` is the largest :func:`~probe.results.quality.settled_drift` of the runs' λS over the
+    averaged epochs; ``settled`` says it is at most :data:`~probe.results.quality.SETTLED_DRIFT` (a λS still
+    moving there is not a result yet).
+    """
 
     layer: str
     init: float
@@ -112,26 +119,31 @@ class Summary:
     mean: dict[str, float]
     std: dict[str, float]
     gate_budget: float
+    lambda_drift: float = math.nan
+    settled: bool = False
 
     @classmethod
-    def of(cls, runs: list[RunResult]) -> Summary:
+    def of(cls, runs: list[RunResult], last_epochs: int = 10) -> Summary:
         spec = runs[0].spec
         good = [r for r in runs if r.ok]
         mean, std = {}, {}
         for m in METRICS:
             mean[m], std[m] = _mean_std([r.final[m] for r in good if m in r.final])
         budget = max((r.gate_budget for r in runs), default=0.0)
-        return cls(spec.layer, spec.init, spec.task, len(runs), len(good), mean, std, budget)
+        drifts = [settled_drift([h["lambda_source"] for h in r.history], last_epochs) for r in good if r.history]
+        drift = max(drifts, default=math.nan)
+        settled = bool(drifts) and drift <= SETTLED_DRIFT
+        return cls(spec.layer, spec.init, spec.task, len(runs), len(good), mean, std, budget, drift, settled)
 
 
-def summarise(runs: Iterable[RunResult], layer_order: list[str] | None = None) -> list[Summary]:
+def summarise(runs: Iterable[RunResult], layer_order: list[str] | None = None, last_epochs: int = 10) -> list[Summary]:
     """Group runs by (task, init, layer) in forward layer order."""
     groups: dict[tuple, list[RunResult]] = {}
     for run in runs:
         groups.setdefault((run.spec.task, run.spec.init, run.spec.layer), []).append(run)
     order = {name: i for i, name in enumerate(layer_order or [])}
     keys = sorted(groups, key=lambda k: (k[0] != "AnB", -k[1], order.get(k[2], len(order)), k[2]))
-    return [Summary.of(sorted(groups[k], key=lambda r: r.spec.seed)) for k in keys]
+    return [Summary.of(sorted(groups[k], key=lambda r: r.spec.seed), last_epochs) for k in keys]
 
 
 @dataclass
@@ -148,7 +160,7 @@ class Measurement:
 
     @property
     def summaries(self) -> list[Summary]:
-        return summarise(self.runs, self.layers)
+        return summarise(self.runs, self.layers, int(self.settings.get("last_epochs", 10)))
 
     def summary(self, layer: str, init: float | None = None, task: str = "AnB") -> Summary:
         """The summary of one layer (the first init when ``init`` is None)."""
@@ -187,12 +199,21 @@ class Measurement:
     def to_csv(self) -> str:
         """One row per (layer, init, task): mean and std of every metric."""
         buffer = io.StringIO()
-        header = ["layer", "init", "task", "runs", "ok_runs", "gate_budget"]
+        header = ["layer", "init", "task", "runs", "ok_runs", "gate_budget", "lambda_drift", "settled"]
         header += [f"{m}_{kind}" for m in METRICS for kind in ("mean", "std")]
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
         for s in self.summaries:
-            row = [s.layer, s.init, s.task, s.runs, s.ok_runs, f"{s.gate_budget:.6g}"]
+            row = [
+                s.layer,
+                s.init,
+                s.task,
+                s.runs,
+                s.ok_runs,
+                f"{s.gate_budget:.6g}",
+                f"{s.lambda_drift:.6g}",
+                s.settled,
+            ]
             row += [f"{v:.6g}" for m in METRICS for v in (s.mean[m], s.std[m])]
             writer.writerow(row)
         return buffer.getvalue()

@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import ResultsError
 from ..settings import RunSettings
 from ..util.files import atomic_write_bytes, check_writable, fsync_dir
+from .assessment import results_document
 from .schema import Measurement, RunResult, RunSpec, run_grid, strict_json
 
 FOLDER_SCHEMA = "quanta-probe/folder/1"
@@ -388,5 +389,5 @@ class ResultsFolder:
 
     def save_measurement(self, measurement: Measurement) -> None:
         """Write ``results.json`` and ``results.csv`` (each atomically)."""
-        _write_json(self.path / RESULTS_JSON, measurement.to_dict())
+        _write_json(self.path / RESULTS_JSON, results_document(measurement))
         atomic_write_bytes(self.path / RESULTS_CSV, measurement.to_csv().encode())

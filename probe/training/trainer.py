@@ -201,11 +201,13 @@ class JointOptimizer:
 
 
 def make_optimizer(
-    target: nn.Module, settings: RunSettings, gate: nn.Module | None = None
+    target: nn.Module, settings: RunSettings, gate: nn.Module | None = None, *, gate_lr: float | None = None
 ) -> torch.optim.Optimizer | JointOptimizer:
-    """Adam over the target's weights (lr, weight decay) and the gate's v (its own lr, no decay).
+    """Adam over the target's weights (lr, weight decay) and the gate's v (``gate_lr``, no decay).
 
-    With ``settings.gate_optimizer == "sgd"`` the gate gets plain SGD at ``gate_lr`` instead.
+    ``gate_lr`` defaults to ``settings.gate_lr`` or ``settings.lr`` (a budget needs the run's steps: the
+    engine passes ``settings.gate_lr_for(steps)``). With ``settings.gate_optimizer == "sgd"`` the gate gets
+    plain SGD instead.
     The fused implementation (one kernel over all parameters) where this PyTorch has it for the
     parameters' device: on CPU it is about 10× faster than the per-tensor loop, which at full width
     would otherwise cost a quarter of every step. Call it after moving the target to its device.
@@ -218,12 +220,14 @@ def make_optimizer(
         }
     ]
     gate_params = list(gate.parameters()) if gate is not None else []
+    if gate_lr is None:
+        gate_lr = settings.lr if settings.gate_lr is None else settings.gate_lr
     if gate_params and settings.gate_optimizer == "adam":
-        groups.append({"params": gate_params, "lr": settings.effective_gate_lr, "weight_decay": 0.0})
+        groups.append({"params": gate_params, "lr": gate_lr, "weight_decay": 0.0})
     params = [p for group in groups for p in group["params"]]
     adam = torch.optim.Adam(groups, fused=bool(params) and all(_has_fused_adam(p) for p in params))
     if gate_params and settings.gate_optimizer == "sgd":
-        return JointOptimizer(adam, torch.optim.SGD(gate_params, lr=settings.effective_gate_lr))
+        return JointOptimizer(adam, torch.optim.SGD(gate_params, lr=gate_lr))
     return adam
 
 

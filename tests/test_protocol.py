@@ -1,0 +1,183 @@
+"""The protocol that makes λS a measurement (docs/protocol.md): the gate budget rule, the gate's own
+optimiser, the presets shared by the API and the CLI, the settled/quality record, and the defaults' separation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import probe
+from probe import api
+from probe.cli import app
+from probe.core.gate import QuantaGate
+from probe.data import load_task
+from probe.errors import SettingsError
+from probe.report.tables import quality_line, results_table
+from probe.results import Measurement, RunResult, RunSpec
+from probe.results.assessment import assess, results_document
+from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, RunSettings
+from probe.training.trainer import JointOptimizer, make_optimizer
+
+
+def invoke(args, env=None):
+    return CliRunner(env={"OMP_NUM_THREADS": "1", **(env or {})}).invoke(app, [str(a) for a in args])
+
+
+# --------------------------------------------------------------------------------------------------
+# The budget rule and the gate's optimiser
+
+
+def test_the_budget_rule_gives_the_same_travel_for_any_run_length():
+    settings = RunSettings(epochs=12, gate_budget=27.6)
+    assert settings.steps_per_run(717) == 12 * 23  # 717 examples in batches of 32: 23 steps an epoch
+    assert settings.gate_lr_for(276) == pytest.approx(0.1)
+    longer = settings.with_(epochs=36)
+    assert longer.gate_lr_for(longer.steps_per_run(717)) * longer.steps_per_run(717) == pytest.approx(27.6)
+
+
+def test_gate_lr_wins_over_the_budget_and_lr_is_the_paper_fallback():
+    assert RunSettings(gate_lr=0.03, gate_budget=27.6).gate_lr_for(276) == 0.03
+    assert RunSettings(lr=2e-4).gate_lr_for(276) == 2e-4
+    with pytest.raises(SettingsError, match="gate_budget must be a positive number"):
+        RunSettings(gate_budget=-1.0)
+    with pytest.raises(SettingsError, match="unknown gate_optimizer 'rmsprop'"):
+        RunSettings(gate_optimizer="rmsprop")
+
+
+def test_a_run_records_the_gate_lr_of_the_budget_rule(tiny_source):
+    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=5.0, device="cpu", jobs=1)
+    run = result.runs[0]
+    assert run.steps == 2 * math.ceil(len(load_task("digits[5-9]").train) / 32)
+    assert run.gate_lr == pytest.approx(5.0 / run.steps)
+    assert run.gate_budget == pytest.approx(5.0)
+
+
+def test_an_sgd_gate_steps_by_exactly_lr_times_its_gradient():
+    target, gate = torch.nn.Linear(3, 2), QuantaGate(0.9)
+    optimizer = make_optimizer(target, RunSettings(gate_optimizer="sgd"), gate, gate_lr=0.5)
+    assert isinstance(optimizer, JointOptimizer)
+    before = gate.v.detach().clone()
+    z_source, z_target = torch.randn(4, 2), torch.randn(4, 2)
+    loss = gate(z_source, target(torch.randn(4, 3)) + z_target).square().sum()
+    optimizer.zero_grad()
+    loss.backward()
+    grad = gate.v.grad.detach().clone()
+    optimizer.step()
+    assert torch.equal(gate.v.detach(), before - 0.5 * grad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: one place, the same for the API and the CLI
+
+
+def test_the_digits_preset_trains_runs_and_source_differently():
+    plan = api.plan_scan(target="digits[5-9]")
+    assert plan.settings.lr == DIGITS_PRESET["lr"] and plan.settings.gate_budget == DIGITS_PRESET["gate_budget"]
+    assert plan.settings.augment is DIGITS_PRESET["augment"]
+    assert plan.source_settings is not None
+    assert (plan.source_settings.lr, plan.source_settings.augment) == (
+        DIGITS_SOURCE_PRESET["lr"],
+        DIGITS_SOURCE_PRESET["augment"],
+    )
+
+
+def test_the_paper_preset_is_the_paper_exactly_even_on_digits():
+    settings = api.scan_settings("digits[5-9]", preset="paper", jobs=1)
+    assert (settings.lr, settings.gate_lr, settings.gate_budget, settings.epochs, settings.augment) == (
+        1e-4,
+        None,
+        None,
+        60,
+        True,
+    )
+    assert settings.gate_lr_for(1000) == settings.lr
+    assert api.scan_settings("digits[5-9]", preset="paper", epochs=3).epochs == 3  # given options win
+
+
+def test_an_unknown_preset_is_one_line_and_exit_2(tmp_path):
+    result = invoke(["scan", "--preset", "fast", "--out", tmp_path / "out"])
+    assert result.exit_code == 2
+    assert "unknown preset 'fast': use paper or digits" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Settled and the quality record
+
+
+def _run(layer: str, task: str, seed: int, lambdas: list[float], top1: float = 0.9) -> RunResult:
+    history = [{"lambda_source": v, "top1": top1, "epoch": i + 1} for i, v in enumerate(lambdas)]
+    final = {"lambda_source": sum(lambdas[-10:]) / len(lambdas[-10:]), "top1": top1}
+    return RunResult(RunSpec(layer, 0.9, task, seed), history, final, steps=120, gate_lr=0.1)
+
+
+def _measurement() -> Measurement:
+    flat, falling = [0.99] * 12, [0.9 - 0.04 * i for i in range(12)]
+    runs = [
+        _run("conv1", "AnB", 0, flat),
+        _run("conv1", "AnB", 1, flat),
+        _run("fc", "AnB", 0, falling),
+        _run("fc", "AnB", 1, [v + 0.01 for v in falling]),
+        _run("conv1", "AnA", 0, flat),
+        _run("conv1", "AnA", 1, flat),
+        _run("fc", "AnA", 0, [0.97] * 12),
+        _run("fc", "AnA", 1, [0.95] * 12),
+    ]
+    settings = RunSettings(runs=2, epochs=12).to_dict()
+    return Measurement(settings, {}, "digits[5-9]", ["conv1", "fc"], runs)
+
+
+def test_a_drifting_layer_is_marked_in_the_table_the_csv_and_results_json():
+    measurement = _measurement()
+    fc = measurement.summary("fc", task="AnB")
+    assert not fc.settled and fc.lambda_drift == pytest.approx(0.36)
+    assert measurement.summary("conv1", task="AnB").settled
+    rows = {(r["layer"], r["task"]): r for r in csv.DictReader(io.StringIO(measurement.to_csv()))}
+    assert rows[("fc", "AnB")]["settled"] == "False" and rows[("conv1", "AnB")]["settled"] == "True"
+    document = json.loads(json.dumps(results_document(measurement)))
+    assert document["quality"]["unsettled"] == [
+        {"layer": "fc", "task": "AnB", "init": 0.9, "drift": pytest.approx(0.36)}
+    ]
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(results_table(measurement))
+    text = console.export_text()
+    fc_row = next(line for line in text.splitlines() if line.startswith("│ fc"))
+    assert "*" in fc_row and "not a result yet" in text
+    assert "unsettled: fc (AnB)" in quality_line(measurement)
+
+
+def test_assess_gives_separation_in_spread_units():
+    quality = assess(_measurement())
+    fc = quality["separation"]["fc"]
+    anb = [sum(r[-10:]) / 10 for r in ([0.9 - 0.04 * i for i in range(12)], [0.91 - 0.04 * i for i in range(12)])]
+    assert fc["difference"] == pytest.approx(0.96 - sum(anb) / 2)
+    assert fc["in_spread"] > 10
+    assert "repeatability" not in quality  # two layers: no ranking to repeat
+
+
+# --------------------------------------------------------------------------------------------------
+# The defaults measure something (real training: minutes)
+
+
+@pytest.mark.slow
+def test_the_default_protocol_separates_the_last_layer_of_another_task():
+    measurement = probe.scan(
+        probe.train_source("paper-cnn", "digits[0-4]", **DIGITS_SOURCE_PRESET, device="cpu"),
+        ["conv1", "fc"],
+        "digits[5-9]",
+        control=True,
+        runs=2,
+        device="cpu",
+        jobs=1,
+    )
+    anb, ana = (measurement.summary("fc", task=task).mean["lambda_source"] for task in ("AnB", "AnA"))
+    assert ana - anb >= 0.3, (ana, anb)
+    assert measurement.summary("conv1", task="AnB").mean["lambda_source"] >= 0.95
