@@ -343,6 +343,44 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
+def layer_table(records: list[dict], stage: str, name: str, split: str, last_epochs: int = 10) -> str:
+    """Per layer, for one protocol and split: λS of AnB and AnA (mean ± std over seeds), their separation,
+    Yosinski's frozen AnB top-1, the largest drift and the QUANTA AnB top-1; then the protocol's measures."""
+    q = evaluate_protocol(records, stage, name, split, last_epochs)
+    quanta = _by(records, stage=stage, protocol=name, split=split, kind="quanta")
+    lines = [
+        f"**{name}, {split}**",
+        "",
+        "| layer | AnB λS | AnA λS | AnA − AnB (in sd) | Yosinski AnB frozen top-1 | max drift | AnB top-1 |",
+        "|" + " --- |" * 7,
+    ]
+    for layer in q["layers"]:
+        cells = []
+        for task in ("AnB", "AnA"):
+            values = [_tail_mean(r["trajectory"], last_epochs) for r in _by(quanta, layer=layer, task=task)]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.3f} ± {sd:.3f}")
+        sep = q["separation"][layer]
+        yos = _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
+        yos_cell = f"{statistics.fmean(r['top1'] for r in yos):.3f}" if yos else "—"
+        top1 = statistics.fmean(
+            _tail_mean(r["top1_trajectory"], last_epochs) for r in _by(quanta, layer=layer, task="AnB")
+        )
+        lines.append(
+            f"| {layer} | {cells[0]} | {cells[1]} | {sep['difference']:+.3f} ({sep['in_spread']:.1f}) | {yos_cell} "
+            f"| {q['drift'][layer]:.3f} | {top1:.3f} |"
+        )
+    c = criteria(q)
+    lines += [
+        "",
+        f"ρ(AnB λS, Yosinski frozen) {q['agreement']:.2f} · repeatability ρ {q['repeatability']:.2f} · "
+        f"QUANTA top-1 {q['quanta_top1']:.3f} vs alone {q['alone_top1']:.3f} (impairment {q['impairment']:+.3f}) · "
+        f"criteria met {sum(c.values())}/{len(c)}"
+        + (f" (not: {'; '.join(k for k, v in c.items() if not v)})" if not all(c.values()) else ""),
+    ]
+    return "\n".join(lines)
+
+
 def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) -> list[dict]:
     scores: dict[str, list[tuple]] = {}
     for q, name, _ in summary_table(records, stage, splits):
@@ -403,6 +441,9 @@ def main() -> None:
         print(f"== {stage}")
         rows = summary_table(load(args.out), stage, tuple(SPLITS), args.last_epochs)
         print(markdown_table(rows)) if args.markdown else print_table(rows)
+        if args.markdown and stage == "final":
+            for _, name, extra in rows:
+                print("\n" + layer_table(load(args.out), stage, name, extra["split"], args.last_epochs))
 
 
 if __name__ == "__main__":
