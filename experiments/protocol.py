@@ -9,7 +9,7 @@ One resumable command runs three stages and appends one JSON line per training r
   parity: digits[0,2,4,6,8] → digits[1,3,5,7,9]), seeds 0-2, with Yosinski frozen AnB per layer and the target
   alone.
 * ``rule``: the best final protocol with 3× the epochs, once with the gate's learning rate divided by 3 (the
-  rule: ``gate_lr × steps`` constant) and once unchanged, halves, conv4/fc, seeds 0-1.
+  rule: ``gate_lr × steps`` constant) and once unchanged, halves, fc, seeds 0-1.
 
     python experiments/protocol.py                 # all stages, 2 worker processes of 1 thread each
     python experiments/protocol.py --stage coarse  # one stage
@@ -432,7 +432,7 @@ def main() -> None:
                 "rule",
                 [dict(longer, gate_lr=best["gate_lr"] / 3), longer],
                 ["halves"],
-                ("conv4", "fc"),
+                ("fc",),
                 2,
                 yosinski=False,
             )
