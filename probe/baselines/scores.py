@@ -145,20 +145,26 @@ def h_score(features: torch.Tensor, labels: torch.Tensor, shrinkage: bool = Fals
 
 
 @torch.no_grad()
-def layer_scores(
-    source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
-) -> dict[str, float]:
-    """LogME and H-score of the source's pooled tensors at ``layer`` for inputs ``x`` with labels ``y``."""
-    point = resolve_layer(source, layer)
-    was_training = source.training
-    source.eval()
+def layer_features(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's pooled (:func:`pool_features`) float32 tensors at ``layer`` for inputs ``x``, (N, D), on the
+    model's device: one forward pass per batch, stopped at the layer, in eval mode (the mode is restored)."""
+    point = resolve_layer(model, layer)
+    was_training = model.training
+    model.eval()
     try:
-        features = torch.cat(
+        return torch.cat(
             [
-                pool_features(source_forward(source, point, x[i : i + batch_size])).float()
+                pool_features(source_forward(model, point, x[i : i + batch_size])).float()
                 for i in range(0, len(x), batch_size)
             ]
         )
     finally:
-        source.train(was_training)
+        model.train(was_training)
+
+
+def layer_scores(
+    source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> dict[str, float]:
+    """LogME and H-score of the source's pooled tensors at ``layer`` for inputs ``x`` with labels ``y``."""
+    features = layer_features(source, layer, x, batch_size)
     return {"logme": logme(features, y), "hscore": h_score(features, y, shrinkage=H_SCORE_SHRINKAGE)}
