@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         costs["AnB frozen"] = seconds(lambda layer=layer: train_transfer(context, layer, "AnB", seed, frozen=True))
         costs["AnB+ tuned"] = seconds(lambda layer=layer: train_transfer(context, layer, "AnB", seed, frozen=False))
         quanta_runs.append(quanta)
-        print(f"{layer:<7}" + "".join(f"{costs[c] / quanta:>13.4f}" for c in columns))
+        print(f"{layer:<7}" + "".join(f"{costs[c] / quanta:>13.2e}" for c in columns))
     mean = statistics.fmean(quanta_runs)
     print(
-        f"# once per scan, / the mean QUANTA run: target trained alone {alone / mean:.3f}; LEEP+NCE {head / mean:.4f}"
+        f"# once per scan, / the mean QUANTA run: target trained alone {alone / mean:.3f}; LEEP+NCE {head / mean:.2e}"
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -202,7 +202,7 @@ class Measurement:
             writer.writerow(row)
         return buffer.getvalue()
 
-    def _baseline_columns(self):
+    def _baseline_columns(self) -> tuple[list[str], Callable[[str], list[str]]]:
         """The baselines' columns (appended after the metrics) and the cells of a layer's row.
 
         A per-layer baseline of several runs (a dict with mean and std, e.g. Yosinski's) is ``KEY_mean``,
