@@ -223,10 +223,15 @@ def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     }
     correlations = baselines.get("correlations") or {}
     keys = list(dict.fromkeys(key for layer in layers for key in per_layer[layer]))
-    for key in keys:
+    from matplotlib import colormaps
+
+    # 18 distinct colours (tab20 without its greys, which the QUANTA lines use), one per baseline
+    palette = [color for i, color in enumerate(colormaps["tab20"].colors) if i not in (14, 15)]
+    for index, key in enumerate(keys):
         rho = entry_value((correlations.get(key) or {}).get("spearman"))
         label = BASELINE_LABELS.get(key, key) + ("" if not math.isfinite(rho) else f"  (ρ={rho:+.2f})")
-        series.append((label, [entry_value(per_layer[layer].get(key)) for layer in layers], {}))
+        values = [entry_value(per_layer[layer].get(key)) for layer in layers]
+        series.append((label, values, {"color": palette[(2 * index) % 18 + (2 * index // 18) % 2]}))
 
     columns = 2 if len(series) > 5 else 1
     rows = math.ceil(len(series) / columns)
