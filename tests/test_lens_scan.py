@@ -206,3 +206,11 @@ def test_cka_travels_back_from_worker_processes(lens_scan, tiny_source):
         got = parallel.extras["baselines"]["per_layer"][layer]["cka"]
         assert got["runs"] == 1
         assert got["mean"] == pytest.approx(m.extras["baselines"]["per_layer"][layer]["cka"]["mean"], rel=1e-5)
+
+
+def test_a_lens_that_cannot_score_is_one_typed_line_naming_it():
+    x, one_class = torch.randn(6, 3), torch.zeros(6, dtype=torch.long)
+    with pytest.raises(SettingsError, match=r"^baseline 'knn' at layer 'conv4': train_y has 1 class; .*2 classes$"):
+        compare_module._lens("knn", "conv4", lenses.knn_accuracy, x, one_class, x, one_class)
+    with pytest.raises(SettingsError, match=r"^baseline 'logme' at layer 'fc': need at least 2 classes"):
+        compare_module._lens("logme", "fc", logme, x, one_class)

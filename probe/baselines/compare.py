@@ -184,9 +184,7 @@ def _lens(name: str, layer: str, compute: Callable[..., float], *args) -> float:
     and the layer (the package's typed error: the CLI prints the line and exits with status 2)."""
     try:
         return compute(*args)
-    except (ValueError, TypeError) as error:
-        if isinstance(error, SettingsError):
-            raise
+    except (ValueError, TypeError) as error:  # SettingsError too (a ValueError): the line names the lens
         raise SettingsError(f"baseline '{name}' at layer '{layer}': {error}") from None
 
 
