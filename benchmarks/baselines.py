@@ -8,6 +8,8 @@ fine-tuned). Once per scan: the target trained alone (Yosinski's baseB, shared w
 source head's LEEP + NCE. Only ratios to the QUANTA run of the layer are printed; no time is asserted.
 
     .venv/bin/python benchmarks/baselines.py [--layers conv1,conv4,fc] [--repeats 3] [--threads 1]
+
+(from a worktree other than the installed checkout, put it first: PYTHONPATH=. .venv/bin/python ...)
 """
 
 from __future__ import annotations
