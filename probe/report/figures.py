@@ -226,7 +226,8 @@ def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     from matplotlib import colormaps
 
     # 18 distinct colours (tab20 without its greys, which the QUANTA lines use), one per baseline
-    palette = [color for i, color in enumerate(colormaps["tab20"].colors) if i not in (14, 15)]
+    tab20 = colormaps["tab20"]
+    palette = [tab20(i / 20 + 1 / 40) for i in range(20) if i not in (14, 15)]
     for index, key in enumerate(keys):
         rho = entry_value((correlations.get(key) or {}).get("spearman"))
         label = BASELINE_LABELS.get(key, key) + ("" if not math.isfinite(rho) else f"  (ρ={rho:+.2f})")
