@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from .backends import check_backend, default_jobs, executor_for
-from .baselines import check_baselines, run_baselines
+from .baselines import check_baselines, cka_after_run, run_baselines
 from .core.layers import LayerInfo
 from .data import DatasetSpec, TaskData, check_available, default_target, load_task, parse_spec
 from .data.spec import input_shape
@@ -297,7 +297,9 @@ def scan(
     ``preset``: ``"paper"`` for the paper's exact protocol) with ``overrides`` applied (see
     :func:`scan_settings`). ``control=True`` also runs AnA (target task = source
     task). With ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts
-    over); ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer (see probe.baselines).
+    over); ``baselines`` adds, per layer, Yosinski transfer accuracy and the lenses of
+    :data:`probe.baselines.BASELINES` (linear probe, k-NN, LogME, H-scores, TransRate, CKA; LEEP and NCE once
+    per scan), with their rank correlations with λS (see probe.baselines).
     """
     if isinstance(model, (str, os.PathLike)):
         data = source_data.spec if isinstance(source_data, TaskData) else source_data
@@ -315,6 +317,8 @@ def scan(
     chosen = choose_layers(prepared.model, layers, (target_task.in_chans, *target_task.input_size))
     specs = run_grid(chosen, settings.init, settings.seed, settings.runs, list(context.tasks))
     store = None if out is None else ResultsFolder(out, fingerprint(context, prepared.source_record, chosen), fresh)
+    if "cka" in names:  # each run measures its trained target before it is dropped; other scans pay nothing
+        context.after_run = cka_after_run
     try:
         started = time.perf_counter()
         results, resumed = _run(context, specs, store, progress, backend, backend_options)

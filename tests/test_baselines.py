@@ -230,8 +230,8 @@ def test_rank_correlations_agree_with_scipy_on_tied_data():
 
 def test_unknown_baselines_list_the_valid_names(bn_context):
     measurement = Measurement(SETTINGS.to_dict(), {}, "digits[5-9]", ["conv1"])
-    with pytest.raises(SettingsError, match="unknown baseline.*knn.*choose from yosinski, logme, hscore"):
-        run_baselines(bn_context, measurement, ["logme", "knn"])
+    with pytest.raises(SettingsError, match="unknown baseline 'bogus'.*choose from yosinski, logme, hscore, .*knn"):
+        run_baselines(bn_context, measurement, ["logme", "bogus"])
 
 
 def test_scores_use_the_target_training_split_and_labels(bn_context):

@@ -1,4 +1,4 @@
-"""probe.lenses against independent numpy float64 implementations of each paper's formula, and known answers."""
+"""probe.baselines.lenses against independent numpy float64 implementations of each paper's formula, known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probe import lenses
+from probe.baselines import lenses
 
 # --------------------------------------------------------------------------------------------------
 # Data
@@ -99,7 +99,9 @@ def _ref_transrate(f, y, eps=1e-4) -> float:
 def _ref_h_score(f, y) -> float:
     """tr(cov(f)^+ cov(g)), g_i = E[f | y_i] (Bao et al. 2019)."""
     g = np.stack([f[y == c].mean(0) for c in y])
-    return float(np.trace(np.linalg.pinv(np.cov(f, rowvar=False), rcond=1e-10, hermitian=True) @ np.cov(g, rowvar=False)))
+    return float(
+        np.trace(np.linalg.pinv(np.cov(f, rowvar=False), rcond=1e-10, hermitian=True) @ np.cov(g, rowvar=False))
+    )
 
 
 def _ref_regularized_h_score(f, y) -> float:
@@ -117,7 +119,7 @@ def _ref_cka(x, y) -> float:
     """HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with linear kernels and the centring matrix H."""
     n = len(x)
     h = np.eye(n) - np.ones((n, n)) / n
-    k, l = x @ x.T, y @ y.T
+    k, l = x @ x.T, y @ y.T  # noqa: E741
 
     def hsic(a, b):
         return np.trace(a @ h @ b @ h)
@@ -136,7 +138,7 @@ def _ref_leep(theta, y) -> float:
 
 def _ref_nce(z, y) -> float:
     n = len(y)
-    joint = Counter(zip(y.tolist(), z.tolist()))
+    joint = Counter(zip(y.tolist(), z.tolist(), strict=True))
     marginal = Counter(z.tolist())
     return float(sum(c / n * np.log(c / marginal[zz]) for (_, zz), c in joint.items()))
 
@@ -163,7 +165,7 @@ def test_linear_probe_separable_features_give_accuracy_one_and_selection_rule():
     assert got["accuracy"] == 1.0
     assert len(got["holdout_accuracy"]) == 3 and got["l2_grid"] == (1e-3, 1e-2, 1e-1)
     best = max(got["holdout_accuracy"])
-    assert got["l2"] == max(l2 for l2, a in zip(got["l2_grid"], got["holdout_accuracy"]) if a == best)
+    assert got["l2"] == max(l2 for l2, a in zip(got["l2_grid"], got["holdout_accuracy"], strict=True) if a == best)
 
 
 def test_linear_probe_is_seeded_and_label_values_do_not_matter():
@@ -172,7 +174,9 @@ def test_linear_probe_is_seeded_and_label_values_do_not_matter():
     a = lenses.linear_probe_accuracy(x[:120], y[:120], x[120:], y[120:], seed=7, l2_grid=grid)
     b = lenses.linear_probe_accuracy(x[:120], y[:120], x[120:], y[120:], seed=7, l2_grid=grid)
     assert a == b
-    relabelled = lenses.linear_probe_accuracy(x[:120], y[:120] * 3 + 10, x[120:], y[120:] * 3 + 10, seed=7, l2_grid=grid)
+    relabelled = lenses.linear_probe_accuracy(
+        x[:120], y[:120] * 3 + 10, x[120:], y[120:] * 3 + 10, seed=7, l2_grid=grid
+    )
     assert relabelled == a
 
 
@@ -182,7 +186,9 @@ def test_linear_probe_standardises_with_train_statistics():
     scale = torch.tensor([1e3, 1e-2, 5.0, 1.0], dtype=torch.float64)
     shift = torch.tensor([100.0, -3.0, 0.0, 1e4], dtype=torch.float64)
     a = lenses.linear_probe_accuracy(x[:120], y[:120], x[120:], y[120:], l2_grid=(1e-2,))
-    b = lenses.linear_probe_accuracy(x[:120] * scale + shift, y[:120], x[120:] * scale + shift, y[120:], l2_grid=(1e-2,))
+    b = lenses.linear_probe_accuracy(
+        x[:120] * scale + shift, y[:120], x[120:] * scale + shift, y[120:], l2_grid=(1e-2,)
+    )
     assert a["accuracy"] == b["accuracy"]
 
 
@@ -256,7 +262,7 @@ def test_h_scores_match_references(n, d):
 
 @pytest.mark.parametrize("n,d", [(200, 6), (40, 80)])
 def test_h_scores_agree_with_probe_scores(n, d):
-    scores = pytest.importorskip("probe.scores")
+    scores = pytest.importorskip("probe.baselines.scores")
     x, y = _blobs(n, d, 4, sep=1.0, seed=11)
     assert lenses.h_score(x, y) == pytest.approx(scores.h_score(x, y, shrinkage=False), rel=1e-12, abs=1e-12)
     assert lenses.regularized_h_score(x, y) == pytest.approx(scores.h_score(x, y, shrinkage=True), rel=1e-12, abs=1e-12)
@@ -380,7 +386,11 @@ def test_cuda_matches_cpu():
     xc, yc = x.cuda(), y.cuda()
     probs = torch.softmax(x[:, :5], 1)
     pairs = [
-        (lambda a, b: lenses.linear_probe_accuracy(a[:200], b[:200], a[200:], b[200:], l2_grid=(1e-3, 1e-1))["accuracy"]),
+        (
+            lambda a, b: lenses.linear_probe_accuracy(a[:200], b[:200], a[200:], b[200:], l2_grid=(1e-3, 1e-1))[
+                "accuracy"
+            ]
+        ),
         (lambda a, b: lenses.knn_accuracy(a[:200], b[:200], a[200:], b[200:])["accuracy"]),
         lenses.transrate,
         lenses.h_score,

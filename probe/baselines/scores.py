@@ -20,6 +20,8 @@ from torch import nn
 
 from ..core.hooks import resolve_layer, source_forward
 from ..errors import SettingsError
+from .lenses import h_score as plain_h_score
+from .lenses import regularized_h_score
 
 H_SCORE_SHRINKAGE = True  # Ibrahim et al. (2022): plain H-score degenerates when features outnumber examples
 
@@ -130,65 +132,39 @@ def logme(features: torch.Tensor, labels: torch.Tensor, max_iter: int = 100, tol
     return float((evidence / n).mean().item())
 
 
-def _ledoit_wolf(fc: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Ledoit-Wolf (2004) shrunk covariance of centred features and its shrinkage coefficient.
-
-    S = fc^T fc / N is shrunk towards mu I (mu = tr(S) / D) by delta = min(b^2, d^2) / d^2 with
-    d^2 = ||S - mu I||_F^2 / D and b^2 = sum_k ||f_k f_k^T - S||_F^2 / (N^2 D).
-    """
-    n, d = fc.shape
-    emp = fc.T @ fc / n
-    mu = torch.diagonal(emp).sum() / d
-    eye = torch.eye(d, dtype=fc.dtype, device=fc.device)
-    d2 = ((emp - mu * eye) ** 2).sum() / d
-    # sum_k ||f_k f_k^T - S||_F^2 = sum_k ||f_k||^4 - N ||S||_F^2
-    b2 = (((fc * fc).sum(1) ** 2).sum() - n * (emp**2).sum()) / (n * n * d)
-    delta = 0.0 if float(d2) == 0.0 else float(torch.clamp(b2, min=0.0).minimum(d2) / d2)
-    return (1.0 - delta) * emp + delta * mu * eye, delta
-
-
 def h_score(features: torch.Tensor, labels: torch.Tensor, shrinkage: bool = False, rcond: float = 1e-10) -> float:
-    """H-score (Bao et al., ICIP 2019): tr(cov(f)^+ cov(E[f | y])) on centred features.
+    """H-score (Bao et al., ICIP 2019) of features of any rank (pooled by :func:`pool_features`).
 
-    cov(f) is the unbiased sample covariance; its inverse is a Hermitian pseudo-inverse that drops
-    eigenvalues below ``rcond`` times the largest one. cov(E[f | y]) is the covariance of the
-    features replaced by their class means.
-
-    With ``shrinkage=True`` this is the regularised H-score of Ibrahim et al. (2022):
-    tr(cov_delta(f)^-1 (1 - delta) cov(E[f | y])) with cov_delta the Ledoit-Wolf shrunk covariance
-    and delta its shrinkage coefficient, which stays stable when D is large compared with N.
+    ``shrinkage=False``: :func:`probe.baselines.lenses.h_score`; ``shrinkage=True``: the regularised
+    H-score of Ibrahim et al. (2022), :func:`probe.baselines.lenses.regularized_h_score` (Ledoit-Wolf).
+    The formulas live there (one home); this checks the input with the package's typed errors first.
     """
-    f, y, num_classes = _prepare(features, labels)
-    n, d = f.shape
-    fc = f - f.mean(0, keepdim=True)
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-    means = torch.zeros(num_classes, d, dtype=torch.float64, device=f.device).index_add_(0, y, fc)
-    means = means / counts.unsqueeze(1)
-    cov_g = (means.T * counts) @ means / (n - 1)  # sum_c n_c mu_c mu_c^T / (N - 1)
-    if shrinkage:
-        cov_f, delta = _ledoit_wolf(fc)
-        cov_g = (1.0 - delta) * cov_g
-    else:
-        cov_f = fc.T @ fc / (n - 1)
-    precision = torch.linalg.pinv(cov_f, rtol=rcond, hermitian=True)
-    return float(torch.trace(precision @ cov_g).item())
+    f, y, _ = _prepare(features, labels)
+    score = regularized_h_score if shrinkage else plain_h_score
+    return score(f, y, rcond=rcond)
 
 
 @torch.no_grad()
-def layer_scores(
-    source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
-) -> dict[str, float]:
-    """LogME and H-score of the source's pooled tensors at ``layer`` for inputs ``x`` with labels ``y``."""
-    point = resolve_layer(source, layer)
-    was_training = source.training
-    source.eval()
+def layer_features(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's pooled (:func:`pool_features`) float32 tensors at ``layer`` for inputs ``x``, (N, D), on the
+    model's device: one forward pass per batch, stopped at the layer, in eval mode (the mode is restored)."""
+    point = resolve_layer(model, layer)
+    was_training = model.training
+    model.eval()
     try:
-        features = torch.cat(
+        return torch.cat(
             [
-                pool_features(source_forward(source, point, x[i : i + batch_size])).float()
+                pool_features(source_forward(model, point, x[i : i + batch_size])).float()
                 for i in range(0, len(x), batch_size)
             ]
         )
     finally:
-        source.train(was_training)
+        model.train(was_training)
+
+
+def layer_scores(
+    source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> dict[str, float]:
+    """LogME and H-score of the source's pooled tensors at ``layer`` for inputs ``x`` with labels ``y``."""
+    features = layer_features(source, layer, x, batch_size)
     return {"logme": logme(features, y), "hscore": h_score(features, y, shrinkage=H_SCORE_SHRINKAGE)}

@@ -153,7 +153,10 @@ JobsOption = Annotated[
 ]
 BaselinesOption = Annotated[
     list[str] | None,
-    typer.Option("--baselines", help=f"Also compute baselines per layer, comma-separated: {', '.join(BASELINES)}."),
+    typer.Option(
+        "--baselines",
+        help=f"Also compute baselines per layer, comma-separated: {', '.join(BASELINES)} (docs/baselines.md).",
+    ),
 ]
 BackendOption = Annotated[
     Backend, typer.Option("--backend", help="Where runs execute: local (this machine) or ray (a Ray cluster).")

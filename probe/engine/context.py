@@ -4,6 +4,7 @@ and the fresh target of a run."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ class ProbeContext:
     tasks: dict[str, TaskData]
     settings: RunSettings
     device: torch.device
+    # Measures taken at the end of each run from its trained target, e.g. a baseline's CKA: called as
+    # ``after_run(context, spec, target)`` with the hooks removed, returning {name: float} for RunResult.measures.
+    # None (the default) costs nothing. A module-level function, so that it travels to worker processes and Ray.
+    after_run: Callable[[ProbeContext, Any, nn.Module], dict[str, float]] | None = None
     _cache_key: tuple | None = field(default=None, repr=False)
     _cache: dict | None = field(default=None, repr=False)
 

@@ -14,7 +14,11 @@ from .context import ProbeContext, fresh_target
 
 
 def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent], None] | None = None) -> RunResult:
-    """Train one fresh target with a QUANTA gate at ``spec.layer``; return its history and finals."""
+    """Train one fresh target with a QUANTA gate at ``spec.layer``; return its history and finals.
+
+    With ``context.after_run`` set, the trained target (its hooks removed, in eval mode) is measured at the end
+    and the figures travel in ``RunResult.measures`` (the target itself is dropped here).
+    """
     settings, device = context.settings, context.device
     task = context.tasks[spec.task]
     target = fresh_target(context, spec.task, spec.seed)
@@ -41,6 +45,14 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
             read_lambda=lambda: gate.lambda_source,
             on_epoch=on_epoch,
         )
+    measures = {}
+    if context.after_run is not None and not outcome.failure:
+        was_training = target.training
+        target.eval()
+        try:
+            measures = dict(context.after_run(context, spec, target))
+        finally:
+            target.train(was_training)
     return RunResult(
         spec=spec,
         history=outcome.history,
@@ -50,4 +62,5 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
         status="failed" if outcome.failure else "ok",
         failure=outcome.failure,
         seconds=outcome.seconds,
+        measures=measures,
     )

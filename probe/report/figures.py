@@ -194,7 +194,9 @@ def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     """Write ``path`` (PNG): λS, QUANTA top-1 and every baseline over layers, each min-max normalised.
 
     Each measure is scaled to its own range across layers so that their shapes (drops, recoveries) can be
-    compared at a glance; the legend gives each baseline's Spearman ρ with λS.
+    compared at a glance (a score where lower is better would read upside down: every lens here is higher =
+    more transferable); the legend, below the axes, gives each baseline's Spearman ρ with λS. LEEP and NCE
+    are one figure per scan, not per layer, and are not drawn.
     """
     from matplotlib.figure import Figure  # the object API: no pyplot state, Agg when saved
 
@@ -221,12 +223,20 @@ def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     }
     correlations = baselines.get("correlations") or {}
     keys = list(dict.fromkeys(key for layer in layers for key in per_layer[layer]))
-    for key in keys:
+    from matplotlib import colormaps
+
+    # 18 distinct colours (tab20 without its greys, which the QUANTA lines use), one per baseline
+    tab20 = colormaps["tab20"]
+    palette = [tab20(i / 20 + 1 / 40) for i in range(20) if i not in (14, 15)]
+    for index, key in enumerate(keys):
         rho = entry_value((correlations.get(key) or {}).get("spearman"))
         label = BASELINE_LABELS.get(key, key) + ("" if not math.isfinite(rho) else f"  (ρ={rho:+.2f})")
-        series.append((label, [entry_value(per_layer[layer].get(key)) for layer in layers], {}))
+        values = [entry_value(per_layer[layer].get(key)) for layer in layers]
+        series.append((label, values, {"color": palette[(2 * index) % 18 + (2 * index // 18) % 2]}))
 
-    figure = Figure(figsize=(max(6.0, 0.9 * len(layers) + 3.0), 4.8))
+    columns = 2 if len(series) > 5 else 1
+    rows = math.ceil(len(series) / columns)
+    figure = Figure(figsize=(max(7.0, 0.9 * len(layers) + 3.0), 4.8 + 0.22 * rows), layout="constrained")
     axes = figure.add_subplot()
     x = np.arange(len(layers))
     markers = itertools.cycle("osD^vP*X")
@@ -239,6 +249,6 @@ def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     source = measurement.source.get("dataset") or measurement.source.get("class") or "source"
     axes.set_title(f"Transferability per layer: {source} → {measurement.target}")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.tight_layout()
+    # below the axes, in as many columns as it needs: it never covers a line, whatever the number of lenses
+    figure.legend(fontsize=8, loc="outside lower center", ncols=columns, frameon=False)
     return save_png(figure, path, dpi=120, bbox_inches="tight")

@@ -58,10 +58,11 @@ def _cell(summary: Summary | None, metric: str) -> str:
 
 
 def _baseline_cell(value: Any) -> str:
+    """A baseline's cell: mean ± std over its runs, the plain number for one run or a score, ``—`` when none."""
     if isinstance(value, dict):
-        return format_mean_std(
-            value.get("mean", math.nan), value.get("std", math.nan), 2 if finite(value.get("std")) else 1
-        )
+        runs = value.get("runs")
+        several = runs > 1 if isinstance(runs, int) else finite(value.get("std"))
+        return format_mean_std(value.get("mean", math.nan), value.get("std", math.nan), 2 if several else 1)
     if finite(value):
         return f"{value:.3f}"
     return "—"
@@ -143,6 +144,10 @@ def results_table(measurement: Measurement) -> Table:
     baseline_keys = list(dict.fromkeys(k for row in per_layer.values() for k in row))
 
     note = caption(measurement)
+    head = baselines.get("head") or {}
+    if head:  # LEEP, NCE: the source head, one figure per scan
+        scores = ", ".join(f"{BASELINE_LABELS.get(k, k)} {_baseline_cell(v)}" for k, v in head.items())
+        note += f" · source head on the target train split: {scores}"
     if several:
         note += f" · top-1 to recall: runs with λS init {first:g}"
     table = Table(
@@ -186,7 +191,17 @@ def correlations_table(measurement: Measurement) -> Table | None:
     if not correlations:
         return None
     kinds = list(dict.fromkeys(k for row in correlations.values() if isinstance(row, dict) for k in row))
-    table = Table(title="rank correlation of λS with the baselines, over layers", header_style="bold")
+    head = list(((measurement.extras or {}).get("baselines") or {}).get("head") or {})
+    table = Table(
+        title="rank correlation of λS with the baselines, over layers",
+        header_style="bold",
+        caption=escape(
+            f"{', '.join(BASELINE_LABELS.get(k, k) for k in head)}: one figure per scan (the source head), no rank"
+            " over layers"
+        )
+        if head
+        else None,
+    )
     table.add_column("baseline", style="bold")
     for kind in kinds:
         table.add_column(kind.capitalize(), justify="right")

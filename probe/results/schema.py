@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +52,8 @@ class RunResult:
     status: str = "ok"  # "ok" | "failed"
     failure: str | None = None
     seconds: float = 0.0
+    # Figures measured on the trained target at the end of the run when asked (e.g. {"cka": ...}); else empty.
+    measures: dict[str, float] = field(default_factory=dict)
 
     @property
     def gate_budget(self) -> float:
@@ -201,6 +203,8 @@ class Measurement:
         buffer = io.StringIO()
         header = ["layer", "init", "task", "runs", "ok_runs", "gate_budget", "lambda_drift", "settled"]
         header += [f"{m}_{kind}" for m in METRICS for kind in ("mean", "std")]
+        extra_header, extra_cells = self._baseline_columns()
+        header += extra_header
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
         for s in self.summaries:
@@ -215,5 +219,38 @@ class Measurement:
                 s.settled,
             ]
             row += [f"{v:.6g}" for m in METRICS for v in (s.mean[m], s.std[m])]
+            row += extra_cells(s.layer)
             writer.writerow(row)
         return buffer.getvalue()
+
+    def _baseline_columns(self) -> tuple[list[str], Callable[[str], list[str]]]:
+        """The baselines' columns (appended after the metrics) and the cells of a layer's row.
+
+        A per-layer baseline of several runs (a dict with mean and std, e.g. Yosinski's) is ``KEY_mean``,
+        ``KEY_std``; a score is ``KEY``; the scores of the source head (LEEP, NCE: one per scan) repeat on every
+        row. A missing value is an empty cell. Each row of a layer (every init and task) holds the same values.
+        """
+        baselines = (self.extras or {}).get("baselines") or {}
+        per_layer = baselines.get("per_layer") or {}
+        head = baselines.get("head") or {}
+        keys = list(dict.fromkeys(key for entry in per_layer.values() for key in entry))
+        several = {key for entry in per_layer.values() for key, value in entry.items() if isinstance(value, dict)}
+        header = [column for key in keys for column in ((f"{key}_mean", f"{key}_std") if key in several else (key,))]
+        header += list(head)
+
+        def number(value: Any) -> str:
+            return "" if value is None else f"{float(value):.6g}"
+
+        def cells(layer: str) -> list[str]:
+            entry = per_layer.get(layer) or {}
+            row = []
+            for key in keys:
+                value = entry.get(key)
+                if key in several:
+                    value = value if isinstance(value, dict) else {"mean": value}
+                    row += [number(value.get("mean")), number(value.get("std"))]
+                else:
+                    row.append(number(value))
+            return row + [number(value) for value in head.values()]
+
+        return header, cells

@@ -1,7 +1,7 @@
 """Standard lenses on a layer's features beside λS: probes, neighbours, similarity and transferability scores.
 
 Every function here works on a features matrix ``features: torch.Tensor`` of shape (N, D) that the
-caller has already pooled per layer, as :func:`probe.scores.pool_features` does: 4-D conv maps
+caller has already pooled per layer, as :func:`probe.baselines.scores.pool_features` does: 4-D conv maps
 (N, C, H, W) are globally average-pooled over H, W to (N, C), 3-D token sequences (N, L, D) are
 averaged over the L tokens to (N, D). Labels are integer class indices of shape (N,) (any integer
 values: they are mapped to 0..C-1 in sorted order). Scores that need it compute in float64; all
@@ -86,7 +86,7 @@ def _matrix(x, name: str) -> torch.Tensor:
     if x.dim() != 2:
         raise ValueError(
             f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}; pool conv maps and token sequences first"
-            " (as probe.scores.pool_features does)"
+            " (as probe.baselines.scores.pool_features does)"
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); give at least one example and one feature")
@@ -134,7 +134,9 @@ def _split(train_x, train_y, test_x, test_y):
     xtr = _matrix(train_x, "train_x")
     xte = _matrix(test_x, "test_x").to(xtr.device)
     if xte.shape[1] != xtr.shape[1]:
-        raise ValueError(f"train_x has {xtr.shape[1]} features but test_x has {xte.shape[1]}; use the same layer for both")
+        raise ValueError(
+            f"train_x has {xtr.shape[1]} features but test_x has {xte.shape[1]}; use the same layer for both"
+        )
     ytr = _label_vector(train_y, xtr.shape[0], "train_y", xtr.device)
     yte = _label_vector(test_y, xte.shape[0], "test_y", xtr.device)
     classes, ytr = _classes(ytr, "train_y")
@@ -188,7 +190,9 @@ def _accuracy(params, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).double().mean().item())
 
 
-def _stratified_holdout(y: torch.Tensor, num_classes: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _stratified_holdout(
+    y: torch.Tensor, num_classes: int, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit, held-out) indices: round(fraction * n_c) examples of each class c held out, at most n_c - 1,
     chosen by a permutation from a CPU generator seeded with ``seed`` (the same split on every device)."""
     y_cpu = y.cpu()
@@ -252,10 +256,12 @@ def linear_probe_accuracy(
                 " give more train examples, a larger holdout, or a single l2_grid value"
             )
         held_acc = tuple(
-            _accuracy(_fit_logistic(xtr[fit_idx], ytr[fit_idx], num_classes, l2, max_iter, tol), xtr[held_idx], ytr[held_idx])
+            _accuracy(
+                _fit_logistic(xtr[fit_idx], ytr[fit_idx], num_classes, l2, max_iter, tol), xtr[held_idx], ytr[held_idx]
+            )
             for l2 in grid
         )
-        best = max(zip(held_acc, grid))[1]  # highest accuracy, then the largest L2
+        best = max(zip(held_acc, grid, strict=True))[1]  # highest accuracy, then the largest L2
     params = _fit_logistic(xtr, ytr, num_classes, best, max_iter, tol)
     return {"accuracy": _accuracy(params, xte, yte), "l2": best, "l2_grid": grid, "holdout_accuracy": held_acc}
 
@@ -355,7 +361,7 @@ def transrate(features: torch.Tensor, labels: torch.Tensor, *, eps: float = 1e-4
     order = torch.argsort(y, stable=True)
     counts = torch.bincount(y, minlength=num_classes)
     conditional = torch.zeros((), dtype=torch.float64, device=z.device)
-    for rows, n_y in zip(torch.split(z[order], counts.tolist()), counts.tolist()):
+    for rows, n_y in zip(torch.split(z[order], counts.tolist()), counts.tolist(), strict=True):
         conditional = conditional + (n_y / n) * _coding_rate(rows, eps)
     return float((rate - conditional).item())
 
@@ -403,7 +409,7 @@ def h_score(features: torch.Tensor, labels: torch.Tensor, *, rcond: float = 1e-1
 
     cov(f) is the unbiased sample covariance; its inverse is a Hermitian pseudo-inverse that drops
     eigenvalues below ``rcond`` times the largest. cov(E[f | y]) is the (N - 1)-normalised covariance of
-    the features replaced by their class means. Same value as ``probe.scores.h_score(shrinkage=False)``.
+    the features replaced by their class means. Same value as ``probe.baselines.scores.h_score(shrinkage=False)``.
     """
     return _h_score(features, labels, False, rcond)
 
@@ -416,7 +422,7 @@ def regularized_h_score(features: torch.Tensor, labels: torch.Tensor, *, rcond: 
     coefficient; cov(E[f | y]) as in :func:`h_score` ((N - 1)-normalised, like the authors' code with
     ``np.cov``). The inverse is the same ``rcond`` pseudo-inverse (cov_a is invertible unless a = 0 and
     cov(f) is singular). Stable when D is large compared with N. Same value as
-    ``probe.scores.h_score(shrinkage=True)``.
+    ``probe.baselines.scores.h_score(shrinkage=True)``.
     """
     return _h_score(features, labels, True, rcond)
 
@@ -450,8 +456,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     n, d1 = a.shape
     d2 = b.shape[1]
     if n * (d1 + d2) < d1 * d2 + d1 * d1 + d2 * d2:
-        k, l = a @ a.T, b @ b.T
-        value = (k * l).sum() / (torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l))
+        gram_a, gram_b = a @ a.T, b @ b.T
+        value = (gram_a * gram_b).sum() / (torch.linalg.matrix_norm(gram_a) * torch.linalg.matrix_norm(gram_b))
     else:
         value = torch.linalg.matrix_norm(b.T @ a) ** 2 / (
             torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)
@@ -477,7 +483,9 @@ def leep(source_probs: torch.Tensor, labels: torch.Tensor) -> float:
     if n < 2:
         raise ValueError(f"need at least 2 examples to compute a score, got {n}")
     if bool((p < 0).any()) or float((p.sum(1) - 1.0).abs().max()) > 1e-3:
-        raise ValueError("source_probs must be probabilities (rows >= 0 summing to 1); apply softmax to the logits first")
+        raise ValueError(
+            "source_probs must be probabilities (rows >= 0 summing to 1); apply softmax to the logits first"
+        )
     y = _label_vector(labels, n, "labels", p.device)
     _, y = _classes(y, "labels")
     num_classes = int(y.max()) + 1
