@@ -138,7 +138,8 @@ def test_results_csv_has_every_column_of_the_table(lens_scan):
     for column in ("cka_alone_mean", "leep", "nce"):
         assert column in rows[0], column
     header = next(csv.reader(io.StringIO((out / "results.csv").read_text())))
-    assert header[: 6 + 12] == ["layer", "init", "task", "runs", "ok_runs", "gate_budget"] + [
+    fixed = ["layer", "init", "task", "runs", "ok_runs", "gate_budget", "lambda_drift", "settled"]
+    assert header[: len(fixed) + 12] == fixed + [
         f"{metric}_{kind}" for metric in probe.results.schema.METRICS for kind in ("mean", "std")
     ]  # the baselines are appended after the existing columns
     per_layer = m.extras["baselines"]["per_layer"]
