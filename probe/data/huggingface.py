@@ -28,7 +28,7 @@ from .image_cache import cache_key as _cache_key
 from .image_pairs import load_dataset_pair
 from .image_rules import Progress, stratified_split
 
-__all__ = ["load_hf", "hub_reachable"]
+__all__ = ["check_hf_available", "hub_reachable", "load_hf"]
 
 INSTALL = "pip install 'quanta-probe[hf]'"
 TEST_SPLITS = ("test", "validation", "valid", "val")
@@ -49,6 +49,11 @@ def _offline_env() -> bool:
         os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
         for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     )
+
+
+def check_hf_available(name: str) -> None:
+    """A DataError when the ``datasets`` package is missing; reads nothing (offline names fail fast in load_hf)."""
+    _import_datasets()
 
 
 def hub_reachable(timeout: float = 3.0, host: str = "huggingface.co") -> bool:

@@ -45,7 +45,7 @@ from .image_cache import cache_key as _cache_key
 from .image_convert import GREY_MODES, BadImage
 from .image_rules import Progress, check_size, stratified_split, too_many_bad, workers_of
 
-__all__ = ["IMG_EXTENSIONS", "load_image_folder"]
+__all__ = ["IMG_EXTENSIONS", "check_image_folder", "load_image_folder"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
@@ -140,6 +140,32 @@ def _read_file(path: str) -> tuple[Any, None]:
         return Image.open(path), None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadImage(f"cannot read: {' '.join(str(e).split()) or type(e).__name__}") from e
+
+
+def check_image_folder(path: str | os.PathLike[str]) -> list[str]:
+    """The class names of an image folder, after the checks that need no decoding: the folder exists, has class
+    subfolders (at least 2, none empty), and train/ and test/ (or val/) have the same classes."""
+    root = pathlib.Path(path).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder {root} {what}; give a folder with one subfolder per class (or train/ and test/)")
+    root = root.resolve()
+    subdirs = set(_classes(root))
+    test_name = "test" if "test" in subdirs else "val" if "val" in subdirs else None
+    if "train" in subdirs and (test_name or subdirs == {"train"}):
+        classes = _scan_split(root / "train", root, str(root / "train"))[0]
+        if test_name:
+            t_classes = _scan_split(root / test_name, root, str(root / test_name))[0]
+            if t_classes != classes:
+                only_train = sorted(set(classes) - set(t_classes))
+                only_test = sorted(set(t_classes) - set(classes))
+                raise DataError(
+                    f"train/ and {test_name}/ in {root} have different classes (only in train/: "
+                    f"{', '.join(only_train) or 'none'}; only in {test_name}/: {', '.join(only_test) or 'none'}); "
+                    "give both the same class subfolders"
+                )
+        return classes
+    return _scan_split(root, root, str(root))[0]
 
 
 def load_image_folder(

@@ -24,7 +24,7 @@ from .image_cache import cache_key as _cache_key
 from .image_pairs import load_dataset_pair
 from .image_rules import Progress, check_size
 
-__all__ = ["load_torchvision", "TORCHVISION_SPLITS"]
+__all__ = ["TORCHVISION_SPLITS", "check_torchvision_name", "load_torchvision"]
 
 
 # ------------------------------------------------------------------------------ torchvision
@@ -104,6 +104,11 @@ def _tv_files(ds: Any, root: pathlib.Path) -> list[tuple[str, int, int]]:
         st = p.stat()
         out.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
     return out
+
+
+def check_torchvision_name(name: str) -> None:
+    """A DataError when torchvision has no dataset ``name`` (``tv:`` prefix allowed); reads nothing."""
+    _tv_class(name[3:] if name.lower().startswith("tv:") else name)
 
 
 def load_torchvision(

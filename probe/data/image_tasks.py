@@ -1,0 +1,191 @@
+"""Images from anywhere as a :class:`~probe.data.task.TaskData`: the uint8 cache kept as it is, converted per batch.
+
+:func:`load_image_task` reads a folder, ``tv:NAME`` or ``hf:NAME`` spec (or a Dataset pair / ``(x, y)``
+tensors, :func:`task_from_images`) once into the memory-mapped uint8 cache and wraps it without a copy: the
+splits hold the uint8 arrays with the normalisation, and the trainer converts each batch where it gathers it.
+A :class:`Preprocess` says how the images are prepared: the size (``Resize(S)+CenterCrop(S)``), the channels
+(grey replicated to 3 for a model that takes colour) and the mean/std (a pretrained model's own, else the
+data's train split). What was done goes into ``TaskData.meta`` (results.json).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .augment import AugmentConfig
+from .image_cache import ImageData
+from .image_rules import Progress
+from .images import load_images
+from .spec import DatasetSpec
+from .task import Split, TaskData
+
+__all__ = ["Preprocess", "image_task_meta", "load_image_task", "task_from_images"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images from anywhere are prepared: None everywhere keeps the native size, channels and statistics."""
+
+    image_size: int | None = None  # Resize(S) + CenterCrop(S)
+    channels: int | None = None  # 3: grey images replicated (a model pretrained on colour)
+    mean: tuple[float, ...] | None = None  # in 0..1 units, e.g. ImageNet's; None: the data's own train statistics
+    std: tuple[float, ...] | None = None
+    origin: str = ""  # where these values come from, e.g. "timm pretrained_cfg of resnet18"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+            "origin": self.origin,
+        }
+
+
+# In-process memo of what was read: (source, data_dir, size, channels) -> ImageData (memory-mapped, no copy).
+_IMAGES: dict[tuple, ImageData] = {}
+
+
+def _source_key(spec: DatasetSpec, data_dir: pathlib.Path) -> str:
+    if spec.kind == "folder":
+        return str(pathlib.Path(spec.name).expanduser().resolve())
+    return spec.name if spec.kind == "hf" else f"{spec.name}@{data_dir}"
+
+
+def read_images(
+    spec: DatasetSpec,
+    data_dir: pathlib.Path,
+    download: bool = False,
+    preprocess: Preprocess | None = None,
+    progress: Progress | None = None,
+) -> ImageData:
+    """The images of ``spec`` (a folder, tv: or hf: spec), read once per process and once into the cache."""
+    pre = preprocess or Preprocess()
+    key = (_source_key(spec, data_dir), pre.image_size, pre.channels)
+    cached = _IMAGES.get(key)
+    if cached is not None:
+        return cached
+    options: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels, "progress": progress}
+    if spec.kind == "tv":
+        options.update(data_dir=data_dir, download=download)
+    images = load_images(spec.name, **options)
+    _IMAGES[key] = images
+    return images
+
+
+def load_image_task(
+    spec: DatasetSpec,
+    data_dir: pathlib.Path,
+    download: bool = False,
+    preprocess: Preprocess | None = None,
+    progress: Progress | None = None,
+) -> TaskData:
+    """A folder / tv: / hf: spec as a TaskData over the uint8 cache (class subsets checked against the data)."""
+    images = read_images(spec, data_dir, download, preprocess, progress)
+    return task_from_images(images, spec, preprocess)
+
+
+def _stats(images: ImageData, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor, str]:
+    chans = images.in_chans
+    if pre.mean is not None and pre.std is not None:
+        mean, std = list(pre.mean), list(pre.std)
+        if len(mean) != chans:
+            mean, std = [float(np.mean(mean))] * chans, [float(np.mean(std))] * chans
+        how = f"mean/std {_fmt(mean)}/{_fmt(std)} ({pre.origin or 'given'})"
+        return torch.tensor(mean) * 255.0, torch.tensor(std) * 255.0, how
+    stats = images.meta.get("pixel_stats", {}).get("train")
+    if stats is None:  # pragma: no cover - every cache entry records its statistics
+        raise DataError("the image cache entry records no pixel statistics; delete it and run again")
+    std = [s if s > 0 else 1.0 for s in stats["std"]]
+    return torch.tensor(stats["mean"]), torch.tensor(std), "the data's own train-split mean/std per channel"
+
+
+def _fmt(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only map: it is never written
+        return torch.from_numpy(array)
+
+
+def task_from_images(images: ImageData, spec: DatasetSpec, preprocess: Preprocess | None = None) -> TaskData:
+    """Wrap ``images`` (uint8, memory-mapped) as a TaskData for ``spec``'s class subset, without a copy."""
+    pre = preprocess or Preprocess()
+    n = images.num_classes
+    classes = list(range(n)) if spec.classes is None else list(spec.classes)
+    for c in classes:
+        if c >= n:
+            raise DataError(f"class {c} is out of range: {spec.name} has classes 0-{n - 1}; pick classes in that range")
+    if len(classes) < 2:
+        raise DataError(f"'{spec}' selects a single class; a classification task needs at least 2")
+    mean, std, how = _stats(images, pre)
+    splits = {}
+    for name, x, y in (("train", images.train_x, images.train_y), ("test", images.test_x, images.test_y)):
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        index = None
+        if spec.classes is not None:
+            remap = torch.full((n,), -1, dtype=torch.int64)
+            remap[classes] = torch.arange(len(classes))
+            keep = remap[labels] >= 0
+            index = torch.nonzero(keep).flatten()
+            labels = remap[labels[keep]]
+        splits[name] = Split(_tensor(x), labels, mean.clone(), std.clone(), index)
+    meta = image_task_meta(images, pre, how)
+    return TaskData(
+        spec=spec,
+        train=splits["train"],
+        test=splits["test"],
+        num_classes=len(classes),
+        in_chans=images.in_chans,
+        input_size=images.input_size,
+        class_names=[images.class_names[i] for i in classes],
+        augment=AugmentConfig(shift=0.125, rotation=10.0, zoom=0.1, flip=True),  # as CIFAR: natural images
+        meta=meta,
+    )
+
+
+def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> dict[str, Any]:
+    """What results.json records about images from anywhere: source, split, skipped files, preprocessing."""
+    meta = {k: v for k, v in images.meta.items() if k != "pixel_stats"}
+    c, h, w = images.train_x.shape[1:]
+    meta["preprocessing"] = {
+        **pre.to_dict(),
+        "applied": f"{w}×{h}, {c} channel(s); {normalisation}",
+    }
+    meta["sizes"] = {"train": int(len(images.train_y)), "test": int(len(images.test_y))}
+    return meta
+
+
+def check_image_spec(spec: DatasetSpec, data_dir: str | os.PathLike[str] | pathlib.Path) -> None:
+    """The checks of a folder / tv: / hf: spec that need no decoding (missing folder, no classes, ...)."""
+    if spec.kind == "folder":
+        from .image_folder import check_image_folder
+        from .images import is_hf_folder
+
+        folder = pathlib.Path(spec.name).expanduser()
+        if not is_hf_folder(folder):
+            classes = check_image_folder(folder)
+            for c in spec.classes or ():
+                if c >= len(classes):
+                    raise DataError(
+                        f"class {c} is out of range: {spec.name} has classes 0-{len(classes) - 1} "
+                        f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); pick classes in that range"
+                    )
+    elif spec.kind == "tv":
+        from .torchvision_sets import check_torchvision_name
+
+        check_torchvision_name(spec.name)
+    elif spec.kind == "hf":
+        from .huggingface import check_hf_available
+
+        check_hf_available(spec.name)
