@@ -20,6 +20,7 @@ from .backends import check_backend, default_jobs, executor_for
 from .baselines import check_baselines, run_baselines
 from .core.layers import LayerInfo
 from .data import DatasetSpec, TaskData, check_available, default_target, load_task, parse_spec
+from .data.image_tasks import Preprocess
 from .data.spec import input_shape
 from .engine.context import ProbeContext
 from .engine.prepare import Prepared, default_target_of, prepare
@@ -36,6 +37,7 @@ from .engine.sources import (
 )
 from .errors import ProbeError, SettingsError
 from .models.checkpoint import recorded_info
+from .models.pretrained import pretrained_input_config
 from .models.registry import create_model, layer_table
 from .results.schema import Measurement, RunResult, RunSpec, run_grid
 from .results.store import ResultsFolder
@@ -55,6 +57,7 @@ __all__ = [
     "measure",
     "plan_scan",
     "prepare",
+    "preprocessing_for",
     "pretrained_source",
     "scan",
     "scan_settings",
@@ -63,7 +66,9 @@ __all__ = [
     "train_source",
 ]
 
-Target = str | DatasetSpec | TaskData
+# A dataset spec ('digits[5-9]', './flowers[0-4]', 'tv:SVHN', 'hf:beans'), a task, or data in Python: a Dataset
+# pair, ((x_train, y_train), (x_test, y_test)) or (x, y) tensors.
+Target = str | DatasetSpec | TaskData | tuple
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,7 +76,43 @@ Target = str | DatasetSpec | TaskData
 
 
 def _dataset_name(data: Target) -> str:
-    return data.spec.name if isinstance(data, TaskData) else parse_spec(data).name
+    if isinstance(data, TaskData):
+        return data.spec.name
+    return "python" if isinstance(data, (tuple, list)) else parse_spec(data).name
+
+
+def _is_spec(data: Target | None) -> bool:
+    return data is not None and not isinstance(data, (TaskData, tuple, list))
+
+
+def preprocessing_for(
+    target: Target | None, *, arch: str | None = None, pretrained: bool = False, image_size: int | None = None
+) -> tuple[Preprocess | None, list[str]]:
+    """How images from anywhere are prepared for this request, and the lines that say so.
+
+    With pretrained weights: the model's own input size (``image_size`` overrides it), 3 channels and
+    mean/std; else the data's native size (or ``image_size``) and its own statistics. Built-in datasets
+    (digits, CIFAR) keep their native format and statistics.
+    """
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise SettingsError(f"--image-size {image_size} is invalid; give a positive number of pixels, e.g. 64")
+    builtin = _is_spec(target) and parse_spec(target).kind == "builtin"  # type: ignore[arg-type]
+    if not (pretrained and arch):
+        if image_size is None:
+            return None, []
+        if builtin:
+            return None, [f"--image-size applies to images from anywhere; {target} keeps its native size"]
+        return Preprocess(image_size=image_size, origin="--image-size"), []
+    cfg = pretrained_input_config(arch)
+    if builtin:
+        return None, [
+            f"{target} is fed at its native size with its own mean/std, not {arch}'s pretrained "
+            f"{cfg['image_size']}×{cfg['image_size']} input (that applies to image folders, tv: and hf: data)"
+        ]
+    size = image_size or cfg["image_size"]
+    origin = cfg["origin"] + (f", size {size} from --image-size" if image_size else "")
+    pre = Preprocess(size, cfg["channels"], cfg["mean"], cfg["std"], origin)
+    return pre, []
 
 
 def scan_settings(target: Target | None, settings: RunSettings | None = None, **given: Any) -> RunSettings:
@@ -112,8 +153,8 @@ def check_request(
     folder writable, the device available. Each failure is a one-line ProbeError.
     """
     for spec in (target, source_data):
-        if spec is not None and not isinstance(spec, TaskData):
-            check_available(spec, data_dir, download)
+        if _is_spec(spec):
+            check_available(spec, data_dir, download)  # type: ignore[arg-type]
     check_layer_list(layers)
     names = check_baselines(baselines)
     check_backend(backend, backend_options)
@@ -136,6 +177,8 @@ class ScanPlan:
     settings: RunSettings
     data_dir: str | os.PathLike | None = None
     baselines: list[str] = field(default_factory=list)
+    preprocess: Preprocess | None = None  # how images from anywhere are prepared (None: as they are)
+    notes: list[str] = field(default_factory=list)  # one line each, said with the results
 
 
 def _planned_source(
@@ -147,11 +190,15 @@ def _planned_source(
     target: str | None,
     data_dir: str | os.PathLike | None,
     download: bool,
+    preprocess: Preprocess | None = None,
 ) -> tuple[nn.Module | None, str | None]:
-    """The source model when it needs no training (a checkpoint, pretrained weights), and its own task."""
-    if source is not None and pretrained:
-        raise SettingsError("give either --source CHECKPOINT or --pretrained, not both")
-    if source is not None:
+    """The source model when it needs no training (a checkpoint, pretrained weights), and its own task.
+
+    ``source`` with ``pretrained`` is a local file of pretrained weights for ``arch``.
+    """
+    if source is not None and pretrained and arch is None:
+        raise SettingsError("a weights file with --pretrained needs --arch NAME (the architecture it is for)")
+    if source is not None and not pretrained:
         model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, **arch_options)
         recorded = recorded_info(model).dataset
         if (
@@ -171,8 +218,11 @@ def _planned_source(
             )
         check_available(target, data_dir, download)
         if download:
-            load_task(target, data_dir=data_dir, download=True)
-        return pretrained_source(arch, target, data_dir=data_dir, **arch_options), source_data
+            load_task(target, data_dir=data_dir, download=True, preprocess=preprocess)
+        model = pretrained_source(
+            arch, target, data_dir=data_dir, weights=source, preprocess=preprocess, **arch_options
+        )
+        return model, source_data
     return None, source_data or "digits[0-4]"
 
 
@@ -191,6 +241,7 @@ def plan_scan(
     out: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
+    image_size: int | None = None,
     **given: Any,
 ) -> ScanPlan:
     """Choose the source and the target, settle the settings and check the whole request, training nothing.
@@ -199,10 +250,20 @@ def plan_scan(
     ``target``) or, by default, ``arch`` (paper-cnn) trained on ``source_data`` (digits[0-4]); the target
     defaults to the source task's pair (digits[0-4] → digits[5-9], cifar10 → cifar100). ``given`` holds
     settings (None: not given). With ``download`` the missing datasets are fetched at the end.
+    Images from anywhere are prepared for the model (:func:`preprocessing_for`; ``image_size`` sets the size).
     """
     options = dict(arch_options or {})
     names = check_request(layers=layers, baselines=baselines, backend=backend, backend_options=backend_options, out=out)
-    model, source_data = _planned_source(source, arch, pretrained, options, source_data, target, data_dir, download)
+    preprocess, notes = preprocessing_for(target, arch=arch, pretrained=pretrained, image_size=image_size)
+    if pretrained and target is not None:
+        check_available(target, data_dir, download)  # a bad folder is said before any weights are fetched
+    if source_data is not None and target is None and parse_spec(source_data).kind != "builtin":
+        raise SettingsError(
+            f"images from anywhere have no default target: give --target with --source-data {source_data}"
+        )
+    model, source_data = _planned_source(
+        source, arch, pretrained, options, source_data, target, data_dir, download, preprocess
+    )
     if target is None:
         if source_data is None:
             raise SettingsError(
@@ -213,8 +274,13 @@ def plan_scan(
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
     if download:
         for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
-            load_task(spec, data_dir=data_dir, download=True)
-    return ScanPlan(model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names)
+            load_task(spec, data_dir=data_dir, download=True, preprocess=preprocess)
+    for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
+        if parse_spec(spec).kind != "builtin":  # decoded now: a bad file is said before any training
+            load_task(spec, data_dir=data_dir, preprocess=preprocess)
+    return ScanPlan(
+        model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names, preprocess, notes
+    )
 
 
 def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.Module, bool]:
@@ -233,6 +299,7 @@ def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.M
         arch_options=options,
         data_dir=plan.data_dir,
         progress=progress,
+        preprocess=plan.preprocess,
     )
 
 
@@ -276,28 +343,44 @@ def scan(
     backend: str = "local",
     backend_options: Mapping | None = None,
     baselines: Sequence[str] = (),
+    preprocess: Preprocess | None = None,
+    image_size: int | None = None,
+    notes: Sequence[str] = (),
     **overrides: Any,
 ) -> Measurement:
     """Measure λS at each layer (default: the architecture's probe layers, in forward order), one fresh target per run.
 
-    ``target`` is a dataset spec such as ``'digits[5-9]'`` or ``'cifar100'``; None uses the pairing recorded
-    with a source trained by the toolkit. ``settings`` default to the target dataset's preset with
-    ``overrides`` applied (see :func:`scan_settings`). ``control=True`` also runs AnA (target task = source
-    task). With ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts
-    over); ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer (see probe.baselines).
+    ``target`` is a dataset spec such as ``'digits[5-9]'``, ``'cifar100'``, an image folder ``'./flowers'``,
+    ``'tv:SVHN[0-4]'``, ``'hf:beans'``, a task, or data in Python (a Dataset pair, ``((x, y), (x, y))`` or
+    ``(x, y)`` tensors); None uses the pairing recorded with a source trained by the toolkit. Images from
+    anywhere are prepared as ``preprocess`` says (default: a pretrained source's own input size and mean/std,
+    ``image_size`` overriding the size; see :func:`preprocessing_for`). ``settings`` default to the target
+    dataset's preset with ``overrides`` applied (see :func:`scan_settings`). ``control=True`` also runs AnA
+    (target task = source task). With ``out`` every finished run is saved at once and a re-run resumes
+    (``fresh=True`` starts over); ``baselines`` adds Yosinski transfer accuracy, LogME and H-score per layer
+    (see probe.baselines).
     """
     if isinstance(model, (str, os.PathLike)):
         data = source_data.spec if isinstance(source_data, TaskData) else source_data
-        model = load_source(model, data=data, data_dir=data_dir)
+        model = load_source(model, data=data if isinstance(data, (str, DatasetSpec)) else None, data_dir=data_dir)
     if not isinstance(model, nn.Module):
         raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
     target = default_target_of(model) if target is None else target
+    notes = list(notes)
+    if preprocess is None:
+        info = recorded_info(model)
+        pretrained = "pretrained" in (info.settings or {})
+        preprocess, more = preprocessing_for(target, arch=info.arch, pretrained=pretrained, image_size=image_size)
+        notes += [n for n in more if n not in notes]
     settings = scan_settings(target, settings, **overrides)
     names = check_request(
         target=target, layers=layers, baselines=baselines, backend=backend, backend_options=backend_options,
         out=out, settings=settings, data_dir=data_dir,
     )  # fmt: skip
-    prepared = prepare(model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir)
+    prepared = prepare(
+        model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir,
+        preprocess=preprocess,
+    )  # fmt: skip
     context, target_task = prepared.context, prepared.context.tasks["AnB"]
     chosen = choose_layers(prepared.model, layers, (target_task.in_chans, *target_task.input_size))
     specs = run_grid(chosen, settings.init, settings.seed, settings.runs, list(context.tasks))
@@ -319,6 +402,13 @@ def scan(
             environment=env,
             extras={"tasks": {name: str(task.spec) for name, task in context.tasks.items()}},
         )
+        image_meta = {name: task.meta for name, task in context.tasks.items() if task.meta}
+        if image_meta:
+            measurement.extras["data"] = image_meta
+            first = image_meta.get("AnB", next(iter(image_meta.values())))
+            measurement.extras["preprocessing"] = first["preprocessing"]
+        if notes or prepared.notes:
+            measurement.extras["notes"] = notes + prepared.notes
         if names:
             measurement.extras["baselines"] = run_baselines(context, measurement, names, progress=progress)
         if store is not None:
@@ -341,12 +431,13 @@ def measure(
     progress: Progress | None = None,
     out: str | os.PathLike | None = None,
     fresh: bool = False,
+    image_size: int | None = None,
     **overrides: Any,
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
         model, [layer], target, settings=settings, control=control, source_data=source_data,
-        data_dir=data_dir, progress=progress, out=out, fresh=fresh, **overrides,
+        data_dir=data_dir, progress=progress, out=out, fresh=fresh, image_size=image_size, **overrides,
     )  # fmt: skip
 
 

@@ -27,7 +27,14 @@ from .images import load_images
 from .spec import DatasetSpec
 from .task import Split, TaskData
 
-__all__ = ["Preprocess", "image_task_meta", "load_image_task", "task_from_images"]
+__all__ = [
+    "Preprocess",
+    "check_image_spec",
+    "image_task_meta",
+    "load_image_task",
+    "task_from_images",
+    "task_from_python",
+]
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,48 @@ def check_image_spec(spec: DatasetSpec, data_dir: str | os.PathLike[str] | pathl
         from .torchvision_sets import check_torchvision_name
 
         check_torchvision_name(spec.name)
+    elif spec.kind == "python":
+        raise DataError(f"'{spec.name}' names data given in Python; pass the data itself (a Dataset pair or tensors)")
     elif spec.kind == "hf":
         from .huggingface import check_hf_available
 
         check_hf_available(spec.name)
+
+
+def _is_array(obj: Any) -> bool:
+    return isinstance(obj, (torch.Tensor, np.ndarray))
+
+
+def task_from_python(obj: Any, preprocess: Preprocess | None = None) -> TaskData | None:
+    """Data handed over in Python as a TaskData (None when ``obj`` is none of these):
+
+    * ``(train_dataset, test_dataset)``: map-style Datasets returning ``(image, int)``;
+    * ``((x_train, y_train), (x_test, y_test))``: tensors or arrays;
+    * ``(x, y)``: one set of tensors, split per class (seeded, stratified, 20 % to test).
+    """
+    from .image_pairs import load_dataset_pair, load_tensors
+    from .image_rules import stratified_split
+
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        return None
+    pre = preprocess or Preprocess()
+    sizes: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels}
+    first, second = obj
+    if _is_array(first) and _is_array(second) and len(np.shape(second)) == 1:
+        labels = second.detach().cpu().numpy() if isinstance(second, torch.Tensor) else np.asarray(second)
+        if len(first) != len(labels):
+            raise DataError(f"the data has {len(first)} images but {len(labels)} labels; give one label per image")
+        train_idx, test_idx = stratified_split(labels.astype(np.int64))
+        pick = (lambda a, i: a[torch.from_numpy(i)]) if isinstance(first, torch.Tensor) else (lambda a, i: a[i])
+        images = load_tensors(
+            (pick(first, train_idx), labels[train_idx]), (pick(first, test_idx), labels[test_idx]), **sizes
+        )
+        images.meta["split"] = {"layout": "(x, y) split per class", "seed": 0, "test_fraction": 0.2}
+        name = "python:tensors"
+    elif all(isinstance(part, (tuple, list)) for part in obj):
+        images, name = load_tensors(first, second, **sizes), "python:tensors"
+    elif all(hasattr(part, "__getitem__") and hasattr(part, "__len__") for part in obj):
+        images, name = load_dataset_pair(first, second, **sizes), "python:dataset"
+    else:
+        return None
+    return task_from_images(images, DatasetSpec(name), pre)

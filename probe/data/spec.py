@@ -82,7 +82,7 @@ class DatasetSpec:
 
     @property
     def kind(self) -> str:
-        """``builtin`` (digits, CIFAR), ``folder``, ``tv`` or ``hf``."""
+        """``builtin`` (digits, CIFAR), ``folder``, ``tv``, ``hf`` or ``python`` (data given in Python)."""
         return source_kind(self.name) or "builtin"
 
     @property
@@ -105,6 +105,8 @@ def source_kind(name: str) -> str | None:
         return None
     if lowered.startswith(("tv:", "hf:")):
         return lowered[:2]
+    if lowered.startswith("python:"):  # data handed over in Python (a Dataset pair, (x, y) tensors)
+        return "python"
     if "/" in name or os.sep in name or name.startswith((".", "~")) or os.path.isdir(name):
         return "folder"
     return None
