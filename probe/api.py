@@ -36,7 +36,7 @@ from .engine.sources import (
     train_source,
 )
 from .errors import ProbeError, SettingsError
-from .models.checkpoint import recorded_info
+from .models.checkpoint import SourceInfo, recorded_info, source_info
 from .models.pretrained import pretrained_input_config
 from .models.registry import create_model, layer_table
 from .results.schema import Measurement, RunResult, RunSpec, run_grid
@@ -254,6 +254,8 @@ def plan_scan(
     """
     options = dict(arch_options or {})
     names = check_request(layers=layers, baselines=baselines, backend=backend, backend_options=backend_options, out=out)
+    if pretrained and arch is None:
+        raise SettingsError("--pretrained needs --arch, e.g. --arch resnet18 or --arch tv:resnet18")
     preprocess, notes = preprocessing_for(target, arch=arch, pretrained=pretrained, image_size=image_size)
     if pretrained and target is not None:
         check_available(target, data_dir, download)  # a bad folder is said before any weights are fetched
@@ -368,7 +370,7 @@ def scan(
     target = default_target_of(model) if target is None else target
     notes = list(notes)
     if preprocess is None:
-        info = recorded_info(model)
+        info = source_info(model) or SourceInfo()
         pretrained = "pretrained" in (info.settings or {})
         preprocess, more = preprocessing_for(target, arch=info.arch, pretrained=pretrained, image_size=image_size)
         notes += [n for n in more if n not in notes]

@@ -57,7 +57,8 @@ class Preprocess:
         }
 
 
-# In-process memo of what was read: (source, data_dir, size, channels) -> ImageData (memory-mapped, no copy).
+# In-process memo of tv: and hf: data: (source, data_dir, size, channels) -> ImageData (memory-mapped, no copy).
+# Folders are looked up in the cache on every call (a stat of each file), so an edited folder is read again.
 _IMAGES: dict[tuple, ImageData] = {}
 
 
@@ -77,7 +78,7 @@ def read_images(
     """The images of ``spec`` (a folder, tv: or hf: spec), read once per process and once into the cache."""
     pre = preprocess or Preprocess()
     key = (_source_key(spec, data_dir), pre.image_size, pre.channels)
-    cached = _IMAGES.get(key)
+    cached = _IMAGES.get(key) if spec.kind != "folder" else None  # a folder is re-checked: its files may change
     if cached is not None:
         return cached
     options: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels, "progress": progress}
