@@ -26,7 +26,7 @@ from .engine.context import ProbeContext
 from .engine.prepare import Prepared, default_target_of, prepare
 from .engine.progress import Progress, ProgressEvent
 from .engine.record import environment, fingerprint
-from .engine.selection import check_layer_list, choose_layers
+from .engine.selection import check_layer_list, choose_layers, smallest_input_size
 from .engine.sources import (
     cached_source,
     check_checkpoint_path,
@@ -274,6 +274,9 @@ def plan_scan(
         target = str(default_target(source_data))
     settings = scan_settings(target, **given)
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
+    if model is None and arch is not None and image_size is None and source_data is not None:
+        preprocess, note = _upscaled(arch, options, source_data, layers, data_dir) or (preprocess, None)
+        notes += [note] if note else []
     if download:
         for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
             load_task(spec, data_dir=data_dir, download=True, preprocess=preprocess)
@@ -283,6 +286,29 @@ def plan_scan(
     return ScanPlan(
         model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names, preprocess, notes
     )
+
+
+def _upscaled(
+    arch: str, options: dict, data: str, layers: str | Sequence[str] | None, data_dir: str | os.PathLike | None
+) -> tuple[Preprocess, str] | None:
+    """For a model trained here: the input size that keeps the deepest probed layer's maps at least 2×2 when
+    the data's own size would give 1×1 maps (e.g. resnet18 on 8×8 digits), and the line that says so."""
+    spec = parse_spec(data)
+    if spec.kind == "builtin":
+        shape = input_shape(spec)
+        classes = spec.num_classes
+    else:
+        task = load_task(spec, data_dir=data_dir)
+        shape, classes = (task.in_chans, *task.input_size), task.num_classes
+    model = create_model(arch, num_classes=classes, in_chans=shape[0], input_size=shape[1:], **options)
+    size = smallest_input_size(model, layers, shape)
+    if size is None:
+        return None
+    note = (
+        f"{arch} would see 1×1 maps at its deepest probed layer on {shape[1]}×{shape[2]} images: inputs resized to "
+        f"{size}×{size}, the smallest size that keeps them at least 2×2 (--image-size overrides)"
+    )
+    return Preprocess(image_size=size, origin="smallest size keeping the probed maps ≥ 2×2"), note
 
 
 def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.Module, bool]:
@@ -372,7 +398,11 @@ def scan(
     if preprocess is None:
         info = source_info(model) or SourceInfo()
         pretrained = "pretrained" in (info.settings or {})
-        preprocess, more = preprocessing_for(target, arch=info.arch, pretrained=pretrained, image_size=image_size)
+        trained_at = (info.settings or {}).get("image_size") if not pretrained else None
+        size = image_size if image_size is not None else trained_at
+        preprocess, more = preprocessing_for(target, arch=info.arch, pretrained=pretrained, image_size=size)
+        if trained_at is not None and preprocess is None and image_size is None:  # a built-in target
+            preprocess, more = Preprocess(image_size=trained_at, origin="the size the source was trained at"), []
         notes += [n for n in more if n not in notes]
     settings = scan_settings(target, settings, **overrides)
     names = check_request(

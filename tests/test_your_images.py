@@ -325,3 +325,12 @@ def test_preprocess_defaults_to_the_datas_own_statistics(tmp_path):
     task = load_task(str(folder), preprocess=Preprocess(image_size=8))
     assert task.input_size == (8, 8) and task.meta["preprocessing"]["image_size"] == 8
     assert abs(float(task.train.x.mean())) < 1e-4  # normalised with the train split's own mean
+
+
+def test_a_model_that_would_see_1x1_maps_gets_the_smallest_input_that_keeps_2x2():
+    plan = api.plan_scan(arch="resnet18", layers=["layer4*"], device="cpu")
+    assert plan.preprocess is not None and plan.preprocess.image_size == 33  # resnet18 halves 5 times
+    assert plan.notes and "resized to 33×33" in plan.notes[0] and "8×8" in plan.notes[0]
+    task = load_task("digits[5-9]", preprocess=plan.preprocess)
+    assert task.input_size == (33, 33) and task.augment.enabled  # digits keep their own augmentation
+    assert api.plan_scan(arch="paper-cnn", arch_options={"width": 0.25}).preprocess is None

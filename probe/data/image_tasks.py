@@ -29,6 +29,7 @@ from .task import Split, TaskData
 
 __all__ = [
     "Preprocess",
+    "resized_builtin",
     "check_image_spec",
     "image_task_meta",
     "load_image_task",
@@ -238,3 +239,25 @@ def task_from_python(obj: Any, preprocess: Preprocess | None = None) -> TaskData
     else:
         return None
     return task_from_images(images, DatasetSpec(name), pre)
+
+
+def resized_builtin(spec: DatasetSpec, key: tuple, base: Any, preprocess: Preprocess) -> TaskData:
+    """A built-in dataset (digits, CIFAR) resized to ``preprocess.image_size`` through the uint8 cache, with its
+    own statistics (digits keep their 0..16 pixel range) and its default augmentation."""
+    from dataclasses import replace
+
+    from .augment import default_augment
+    from .image_pairs import load_tensors
+
+    own = Preprocess(image_size=preprocess.image_size, channels=preprocess.channels, origin=preprocess.origin)
+    memo = ("builtin", *key, own.image_size, own.channels)
+    images = _IMAGES.get(memo)
+    if images is None:
+        images = load_tensors(
+            (base.train_x, base.train_y), (base.test_x, base.test_y), class_names=list(base.class_names),
+            image_size=own.image_size, channels=own.channels,
+        )  # fmt: skip
+        images.meta["source"] = spec.name
+        _IMAGES[memo] = images
+    task = task_from_images(images, spec, own)
+    return replace(task, augment=default_augment(spec.name))

@@ -59,10 +59,12 @@ def load_task(
     """Load a dataset or class subset as tensors (on the CPU; see :meth:`TaskData.to`).
 
     Built-in datasets (digits, CIFAR) are read once per (name, folder), cached in memory and normalised up
-    front; every call returns new tensors. Images from anywhere (a folder, ``tv:NAME``, ``hf:NAME``) are
-    decoded once into the uint8 cache on disk and stay uint8 (memory-mapped), converted per batch, prepared
-    as ``preprocess`` says (see :mod:`probe.data.image_tasks`). ``download=True`` fetches a missing CIFAR
-    archive or torchvision dataset with torchvision (digits needs no download).
+    front; every call returns new tensors (with ``preprocess.image_size`` they are resized once into the
+    uint8 cache, like images from anywhere, and keep their own statistics). Images from anywhere (a folder,
+    ``tv:NAME``, ``hf:NAME``) are decoded once into the uint8 cache on disk and stay uint8 (memory-mapped),
+    converted per batch, prepared as ``preprocess`` says (see :mod:`probe.data.image_tasks`).
+    ``download=True`` fetches a missing CIFAR archive or torchvision dataset with torchvision (digits needs
+    no download).
     """
     spec = parse_spec(spec)
     if spec.kind != "builtin":
@@ -77,6 +79,10 @@ def load_task(
     if base is None:
         base = load_digits() if spec.name == "digits" else load_cifar(spec.name, pathlib.Path(key[1]), download)
         _CACHE[key] = base
+    if preprocess is not None and preprocess.image_size is not None:
+        from .image_tasks import resized_builtin
+
+        return resized_builtin(spec, key, base, preprocess)
     classes = list(range(len(base.class_names))) if spec.classes is None else list(spec.classes)
     _, c, h, w = base.train_x.shape
     return TaskData(

@@ -99,7 +99,7 @@ def train_source(
         in_chans=task.in_chans,
         input_size=task.input_size,
         dataset=str(task.spec),
-        settings=settings.to_dict(),
+        settings={**settings.to_dict(), **({"image_size": preprocess.image_size} if preprocess else {})},
         test_top1=final_figures(outcome.history, 1)["top1"],
     )
     attach_info(model, info)
@@ -181,6 +181,8 @@ def cached_source(
     trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING}
     spec = parse_spec(data)
     key_data = {"arch": arch, "options": arch_options or {}, "data": str(spec), "settings": trained_with}
+    if preprocess is not None:
+        key_data["preprocess"] = preprocess.to_dict()
     if spec.kind != "builtin":  # images from anywhere: their cache entry names their content and preprocessing
         task = load_task(spec, data_dir=data_dir, preprocess=preprocess)
         key_data["images"] = {"cache": task.meta.get("cache"), "preprocessing": task.meta.get("preprocessing")}
