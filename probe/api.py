@@ -510,6 +510,11 @@ def layer_listing(
             shape = input_shape(data or "digits")
         return LayerListing(name, data, shape, layer_table(model, shape))
     name, spec = arch or "paper-cnn", parse_spec(data or "digits")
-    shape = input_shape(spec)
-    model = create_model(name, num_classes=spec.num_classes, in_chans=shape[0], input_size=shape[1:], **options)
+    if spec.kind == "builtin":
+        shape, classes = input_shape(spec), spec.num_classes
+    else:  # images from anywhere: their format is known once read (decoded once into the cache)
+        check_available(spec)
+        task = load_task(spec)
+        shape, classes = (task.in_chans, *task.input_size), task.num_classes
+    model = create_model(name, num_classes=classes, in_chans=shape[0], input_size=shape[1:], **options)
     return LayerListing(name, str(spec), shape, layer_table(model, shape, arch=name))

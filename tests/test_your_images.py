@@ -334,3 +334,16 @@ def test_a_model_that_would_see_1x1_maps_gets_the_smallest_input_that_keeps_2x2(
     task = load_task("digits[5-9]", preprocess=plan.preprocess)
     assert task.input_size == (33, 33) and task.augment.enabled  # digits keep their own augmentation
     assert api.plan_scan(arch="paper-cnn", arch_options={"width": 0.25}).preprocess is None
+
+
+def test_a_task_is_sent_to_workers_by_its_cache_file_not_its_images(tmp_path):
+    import pickle
+
+    folder = image_folder(tmp_path / "pics", classes=("a", "b"), per_class=20, size=(64, 64))
+    task = load_task(f"{folder}[0-1]")
+    blob = pickle.dumps(task)
+    assert len(blob) < task.train.data.numel()  # the images are not in it
+    again = pickle.loads(blob)
+    assert torch.equal(again.train.x, task.train.x) and torch.equal(
+        again.test.take(torch.arange(2)), task.test.rows(0, 2)
+    )

@@ -148,7 +148,9 @@ def task_from_images(images: ImageData, spec: DatasetSpec, preprocess: Preproces
             keep = remap[labels] >= 0
             index = torch.nonzero(keep).flatten()
             labels = remap[labels[keep]]
-        splits[name] = Split(_tensor(x), labels, mean.clone(), std.clone(), index)
+        cache = images.meta.get("cache")
+        path = str(pathlib.Path(cache) / f"{name}_x.npy") if cache else None
+        splits[name] = Split(_tensor(x), labels, mean.clone(), std.clone(), index, path)
     meta = image_task_meta(images, pre, how)
     return TaskData(
         spec=spec,

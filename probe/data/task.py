@@ -26,8 +26,27 @@ class Split:
         mean: torch.Tensor | None = None,
         std: torch.Tensor | None = None,
         index: torch.Tensor | None = None,
+        path: str | None = None,
     ) -> None:
         self.data, self.y, self.mean, self.std, self.index = x, y, mean, std, index
+        self.path = path  # the .npy file ``data`` maps, if any: other processes map it too instead of a copy
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.path is not None and self.data.device.type == "cpu":
+            state["data"] = None  # sent by name: the worker maps the same cache file (no copy of the images)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.data is None and self.path is not None:
+            import warnings
+
+            import numpy as np
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.data = torch.from_numpy(np.load(self.path, mmap_mode="c"))
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +89,9 @@ class Split:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
-        return Split(self.data.to(device), self.y.to(device), move(self.mean), move(self.std), move(self.index))
+        data = self.data.to(device)
+        path = self.path if data.device.type == "cpu" else None
+        return Split(data, self.y.to(device), move(self.mean), move(self.std), move(self.index), path)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
