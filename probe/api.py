@@ -266,6 +266,9 @@ def plan_scan(
     model, source_data = _planned_source(
         source, arch, pretrained, options, source_data, target, data_dir, download, preprocess
     )
+    trained_at = (recorded_info(model).settings or {}).get("image_size") if model is not None else None
+    if trained_at is not None and not pretrained and image_size is None:  # a checkpoint trained on resized images
+        preprocess = Preprocess(image_size=trained_at, origin="the size the source was trained at")
     if target is None:
         if source_data is None:
             raise SettingsError(

@@ -347,3 +347,20 @@ def test_a_task_is_sent_to_workers_by_its_cache_file_not_its_images(tmp_path):
     assert torch.equal(again.train.x, task.train.x) and torch.equal(
         again.test.take(torch.arange(2)), task.test.rows(0, 2)
     )
+
+
+def test_train_on_a_folder_at_a_size_then_scan_it_from_the_checkpoint(tmp_path):
+    folder = image_folder(tmp_path / "pics", per_class=4)
+    ckpt = tmp_path / "src.pt"
+    trained = invoke(
+        ["train", "--data", f"{folder}[0-2]", "--image-size", "12", "--width", "0.25", "--epochs", "1",
+         "--device", "cpu", "--out", ckpt]
+    )  # fmt: skip
+    assert trained.exit_code == 0, (trained.stdout, trained.stderr)
+    out = tmp_path / "out"
+    scanned = invoke(
+        ["scan", "--source", ckpt, "--target", f"{folder}[1-3]", "--layers", "conv1", "--epochs", "1", "--runs", "1",
+         "--jobs", "1", "--device", "cpu", "--out", out]
+    )  # fmt: skip
+    assert scanned.exit_code == 0, (scanned.stdout, scanned.stderr)
+    assert json.loads((out / "results.json").read_text())["extras"]["preprocessing"]["image_size"] == 12
