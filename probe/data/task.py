@@ -40,9 +40,18 @@ class Split:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if self.data is None and self.path is not None:
+            import os
             import warnings
 
             import numpy as np
+
+            from ..errors import DataError
+
+            if not os.path.isfile(self.path):
+                raise DataError(
+                    f"the image cache {self.path} is not on this machine; Ray workers on other machines need "
+                    "PROBE_CACHE on a shared file system"
+                )
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
