@@ -4,7 +4,7 @@ The benchmark writes its own data: ``--files`` (default 10,000) real-size JPEG a
 around 256×256, smooth random content plus noise, 10 classes) into a temporary folder. Then, each in a fresh
 subprocess started back to back (so peaks do not mix and both sides see the same warm page cache):
 
-* prepare: :func:`probe.imagedata.load_image_folder` into an empty cache (``--workers`` threads; and forked
+* prepare: :func:`probe.data.image_folder.load_image_folder` into an empty cache (``--workers`` threads; and forked
   processes) against one pass of torchvision's ``ImageFolder`` + ``DataLoader`` (same workers) with the same
   resize, ``Resize(S) + CenterCrop(S) + PILToTensor``: images/s. Target: ratio >= 1.0.
 * epoch: one shuffled epoch of float, normalised batches gathered from the memory-mapped cache against the
@@ -117,31 +117,38 @@ def loader(root: str, size: int, workers: int, batch: int, normalise: bool, shuf
     steps = [transforms.Resize(size), transforms.CenterCrop(size)]
     steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)] if normalise else [transforms.PILToTensor()]
     data = datasets.ImageFolder(root, transforms.Compose(steps))
-    return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=shuffle, num_workers=workers,
-                                       generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(
+        data, batch_size=batch, shuffle=shuffle, num_workers=workers, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def child(kind: str, root: str, cache: str, size: int, workers: int, batch: int) -> None:
     import torch
     import torchvision  # noqa: F401  (both sides import everything before the baseline is taken)
 
-    import probe.imagedata  # noqa: F401
+    import probe.data.image_folder  # noqa: F401
 
     torch.set_num_threads(1)
     peak = Peak()
     start = time.perf_counter()
     n = 0
     if kind in ("prepare", "prepare-processes"):
-        from probe.imagedata import load_image_folder
+        from probe.data.image_folder import load_image_folder
 
-        data = load_image_folder(root, image_size=size, cache_dir=cache, workers=workers,
-                                 processes=kind == "prepare-processes", test_fraction=0.2)
+        data = load_image_folder(
+            root,
+            image_size=size,
+            cache_dir=cache,
+            workers=workers,
+            processes=kind == "prepare-processes",
+            test_fraction=0.2,
+        )
         n = len(data.train_y) + len(data.test_y)
     elif kind == "tv-prepare":
         for x, _ in loader(root, size, workers, batch, normalise=False, shuffle=False):
             n += len(x)
     elif kind == "epoch-cache":
-        from probe.imagedata import load_image_folder
+        from probe.data.image_folder import load_image_folder
 
         data = load_image_folder(root, image_size=size, cache_dir=cache, workers=0)  # the entry exists: mapped
         start = time.perf_counter()
@@ -150,7 +157,7 @@ def child(kind: str, root: str, cache: str, size: int, workers: int, batch: int)
         std = torch.tensor(STD).view(1, 3, 1, 1) * 255
         order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0)).numpy()
         for s in range(0, len(order), batch):
-            idx = np.sort(order[s:s + batch])
+            idx = np.sort(order[s : s + batch])
             x = (torch.from_numpy(x_all[idx]).float() - mean) / std
             y = y_all[idx]
             n += len(x) + 0 * len(y)
@@ -163,8 +170,22 @@ def child(kind: str, root: str, cache: str, size: int, workers: int, batch: int)
 
 
 def run(kind: str, args, root: str, cache: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--root", root, "--cache", cache,
-           "--image-size", str(args.image_size), "--workers", str(args.workers), "--batch", str(args.batch)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--root",
+        root,
+        "--cache",
+        cache,
+        "--image-size",
+        str(args.image_size),
+        "--workers",
+        str(args.workers),
+        "--batch",
+        str(args.batch),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -191,15 +212,20 @@ def main() -> None:
     files = 200 if args.small else args.files
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print("# image data: prepare the uint8 cache vs torchvision ImageFolder + DataLoader; one epoch from each")
-    print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}  "
-          f"{os.cpu_count()} cores, load {load}")
+    print(
+        f"# {datetime.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}  "
+        f"{os.cpu_count()} cores, load {load}"
+    )
     print(f"# files={files} workers={args.workers} image_size={args.image_size} batch={args.batch}")
     work = args.keep or tempfile.mkdtemp(prefix="probe-imagedata-bench-")
     root, cache = os.path.join(work, "images"), os.path.join(work, "cache")
     try:
         t = time.perf_counter()
-        disk = write_images(root, files) if not os.path.isdir(root) else sum(
-            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+        disk = (
+            write_images(root, files)
+            if not os.path.isdir(root)
+            else sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+        )
         print(f"# {files} images, {mb(disk)} on disk, written in {time.perf_counter() - t:.1f} s")
         results = {}
         for kind in ("tv-prepare", "prepare", "prepare-processes"):
@@ -213,7 +239,9 @@ def main() -> None:
         for kind, r in results.items():
             rate = r["images"] / r["seconds"]
             r["rate"] = rate
-            print(f"{kind:<20}{rate:>10.0f}{mb(r['hwm']):>10}{mb(r['base']):>11}{mb(r['anon']):>11}{mb(r['workers']):>11}")
+            print(
+                f"{kind:<20}{rate:>10.0f}{mb(r['hwm']):>10}{mb(r['base']):>11}{mb(r['anon']):>11}{mb(r['workers']):>11}"
+            )
         prep = results["prepare"]["rate"] / results["tv-prepare"]["rate"]
         prep_p = results["prepare-processes"]["rate"] / results["tv-prepare"]["rate"]
         epoch = results["epoch-cache"]["rate"] / results["epoch-loader"]["rate"]
@@ -223,8 +251,10 @@ def main() -> None:
         for kind in ("prepare", "tv-prepare", "epoch-cache", "epoch-loader"):
             r = results[kind]
             grown = r["anon"] - r["base"] + r["workers"]
-            print(f"{kind}: memory above the idle process {mb(grown)} (main + workers) for {mb(disk)} of images "
-                  f"on disk ({grown / disk:.2f}x)")
+            print(
+                f"{kind}: memory above the idle process {mb(grown)} (main + workers) for {mb(disk)} of images "
+                f"on disk ({grown / disk:.2f}x)"
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -20,12 +20,13 @@ from .backends import check_backend, default_jobs, executor_for
 from .baselines import check_baselines, cka_after_run, run_baselines
 from .core.layers import LayerInfo
 from .data import DatasetSpec, TaskData, check_available, default_target, load_task, parse_spec
+from .data.image_tasks import Preprocess
 from .data.spec import input_shape
 from .engine.context import ProbeContext
 from .engine.prepare import Prepared, default_target_of, prepare
 from .engine.progress import Progress, ProgressEvent
 from .engine.record import environment, fingerprint
-from .engine.selection import check_layer_list, choose_layers
+from .engine.selection import check_layer_list, choose_layers, smallest_input_size
 from .engine.sources import (
     cached_source,
     check_checkpoint_path,
@@ -35,7 +36,8 @@ from .engine.sources import (
     train_source,
 )
 from .errors import ProbeError, SettingsError
-from .models.checkpoint import recorded_info
+from .models.checkpoint import SourceInfo, recorded_info, source_info
+from .models.pretrained import pretrained_input_config
 from .models.registry import create_model, layer_table
 from .results.schema import Measurement, RunResult, RunSpec, run_grid
 from .results.store import ResultsFolder
@@ -55,6 +57,7 @@ __all__ = [
     "measure",
     "plan_scan",
     "prepare",
+    "preprocessing_for",
     "pretrained_source",
     "scan",
     "scan_settings",
@@ -63,7 +66,9 @@ __all__ = [
     "train_source",
 ]
 
-Target = str | DatasetSpec | TaskData
+# A dataset spec ('digits[5-9]', './flowers[0-4]', 'tv:SVHN', 'hf:beans'), a task, or data in Python: a Dataset
+# pair, ((x_train, y_train), (x_test, y_test)) or (x, y) tensors.
+Target = str | DatasetSpec | TaskData | tuple
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,7 +76,43 @@ Target = str | DatasetSpec | TaskData
 
 
 def _dataset_name(data: Target) -> str:
-    return data.spec.name if isinstance(data, TaskData) else parse_spec(data).name
+    if isinstance(data, TaskData):
+        return data.spec.name
+    return "python" if isinstance(data, (tuple, list)) else parse_spec(data).name
+
+
+def _is_spec(data: Target | None) -> bool:
+    return data is not None and not isinstance(data, (TaskData, tuple, list))
+
+
+def preprocessing_for(
+    target: Target | None, *, arch: str | None = None, pretrained: bool = False, image_size: int | None = None
+) -> tuple[Preprocess | None, list[str]]:
+    """How images from anywhere are prepared for this request, and the lines that say so.
+
+    With pretrained weights: the model's own input size (``image_size`` overrides it), 3 channels and
+    mean/std; else the data's native size (or ``image_size``) and its own statistics. Built-in datasets
+    (digits, CIFAR) keep their native format and statistics.
+    """
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise SettingsError(f"--image-size {image_size} is invalid; give a positive number of pixels, e.g. 64")
+    builtin = _is_spec(target) and parse_spec(target).kind == "builtin"  # type: ignore[arg-type]
+    if not (pretrained and arch):
+        if image_size is None:
+            return None, []
+        if builtin:
+            return None, [f"--image-size applies to images from anywhere; {target} keeps its native size"]
+        return Preprocess(image_size=image_size, origin="--image-size"), []
+    cfg = pretrained_input_config(arch)
+    if builtin:
+        return None, [
+            f"{target} is fed at its native size with its own mean/std, not {arch}'s pretrained "
+            f"{cfg['image_size']}×{cfg['image_size']} input (that applies to image folders, tv: and hf: data)"
+        ]
+    size = image_size or cfg["image_size"]
+    origin = cfg["origin"] + (f", size {size} from --image-size" if image_size else "")
+    pre = Preprocess(size, cfg["channels"], cfg["mean"], cfg["std"], origin)
+    return pre, []
 
 
 def scan_settings(
@@ -118,8 +159,8 @@ def check_request(
     folder writable, the device available. Each failure is a one-line ProbeError.
     """
     for spec in (target, source_data):
-        if spec is not None and not isinstance(spec, TaskData):
-            check_available(spec, data_dir, download)
+        if _is_spec(spec):
+            check_available(spec, data_dir, download)  # type: ignore[arg-type]
     check_layer_list(layers)
     names = check_baselines(baselines)
     check_backend(backend, backend_options)
@@ -142,6 +183,8 @@ class ScanPlan:
     settings: RunSettings
     data_dir: str | os.PathLike | None = None
     baselines: list[str] = field(default_factory=list)
+    preprocess: Preprocess | None = None  # how images from anywhere are prepared (None: as they are)
+    notes: list[str] = field(default_factory=list)  # one line each, said with the results
     source_settings: RunSettings | None = None  # how the source is trained when ``model`` is None
 
 
@@ -154,11 +197,15 @@ def _planned_source(
     target: str | None,
     data_dir: str | os.PathLike | None,
     download: bool,
+    preprocess: Preprocess | None = None,
 ) -> tuple[nn.Module | None, str | None]:
-    """The source model when it needs no training (a checkpoint, pretrained weights), and its own task."""
-    if source is not None and pretrained:
-        raise SettingsError("give either --source CHECKPOINT or --pretrained, not both")
-    if source is not None:
+    """The source model when it needs no training (a checkpoint, pretrained weights), and its own task.
+
+    ``source`` with ``pretrained`` is a local file of pretrained weights for ``arch``.
+    """
+    if source is not None and pretrained and arch is None:
+        raise SettingsError("a weights file with --pretrained needs --arch NAME (the architecture it is for)")
+    if source is not None and not pretrained:
         model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, **arch_options)
         recorded = recorded_info(model).dataset
         if (
@@ -178,8 +225,11 @@ def _planned_source(
             )
         check_available(target, data_dir, download)
         if download:
-            load_task(target, data_dir=data_dir, download=True)
-        return pretrained_source(arch, target, data_dir=data_dir, **arch_options), source_data
+            load_task(target, data_dir=data_dir, download=True, preprocess=preprocess)
+        model = pretrained_source(
+            arch, target, data_dir=data_dir, weights=source, preprocess=preprocess, **arch_options
+        )
+        return model, source_data
     return None, source_data or "digits[0-4]"
 
 
@@ -198,6 +248,7 @@ def plan_scan(
     out: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
+    image_size: int | None = None,
     preset: str | None = None,
     **given: Any,
 ) -> ScanPlan:
@@ -207,10 +258,25 @@ def plan_scan(
     ``target``) or, by default, ``arch`` (paper-cnn) trained on ``source_data`` (digits[0-4]); the target
     defaults to the source task's pair (digits[0-4] → digits[5-9], cifar10 → cifar100). ``given`` holds
     settings (None: not given). With ``download`` the missing datasets are fetched at the end.
+    Images from anywhere are prepared for the model (:func:`preprocessing_for`; ``image_size`` sets the size).
     """
     options = dict(arch_options or {})
     names = check_request(layers=layers, baselines=baselines, backend=backend, backend_options=backend_options, out=out)
-    model, source_data = _planned_source(source, arch, pretrained, options, source_data, target, data_dir, download)
+    if pretrained and arch is None:
+        raise SettingsError("--pretrained needs --arch, e.g. --arch resnet18 or --arch tv:resnet18")
+    preprocess, notes = preprocessing_for(target, arch=arch, pretrained=pretrained, image_size=image_size)
+    if pretrained and target is not None:
+        check_available(target, data_dir, download)  # a bad folder is said before any weights are fetched
+    if source_data is not None and target is None and parse_spec(source_data).kind != "builtin":
+        raise SettingsError(
+            f"images from anywhere have no default target: give --target with --source-data {source_data}"
+        )
+    model, source_data = _planned_source(
+        source, arch, pretrained, options, source_data, target, data_dir, download, preprocess
+    )
+    trained_at = (recorded_info(model).settings or {}).get("image_size") if model is not None else None
+    if trained_at is not None and not pretrained and image_size is None:  # a checkpoint trained on resized images
+        preprocess = Preprocess(image_size=trained_at, origin="the size the source was trained at")
     if target is None:
         if source_data is None:
             raise SettingsError(
@@ -222,10 +288,41 @@ def plan_scan(
     if model is None and source_data is not None:  # the source is trained here: with its preset's settings
         trained = source_training_settings(source_data, preset=preset, **given)
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
+    if model is None and arch is not None and image_size is None and source_data is not None:
+        preprocess, note = _upscaled(arch, options, source_data, layers, data_dir) or (preprocess, None)
+        notes += [note] if note else []
     if download:
         for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
-            load_task(spec, data_dir=data_dir, download=True)
-    return ScanPlan(model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names, trained)
+            load_task(spec, data_dir=data_dir, download=True, preprocess=preprocess)
+    for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
+        if parse_spec(spec).kind != "builtin":  # decoded now: a bad file is said before any training
+            load_task(spec, data_dir=data_dir, preprocess=preprocess)
+    return ScanPlan(
+        model, arch or "paper-cnn", options, source_data, target, settings, data_dir, names, preprocess, notes, trained
+    )
+
+
+def _upscaled(
+    arch: str, options: dict, data: str, layers: str | Sequence[str] | None, data_dir: str | os.PathLike | None
+) -> tuple[Preprocess, str] | None:
+    """For a model trained here: the input size that keeps the deepest probed layer's maps at least 2×2 when
+    the data's own size would give 1×1 maps (e.g. resnet18 on 8×8 digits), and the line that says so."""
+    spec = parse_spec(data)
+    if spec.kind == "builtin":
+        shape = input_shape(spec)
+        classes = spec.num_classes
+    else:
+        task = load_task(spec, data_dir=data_dir)
+        shape, classes = (task.in_chans, *task.input_size), task.num_classes
+    model = create_model(arch, num_classes=classes, in_chans=shape[0], input_size=shape[1:], **options)
+    size = smallest_input_size(model, layers, shape)
+    if size is None:
+        return None
+    note = (
+        f"{arch} would see 1×1 maps at its deepest probed layer on {shape[1]}×{shape[2]} images: inputs resized to "
+        f"{size}×{size}, the smallest size that keeps them at least 2×2 (--image-size overrides)"
+    )
+    return Preprocess(image_size=size, origin="smallest size keeping the probed maps ≥ 2×2"), note
 
 
 def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.Module, bool]:
@@ -244,6 +341,7 @@ def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.M
         arch_options=options,
         data_dir=plan.data_dir,
         progress=progress,
+        preprocess=plan.preprocess,
     )
 
 
@@ -287,32 +385,51 @@ def scan(
     backend: str = "local",
     backend_options: Mapping | None = None,
     baselines: Sequence[str] = (),
+    preprocess: Preprocess | None = None,
+    image_size: int | None = None,
+    notes: Sequence[str] = (),
     preset: str | None = None,
     **overrides: Any,
 ) -> Measurement:
     """Measure λS at each layer (default: the architecture's probe layers, in forward order), one fresh target per run.
 
-    ``target`` is a dataset spec such as ``'digits[5-9]'`` or ``'cifar100'``; None uses the pairing recorded
-    with a source trained by the toolkit. ``settings`` default to the target dataset's preset (or the named
-    ``preset``: ``"paper"`` for the paper's exact protocol) with ``overrides`` applied (see
-    :func:`scan_settings`). ``control=True`` also runs AnA (target task = source
-    task). With ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts
-    over); ``baselines`` adds, per layer, Yosinski transfer accuracy and the lenses of
+    ``target`` is a dataset spec such as ``'digits[5-9]'``, ``'cifar100'``, an image folder ``'./flowers'``,
+    ``'tv:SVHN[0-4]'``, ``'hf:beans'``, a task, or data in Python (a Dataset pair, ``((x, y), (x, y))`` or
+    ``(x, y)`` tensors); None uses the pairing recorded with a source trained by the toolkit. Images from
+    anywhere are prepared as ``preprocess`` says (default: a pretrained source's own input size and mean/std,
+    ``image_size`` overriding the size; see :func:`preprocessing_for`). ``settings`` default to the target
+    dataset's preset (or the named ``preset``: ``"paper"`` for the paper's exact protocol) with ``overrides``
+    applied (see :func:`scan_settings`). ``control=True`` also runs AnA (target task = source task). With
+    ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts over);
+    ``baselines`` adds, per layer, Yosinski transfer accuracy and the lenses of
     :data:`probe.baselines.BASELINES` (linear probe, k-NN, LogME, H-scores, TransRate, CKA; LEEP and NCE once
     per scan), with their rank correlations with λS (see probe.baselines).
     """
     if isinstance(model, (str, os.PathLike)):
         data = source_data.spec if isinstance(source_data, TaskData) else source_data
-        model = load_source(model, data=data, data_dir=data_dir)
+        model = load_source(model, data=data if isinstance(data, (str, DatasetSpec)) else None, data_dir=data_dir)
     if not isinstance(model, nn.Module):
         raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
     target = default_target_of(model) if target is None else target
+    notes = list(notes)
+    if preprocess is None:
+        info = source_info(model) or SourceInfo()
+        pretrained = "pretrained" in (info.settings or {})
+        trained_at = (info.settings or {}).get("image_size") if not pretrained else None
+        size = image_size if image_size is not None else trained_at
+        preprocess, more = preprocessing_for(target, arch=info.arch, pretrained=pretrained, image_size=size)
+        if trained_at is not None and preprocess is None and image_size is None:  # a built-in target
+            preprocess, more = Preprocess(image_size=trained_at, origin="the size the source was trained at"), []
+        notes += [n for n in more if n not in notes]
     settings = scan_settings(target, settings, preset=preset, **overrides)
     names = check_request(
         target=target, layers=layers, baselines=baselines, backend=backend, backend_options=backend_options,
         out=out, settings=settings, data_dir=data_dir,
     )  # fmt: skip
-    prepared = prepare(model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir)
+    prepared = prepare(
+        model, target, settings=settings, control=control, source_data=source_data, data_dir=data_dir,
+        preprocess=preprocess,
+    )  # fmt: skip
     context, target_task = prepared.context, prepared.context.tasks["AnB"]
     chosen = choose_layers(prepared.model, layers, (target_task.in_chans, *target_task.input_size))
     specs = run_grid(chosen, settings.init, settings.seed, settings.runs, list(context.tasks))
@@ -336,6 +453,13 @@ def scan(
             environment=env,
             extras={"tasks": {name: str(task.spec) for name, task in context.tasks.items()}},
         )
+        image_meta = {name: task.meta for name, task in context.tasks.items() if task.meta}
+        if image_meta:
+            measurement.extras["data"] = image_meta
+            first = image_meta.get("AnB", next(iter(image_meta.values())))
+            measurement.extras["preprocessing"] = first["preprocessing"]
+        if notes or prepared.notes:
+            measurement.extras["notes"] = notes + prepared.notes
         if names:
             measurement.extras["baselines"] = run_baselines(context, measurement, names, progress=progress)
         if store is not None:
@@ -358,13 +482,15 @@ def measure(
     progress: Progress | None = None,
     out: str | os.PathLike | None = None,
     fresh: bool = False,
+    image_size: int | None = None,
     preset: str | None = None,
     **overrides: Any,
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
         model, [layer], target, settings=settings, control=control, source_data=source_data,
-        data_dir=data_dir, progress=progress, out=out, fresh=fresh, preset=preset, **overrides,
+        data_dir=data_dir, progress=progress, out=out, fresh=fresh, image_size=image_size, preset=preset,
+        **overrides,
     )  # fmt: skip
 
 
@@ -405,6 +531,11 @@ def layer_listing(
             shape = input_shape(data or "digits")
         return LayerListing(name, data, shape, layer_table(model, shape))
     name, spec = arch or "paper-cnn", parse_spec(data or "digits")
-    shape = input_shape(spec)
-    model = create_model(name, num_classes=spec.num_classes, in_chans=shape[0], input_size=shape[1:], **options)
+    if spec.kind == "builtin":
+        shape, classes = input_shape(spec), spec.num_classes
+    else:  # images from anywhere: their format is known once read (decoded once into the cache)
+        check_available(spec)
+        task = load_task(spec)
+        shape, classes = (task.in_chans, *task.input_size), task.num_classes
+    model = create_model(name, num_classes=classes, in_chans=shape[0], input_size=shape[1:], **options)
     return LayerListing(name, str(spec), shape, layer_table(model, shape, arch=name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import torch
@@ -146,15 +147,29 @@ def offline(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "timm:vit_tiny_patch16_224", "tv:resnet18"])
-def test_pretrained_without_a_cached_copy_fails_at_once_without_network(offline, arch):
+def test_pretrained_offline_without_a_cached_copy_fails_at_once_without_network(offline, monkeypatch, arch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name = arch.split(":")[-1]
+    started = time.perf_counter()
     with pytest.raises(
-        CheckpointError, match=rf"no cached pretrained weights for (timm|torchvision) '{name}'.*never downloads"
+        CheckpointError,
+        match=rf"no cached pretrained weights for (timm|torchvision) '{name}' and HF_HUB_OFFLINE is set "
+        r"\(looked for .*\); fetch them once",
     ):
         create_model(arch, 5, 3, (32, 32), pretrained=True)
     with pytest.raises(CheckpointError, match="no cached pretrained weights"):
         pretrained_source(arch, input_size=(32, 32))
-    assert offline == []
+    assert time.perf_counter() - started < 5.0
+    assert offline == []  # HF_HUB_OFFLINE: not even a connection attempt
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "tv:resnet18"])
+def test_pretrained_without_network_fails_in_under_5_seconds(offline, arch):
+    """No HF_HUB_OFFLINE but no network: one connection attempt, refused, then one line (no retries, no hang)."""
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"cannot be reached \(looked for .*HF_HUB_CACHE|cannot be reached"):
+        pretrained_source(arch, input_size=(32, 32))
+    assert time.perf_counter() - started < 5.0
 
 
 def test_an_architecture_without_pretrained_weights_says_so(offline):
@@ -169,7 +184,7 @@ def test_torchvision_pretrained_weights_come_from_the_torch_hub_cache(offline, t
     cached.parent.mkdir(parents=True)
     torch.save(imagenet.state_dict(), cached)
     digest = file_sha256(cached)
-    assert pretrained_file("tv:resnet18") == cached
+    assert pretrained_file("tv:resnet18") == str(cached)
 
     source = pretrained_source("tv:resnet18", DIGITS)  # grey 8×8 digits, 1000-class ImageNet head kept
     assert _equal_states(source, imagenet)

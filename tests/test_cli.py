@@ -380,7 +380,7 @@ def test_layers_of_a_checkpoint_use_its_input_size(checkpoint):
         (["scan", "--baselines", "logme,accuracy"], ["unknown baseline 'accuracy'"]),
         (["scan", "--backend", "spark"], ["'spark' is not one of"]),
         (["scan", "--address", "ray://head:10001"], ["--address needs --backend ray"]),
-        (["scan", "--source", "a.pt", "--pretrained"], ["either --source"]),
+        (["scan", "--source", "a.pt", "--pretrained"], ["--pretrained needs --arch"]),
         (["scan", "--pretrained", "--arch", "resnet18"], ["give --target"]),
         (["scan", "--pretrained", "--target", "cifar10"], ["--pretrained needs --arch"]),
         (["scan", "--bogus"], ["No such option", "probe scan --help"]),

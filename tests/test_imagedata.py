@@ -1,4 +1,5 @@
-"""probe.imagecache / probe.imagedata / probe.hfdata on real files written by the tests (PIL, idx-ubyte, datasets)."""
+"""probe.data.image_cache / image_folder / image_pairs / huggingface on real files the tests write
+(PIL, idx-ubyte, datasets)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from probe import imagecache, imagedata
+from probe.data import image_cache as imagecache
+from probe.data import image_folder as imagedata
+from probe.data.image_folder import load_image_folder
+from probe.data.image_pairs import load_dataset_pair, load_tensors
+from probe.data.images import load_images
+from probe.data.torchvision_sets import load_torchvision
 from probe.errors import DataError
-from probe.imagedata import load_dataset_pair, load_image_folder, load_images, load_tensors
-from probe.tvdata import load_torchvision
 
 COLOURS = {"cat": (200, 30, 40), "dog": (10, 220, 90), "emu": (60, 70, 250)}
 
@@ -64,7 +68,7 @@ def test_train_test_folder_decodes_solid_colours_exactly(tmp_path, cache):
     assert isinstance(data.train_x, np.memmap) and data.train_x.dtype == np.uint8
     assert data.train_x.shape == (6, 3, 10, 12) and data.test_x.shape == (6, 3, 10, 12)
     assert data.train_y.tolist() == [0, 0, 1, 1, 2, 2] and data.train_y.dtype == np.int64
-    for x, y in zip(data.test_x, data.test_y):
+    for x, y in zip(data.test_x, data.test_y, strict=False):
         assert (x == np.array(COLOURS[data.class_names[y]], np.uint8).reshape(3, 1, 1)).all()
     assert data.meta["layout"] == "train/ and test/ folders" and data.meta["counts"] == {"train": 6, "test": 6}
     assert data.in_chans == 3 and data.input_size == (10, 12) and data.num_classes == 3
@@ -96,7 +100,7 @@ def test_modes_png_jpeg_grey_rgba_palette_16bit(tmp_path, cache):
     got = {tuple(int(v) for v in img[:, 5, 5]) for img in x}
     for exact in [(1, 2, 3), (77, 77, 77), (90, 80, 70), (11, 22, 33), (100, 100, 100)]:
         assert exact in got
-    assert any(max(abs(a - b) for a, b in zip(v, (40, 160, 220))) <= 3 for v in got)  # JPEG is lossy
+    assert any(max(abs(a - b) for a, b in zip(v, (40, 160, 220), strict=False)) <= 3 for v in got)  # JPEG is lossy
     assert any(all(abs(a - 128) <= 2 for a in v) for v in got)
 
 
@@ -201,7 +205,12 @@ def test_corrupt_and_huge_files_are_skipped_and_listed(tmp_path, cache):
     (root / "c" / "truncated.jpg").write_bytes(png.read_bytes()[:200])
     data = load_image_folder(root, cache_dir=cache, workers=0, max_pixels=1000)
     skipped = {os.path.basename(f["item"]): f["reason"] for f in data.meta["skipped"]["files"]}
-    assert data.meta["skipped"]["count"] == 4 and set(skipped) == {"corrupt.png", "big.png", "truncated.jpg", "gone.png"}
+    assert data.meta["skipped"]["count"] == 4 and set(skipped) == {
+        "corrupt.png",
+        "big.png",
+        "truncated.jpg",
+        "gone.png",
+    }
     assert "decompression-bomb" in skipped["big.png"]
     assert data.meta["ignored_files"] == 2
     assert len(data.train_y) + len(data.test_y) == 15
@@ -246,10 +255,16 @@ def test_train_and_val_folders_and_train_only(tmp_path, cache):
         (lambda r: solid(r / "loose.png", (1, 2, 3)), "no class subfolders"),
         (lambda r: (solid(r / "a" / "1.png", (1, 1, 1)), (r / "b").mkdir()), "class 'b' .* has no images"),
         (lambda r: [solid(r / "only" / f"{i}.png", (1, 1, 1)) for i in range(3)], "single class 'only'"),
-        (lambda r: [solid(r / s / c / "1.png", (1, 1, 1)) for s, cs in (("train", "xy"), ("test", "xz")) for c in cs],
-         r"only in train/: y; only in test/: z"),
-        (lambda r: [solid(r / c / f"{i}.png", (1, 1, 1), size=(5 + i, 5)) for c in "ab" for i in range(2)],
-         "different sizes .* pass image_size"),
+        (
+            lambda r: [
+                solid(r / s / c / "1.png", (1, 1, 1)) for s, cs in (("train", "xy"), ("test", "xz")) for c in cs
+            ],
+            r"only in train/: y; only in test/: z",
+        ),
+        (
+            lambda r: [solid(r / c / f"{i}.png", (1, 1, 1), size=(5 + i, 5)) for c in "ab" for i in range(2)],
+            "different sizes .* pass image_size",
+        ),
         (lambda r: [solid(r / c / "1.png", (1, 1, 1)) for c in "ab"], "class 'a' has 1 image"),
     ],
 )
@@ -299,7 +314,9 @@ def test_torchvision_dataset_from_idx_files(tmp_path, cache, name):
 
 
 def test_torchvision_missing_offline_and_unknown(tmp_path, cache):
-    with pytest.raises(DataError, match=r"tv:FashionMNIST is not in .*pass --download \(download=True\) or put the files"):
+    with pytest.raises(
+        DataError, match=r"tv:FashionMNIST is not in .*pass --download \(download=True\) or put the files"
+    ):
         load_torchvision("tv:FashionMNIST", tmp_path / "empty", cache_dir=cache)
     with pytest.raises(DataError, match="did you mean 'tv:FashionMNIST'"):
         load_torchvision("fashionmnst", tmp_path, cache_dir=cache)
@@ -354,7 +371,9 @@ def test_tensors_cached_by_content(tmp_path, cache):
     x = torch.rand(8, 1, 5, 5)
     y = torch.arange(8) % 2
     a = load_tensors((x, y), (x[:2], y[:2]), cache_dir=cache)
-    assert a.train_x.shape == (8, 1, 5, 5) and (np.asarray(a.train_x) == (x * 255).round().to(torch.uint8).numpy()).all()
+    assert (
+        a.train_x.shape == (8, 1, 5, 5) and (np.asarray(a.train_x) == (x * 255).round().to(torch.uint8).numpy()).all()
+    )
     assert load_tensors((x, y), (x[:2], y[:2]), cache_dir=cache).meta["cache"] == a.meta["cache"]
     assert load_tensors((x + 0.0001, y), (x[:2], y[:2]), cache_dir=cache).meta["cache"] != a.meta["cache"]
 
@@ -364,11 +383,13 @@ def test_tensors_cached_by_content(tmp_path, cache):
 
 def test_hf_save_to_disk_folder(tmp_path, cache):
     datasets = pytest.importorskip("datasets")
-    features = datasets.Features({"img": datasets.Image(), "kind": datasets.ClassLabel(names=["red", "blue"]),
-                                  "note": datasets.Value("string")})
+    features = datasets.Features(
+        {"img": datasets.Image(), "kind": datasets.ClassLabel(names=["red", "blue"]), "note": datasets.Value("string")}
+    )
     rows = [(Image.new("RGB", (8, 6), (250, 0, 0) if i % 2 == 0 else (0, 0, 250)), i % 2) for i in range(10)]
     ds = datasets.Dataset.from_dict(
-        {"img": [r[0] for r in rows], "kind": [r[1] for r in rows], "note": ["x"] * 10}, features=features)
+        {"img": [r[0] for r in rows], "kind": [r[1] for r in rows], "note": ["x"] * 10}, features=features
+    )
     datasets.DatasetDict({"train": ds, "validation": ds.select(range(4))}).save_to_disk(str(tmp_path / "hf"))
     data = load_images(tmp_path / "hf", cache_dir=cache)
     assert data.class_names == ["red", "blue"] and data.train_x.shape == (10, 3, 6, 8) and len(data.test_y) == 4

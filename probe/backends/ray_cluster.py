@@ -200,7 +200,7 @@ def _context_on_worker(context_ref, use_gpu: bool, task_name: str) -> ProbeConte
             context, source=context.source.to(device), tasks=dict(context.tasks), device=device
         )
     context = _worker_context[key]
-    if context.tasks[task_name].train.x.device.type != device.type:  # a task's data moves when a run first needs it
+    if context.tasks[task_name].train.device.type != device.type:  # a task's data moves when a run first needs it
         context.tasks[task_name] = context.tasks[task_name].to(device)
     return context
 

@@ -51,6 +51,7 @@ from .options import (
     GateLrOption,
     GateOptimizerOption,
     GpusPerRunOption,
+    ImageSizeOption,
     InitOption,
     JobsOption,
     JsonOption,
@@ -84,6 +85,7 @@ def train(
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
+    image_size: ImageSizeOption = None,
     width: WidthOption = None,
     augment: AugmentOption = None,
     preset: PresetOption = None,
@@ -97,13 +99,15 @@ def train(
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=augment)
     settings = api.source_training_settings(data, preset=preset, **given)
     api.check_checkpoint_path(out)
+    preprocess, _ = api.preprocessing_for(data, image_size=image_size)
+    api.check_request(source_data=data, data_dir=data_dir, download=download)
     err = stderr_console(quiet)
     plan = f"{settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"
     err.print(escape(f"training {arch or 'paper-cnn'} on {data} for {plan}"))
     with live_progress(quiet) as live:
         model = api.train_source(
             arch or "paper-cnn", data, settings=settings, out=out, arch_options=options, data_dir=data_dir,
-            download=download, progress=live.phase("source"),
+            download=download, progress=live.phase("source"), preprocess=preprocess,
         )  # fmt: skip
     info = recorded_info(model)
     summary = escape(f"({info.arch} on {info.dataset}) → {out}")
@@ -143,6 +147,7 @@ def scan(
     cpus_per_run: CpusPerRunOption = None,
     width: WidthOption = None,
     pretrained: PretrainedOption = False,
+    image_size: ImageSizeOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -168,7 +173,7 @@ def scan(
         source, arch=arch, pretrained=pretrained, arch_options=arch_options_of(arch or "paper-cnn", width),
         source_data=source_data, target=target, layers=_layer_list(layers), baselines=split_values(baselines),
         backend=backend.value, backend_options=backend_options or None, out=out, data_dir=data_dir,
-        download=download, preset=preset, **given,
+        download=download, image_size=image_size, preset=preset, **given,
     )  # fmt: skip
     err = stderr_console(quiet)
     with live_progress(quiet) as live:
@@ -179,13 +184,23 @@ def scan(
                     model, _layer_list(layers), plan.target, settings=plan.settings, control=control,
                     source_data=plan.source_data, data_dir=data_dir, progress=live.phase("scan"), out=out,
                     fresh=fresh, backend=backend.value, backend_options=backend_options or None,
-                    baselines=plan.baselines,
+                    baselines=plan.baselines, preprocess=plan.preprocess, notes=plan.notes,
                 )  # fmt: skip
         except KeyboardInterrupt:
             live.__exit__(None, None, None)
             _interrupted(out, (ctx.obj or {}).get("argv", []), len(live.finished_runs))
             raise Exit(EXIT_INTERRUPTED) from None
     _render(measurement, out, json_output, err)
+
+
+def _print_data_lines(measurement) -> None:
+    """Under the table: how images from anywhere were prepared, and the notes of the request (one line each)."""
+    console = stdout_console()
+    applied = (measurement.extras.get("preprocessing") or {}).get("applied")
+    if applied:
+        console.print(escape(f"images: {applied}"))
+    for note in measurement.extras.get("notes", []):
+        console.print(escape(f"note: {note}"))
 
 
 def _layer_list(values: Sequence[str] | None) -> list[str] | None:
@@ -233,6 +248,7 @@ def _render(measurement, out: Path | None, json_output: bool, err: Console) -> N
         write_json(results_document(measurement))
     else:
         _print_tables(measurement)
+        _print_data_lines(measurement)
     if out is None:
         return
     try:

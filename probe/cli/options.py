@@ -41,10 +41,22 @@ DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, c
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", help="Folder with the CIFAR data. \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]"
+        "--data-dir",
+        help="Folder with the CIFAR and torchvision (tv:NAME) data. \\[default: $PROBE_DATA or "
+        "~/.cache/quanta-probe/data]",
     ),
 ]
-DownloadOption = Annotated[bool, typer.Option("--download", help="Download CIFAR-10/100 into --data-dir when missing.")]
+DownloadOption = Annotated[
+    bool, typer.Option("--download", help="Download CIFAR-10/100 or a tv:NAME dataset into --data-dir when missing.")
+]
+ImageSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--image-size",
+        help="Resize images from anywhere (folders, tv:, hf:) to this size: shorter side, then centre crop. "
+        "\\[default: a pretrained model's input size, else the images' own]",
+    ),
+]
 WidthOption = Annotated[
     float | None, typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")
 ]
@@ -72,15 +84,16 @@ SourceOption = Annotated[
     Path | None,
     typer.Option(
         "--source",
-        help="Source checkpoint (probe train output, a state_dict or .safetensors). \\[default: train one, cached]",
+        help="Source checkpoint (probe train output, a state_dict or .safetensors); with --pretrained, a file "
+        "of pretrained weights for --arch. \\[default: train one, cached]",
     ),
 ]
 TargetOption = Annotated[
     str | None,
     typer.Option(
         "--target",
-        help="Target task, e.g. digits[5-9], cifar100. \\[default: the source's pairing: digits[0-4] → "
-        "digits[5-9], cifar10 → cifar100]",
+        help="Target task, e.g. digits[5-9], cifar100, an image folder ./flowers, tv:SVHN, hf:beans, each with an "
+        "optional class subset [0-4]. \\[default: the source's pairing: digits[0-4] → digits[5-9], cifar10 → cifar100]",
     ),
 ]
 SourceDataOption = Annotated[
@@ -176,5 +189,10 @@ CpusPerRunOption = Annotated[
     typer.Option("--cpus-per-run", help="ray: CPUs reserved by each run (also its torch threads). \\[default: 1]"),
 ]
 PretrainedOption = Annotated[
-    bool, typer.Option("--pretrained", help="Use the timm/torchvision pretrained weights of --arch as the source.")
+    bool,
+    typer.Option(
+        "--pretrained",
+        help="Use the timm/torchvision pretrained weights of --arch as the source (a cached copy first, else "
+        "downloaded by timm/torchvision; HF_HUB_OFFLINE=1 never downloads).",
+    ),
 ]

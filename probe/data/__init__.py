@@ -1,5 +1,5 @@
-"""Data: the spec language, datasets as tensors in memory, batch augmentation; one module per source of data
-(digits, CIFAR, the CIFAR download)."""
+"""Data: the spec language, datasets as tensors, batch augmentation; one module per source of data (digits,
+CIFAR, the CIFAR download; image folders, torchvision and Hugging Face datasets through a uint8 cache)."""
 
 from .augment import AugmentConfig, augment_batch, default_augment
 from .spec import INPUT_SHAPES, KNOWN_DATASETS, DatasetSpec, default_target, parse_spec

@@ -1,8 +1,15 @@
-"""The dataset spec language: ``digits``, ``cifar10[0-4]``, ``cifar100[0,2,5-7]``; paper-style target pairs."""
+"""The dataset spec language: ``digits``, ``cifar10[0-4]``, ``cifar100[0,2,5-7]``; paper-style target pairs.
+
+Images from anywhere are specs too, with the same class subsets: a folder (``./flowers``, ``~/data/pets[0-9]``:
+torchvision's ``ImageFolder`` layout, or a ``datasets`` ``save_to_disk`` folder), ``tv:NAME`` (a torchvision
+dataset, e.g. ``tv:FashionMNIST[0-4]``) and ``hf:NAME`` (a Hugging Face dataset). Their class count is known
+only once the data is read, so their subsets are range-checked when loaded.
+"""
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 
@@ -26,20 +33,31 @@ class DatasetSpec:
     classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        name = str(self.name).strip().lower()
-        if name not in KNOWN_DATASETS:
+        external = source_kind(str(self.name).strip())
+        name = str(self.name).strip() if external else str(self.name).strip().lower()
+        if external:
+            if external in ("tv", "hf") and not name[3:].strip():
+                raise DataError(f"'{name}' names no dataset; write e.g. 'tv:FashionMNIST' or 'hf:beans'")
+            if external in ("tv", "hf"):
+                name = name[:3].lower() + name[3:]
+        elif name not in KNOWN_DATASETS:
             close = difflib.get_close_matches(name, KNOWN_DATASETS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DataError(f"unknown dataset '{self.name}'{hint}; known datasets: {', '.join(KNOWN_DATASETS)}")
+            raise DataError(
+                f"unknown dataset '{self.name}'{hint}; known datasets: {', '.join(KNOWN_DATASETS)}, "
+                "or an image folder path (e.g. ./flowers), tv:NAME (torchvision) or hf:NAME (Hugging Face)"
+            )
         object.__setattr__(self, "name", name)
         if self.classes is None:
             return
         classes = tuple(int(c) for c in self.classes)
-        n = KNOWN_DATASETS[name]
         if not classes:
             raise DataError(f"empty class subset for '{name}'; list at least one class, e.g. '{name}[0-4]'")
+        n = KNOWN_DATASETS[name] if not external else None
         for c in classes:
-            if not 0 <= c < n:
+            if c < 0 or (n is not None and c >= n):
+                if n is None:
+                    raise DataError(f"class {c} is out of range in '{name}'; class indices start at 0")
                 raise DataError(f"class {c} is out of range: {name} has classes 0-{n - 1}; pick classes in that range")
         seen: set[int] = set()
         for c in classes:
@@ -63,12 +81,39 @@ class DatasetSpec:
         return f"{self.name}[{','.join(parts)}]"
 
     @property
+    def kind(self) -> str:
+        """``builtin`` (digits, CIFAR), ``folder``, ``tv``, ``hf`` or ``python`` (data given in Python)."""
+        return source_kind(self.name) or "builtin"
+
+    @property
     def num_classes(self) -> int:
-        """Number of classes of this (subset of the) dataset."""
-        return KNOWN_DATASETS[self.name] if self.classes is None else len(self.classes)
+        """Number of classes of this (subset of the) dataset (a DataError for all classes of unread images)."""
+        if self.classes is not None:
+            return len(self.classes)
+        if self.kind != "builtin":
+            raise DataError(f"the number of classes of '{self.name}' is known only once it is read (load_task)")
+        return KNOWN_DATASETS[self.name]
+
+
+def source_kind(name: str) -> str | None:
+    """``tv``, ``hf``, ``folder`` for images from anywhere, None for a built-in dataset name (or a typo of one).
+
+    A name with a path separator, starting with ``.`` or ``~``, or naming an existing folder is a folder.
+    """
+    lowered = name.strip().lower()
+    if lowered in KNOWN_DATASETS:
+        return None
+    if lowered.startswith(("tv:", "hf:")):
+        return lowered[:2]
+    if lowered.startswith("python:"):  # data handed over in Python (a Dataset pair, (x, y) tensors)
+        return "python"
+    if "/" in name or os.sep in name or name.startswith((".", "~")) or os.path.isdir(name):
+        return "folder"
+    return None
 
 
 _SPEC_RE = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[(.*)\])?\s*$")
+_SUBSET_RE = re.compile(r"^(.*?)\s*\[([^\[\]]*)\]\s*$")
 
 
 _ITEM_RE = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
@@ -81,13 +126,20 @@ def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
     """
     if isinstance(text, DatasetSpec):
         return text
-    match = _SPEC_RE.match(str(text))
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    match = _SPEC_RE.match(text)
+    if match is None:
+        subset = _SUBSET_RE.match(text)
+        if subset is not None and source_kind(subset.group(1).strip()):
+            match = subset
+        elif source_kind(text.strip()):
+            return DatasetSpec(text.strip(), None)
     if match is None:
         raise DataError(
             f"malformed dataset spec '{text}'; write a name with an optional class list, "
             "e.g. 'digits[0-4]' or 'cifar100[0,2,5-7]'"
         )
-    name, body = match.groups()
+    name, body = match.group(1).strip(), match.group(2)
     if body is None:
         return DatasetSpec(name, None)
     if not body.strip():
@@ -110,7 +162,7 @@ def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
 def default_target(source: str | DatasetSpec) -> DatasetSpec:
     """The paper-style target of ``source``: the complement subset, or ``cifar100`` for ``cifar10``."""
     spec = parse_spec(source)
-    if spec.classes is not None:
+    if spec.classes is not None and spec.kind == "builtin":
         rest = tuple(c for c in range(KNOWN_DATASETS[spec.name]) if c not in set(spec.classes))
         if rest:
             return DatasetSpec(spec.name, rest)
@@ -123,5 +175,8 @@ def default_target(source: str | DatasetSpec) -> DatasetSpec:
 
 
 def input_shape(spec: str | DatasetSpec) -> tuple[int, int, int]:
-    """The (C, H, W) of a dataset's images, known without reading the data."""
-    return INPUT_SHAPES[parse_spec(spec).name]
+    """The (C, H, W) of a built-in dataset's images, known without reading the data."""
+    parsed = parse_spec(spec)
+    if parsed.kind != "builtin":
+        raise DataError(f"the image format of '{parsed.name}' is known only once it is read (load_task)")
+    return INPUT_SHAPES[parsed.name]

@@ -22,48 +22,22 @@ from __future__ import annotations
 
 import os
 import pathlib
-from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from .augment import AugmentConfig, default_augment
+from .augment import default_augment
 from .base import BaseData
 from .cifar import check_cifar_present, load_cifar
 from .digits import load_digits
 from .spec import DatasetSpec, parse_spec
+from .task import Split, TaskData
 
+if TYPE_CHECKING:
+    from .image_rules import Progress
+    from .image_tasks import Preprocess
 
-@dataclass
-class Split:
-    """One split: ``x`` float32 (N, C, H, W), normalised; ``y`` int64 (N,) labels in 0..K-1."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def to(self, device: torch.device | str) -> Split:
-        """This split with both tensors on ``device``."""
-        return Split(self.x.to(device), self.y.to(device))
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
-@dataclass
-class TaskData:
-    """A dataset (or class subset) ready for training: both splits plus what a model needs to know."""
-
-    spec: DatasetSpec
-    train: Split
-    test: Split
-    num_classes: int
-    in_chans: int
-    input_size: tuple[int, int]  # (H, W)
-    class_names: list[str]
-    augment: AugmentConfig  # the dataset's sensible default
-
-    def to(self, device: torch.device | str) -> TaskData:
-        """This task with both splits on ``device``."""
-        return replace(self, train=self.train.to(device), test=self.test.to(device))
+__all__ = ["Split", "TaskData", "check_available", "load_task", "resolve_data_dir"]
 
 
 _CACHE: dict[tuple[str, str], BaseData] = {}
@@ -79,13 +53,24 @@ def load_task(
     spec: str | DatasetSpec,
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
+    preprocess: Preprocess | None = None,
+    progress: Progress | None = None,
 ) -> TaskData:
-    """Load a dataset or class subset as in-memory tensors (on the CPU; see :meth:`TaskData.to`).
+    """Load a dataset or class subset as tensors (on the CPU; see :meth:`TaskData.to`).
 
-    The base dataset is read once per (name, folder) and cached; every call returns new tensors.
-    ``download=True`` fetches a missing CIFAR archive with torchvision (digits needs no download).
+    Built-in datasets (digits, CIFAR) are read once per (name, folder), cached in memory and normalised up
+    front; every call returns new tensors (with ``preprocess.image_size`` they are resized once into the
+    uint8 cache, like images from anywhere, and keep their own statistics). Images from anywhere (a folder,
+    ``tv:NAME``, ``hf:NAME``) are decoded once into the uint8 cache on disk and stay uint8 (memory-mapped),
+    converted per batch, prepared as ``preprocess`` says (see :mod:`probe.data.image_tasks`).
+    ``download=True`` fetches a missing CIFAR archive or torchvision dataset with torchvision (digits needs
+    no download).
     """
     spec = parse_spec(spec)
+    if spec.kind != "builtin":
+        from .image_tasks import load_image_task
+
+        return load_image_task(spec, resolve_data_dir(data_dir), download, preprocess, progress)
     if spec.name == "digits":
         key = ("digits", "")
     else:
@@ -94,6 +79,10 @@ def load_task(
     if base is None:
         base = load_digits() if spec.name == "digits" else load_cifar(spec.name, pathlib.Path(key[1]), download)
         _CACHE[key] = base
+    if preprocess is not None and preprocess.image_size is not None:
+        from .image_tasks import resized_builtin
+
+        return resized_builtin(spec, key, base, preprocess)
     classes = list(range(len(base.class_names))) if spec.classes is None else list(spec.classes)
     _, c, h, w = base.train_x.shape
     return TaskData(
@@ -124,7 +113,16 @@ def _select(x: torch.Tensor, y: torch.Tensor, base: BaseData, classes: tuple[int
 def check_available(
     spec: str | DatasetSpec, data_dir: str | os.PathLike[str] | None = None, download: bool = False
 ) -> None:
-    """Raise the DataError :func:`load_task` would raise for missing data, without reading or fetching anything."""
+    """Raise the DataError :func:`load_task` would raise for missing data, without reading or fetching anything.
+
+    For images from anywhere: the folder exists with at least 2 non-empty class subfolders (train/ and test/
+    alike), the class subset fits, torchvision knows the name, ``datasets`` is installed for ``hf:``.
+    """
     spec = parse_spec(spec)
+    if spec.kind != "builtin":
+        from .image_tasks import check_image_spec
+
+        check_image_spec(spec, resolve_data_dir(data_dir))
+        return
     if spec.name != "digits" and (spec.name, str(resolve_data_dir(data_dir))) not in _CACHE:
         check_cifar_present(spec.name, resolve_data_dir(data_dir), download)

@@ -49,7 +49,7 @@ class ProbeContext:
         self._cache_key, self._cache = None, None  # release the previous layer's tensors first
         point = resolve_layer(self.source, layer)
         with autocast_for(self.device, self.settings):
-            probe = source_forward(self.source, point, task.train.x[:1])
+            probe = source_forward(self.source, point, task.train.rows(0, 1))
         examples = len(task.train) + len(task.test)
         if probe.element_size() * probe[0].numel() * examples > self.settings.cache_budget_mb * 2**20:
             return None
@@ -58,7 +58,7 @@ class ProbeContext:
             parts = []
             for start in range(0, len(split), 256):
                 with autocast_for(self.device, self.settings):
-                    parts.append(source_forward(self.source, point, split.x[start : start + 256]))
+                    parts.append(source_forward(self.source, point, split.rows(start, start + 256)))
             cache[split_name] = torch.cat(parts)
         self._cache_key, self._cache = key, cache
         return cache

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..data.image_tasks import Preprocess, task_from_python
 from ..data.spec import default_target
 from ..data.tensors import TaskData, load_task
 from ..errors import DataError, ProbeError
@@ -27,6 +28,7 @@ class Prepared:
     context: ProbeContext
     model: nn.Module
     source_record: dict
+    notes: list[str] = field(default_factory=list)  # one line each, said under the results
 
 
 def default_target_of(model: nn.Module) -> str:
@@ -40,10 +42,13 @@ def default_target_of(model: nn.Module) -> str:
     return str(default_target(info.dataset))
 
 
-def _resolve_target(model: nn.Module, target, data_dir) -> TaskData:
+def _resolve_target(model: nn.Module, target, data_dir, preprocess: Preprocess | None) -> TaskData:
     if isinstance(target, TaskData):
         return target
-    return load_task(default_target_of(model) if target is None else target, data_dir=data_dir)
+    given = task_from_python(target, preprocess)
+    if given is not None:
+        return given
+    return load_task(default_target_of(model) if target is None else target, data_dir=data_dir, preprocess=preprocess)
 
 
 def prepare(
@@ -54,15 +59,20 @@ def prepare(
     control: bool = False,
     source_data=None,
     data_dir=None,
+    preprocess: Preprocess | None = None,
 ) -> Prepared:
-    """Resolve model, tasks, device and target factory for a measurement."""
+    """Resolve model, tasks, device and target factory for a measurement.
+
+    ``preprocess`` says how images from anywhere are prepared (size, channels, mean/std: a pretrained
+    model's own, see :func:`probe.api.plan_scan`); built-in datasets ignore it.
+    """
     if isinstance(model, (str, os.PathLike)):
         model = load_source(model, data=source_data, data_dir=data_dir)
     if not isinstance(model, nn.Module):
         raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
     device = resolve_device(settings.device)
     info = source_info(model) or SourceInfo()
-    target_task = _resolve_target(model, target, data_dir)
+    target_task = _resolve_target(model, target, data_dir, preprocess)
     if (
         info.in_chans is not None
         and info.input_size is not None
@@ -78,11 +88,21 @@ def prepare(
             "pick a target of the same image format"
         )
     tasks = {"AnB": target_task}
+    notes: list[str] = []
     if control:
         source_task_spec = source_data or info.dataset
-        if source_task_spec is None:
+        if source_task_spec is None and "pretrained" in (info.settings or {}):
+            notes.append(
+                f"no AnA control: {info.arch} was pretrained on data this toolkit does not have (e.g. ImageNet); "
+                "name data of that task with --source-data (source_data=) to run it"
+            )
+        elif source_task_spec is None:
             raise DataError("the control (AnA) needs the source's task: pass source_data='digits[0-4]' (--source-data)")
-        tasks["AnA"] = load_task(source_task_spec, data_dir=data_dir)
+        elif isinstance(source_task_spec, TaskData):
+            tasks["AnA"] = source_task_spec
+        else:
+            given = task_from_python(source_task_spec, preprocess)
+            tasks["AnA"] = given or load_task(source_task_spec, data_dir=data_dir, preprocess=preprocess)
     tasks = {name: task.to(device) for name, task in tasks.items()}
     # The source is never modified: a copy goes to another device, the original stays where it is.
     source = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
@@ -91,4 +111,4 @@ def prepare(
     source_record = info.to_dict()
     source_record["class"] = type(model).__name__
     source_record["state_sha256"] = state_dict_sha256(model)
-    return Prepared(context, model, source_record)
+    return Prepared(context, model, source_record, notes)

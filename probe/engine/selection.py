@@ -68,3 +68,38 @@ def choose_layers(model: nn.Module, layers: str | Sequence[str] | None, input_sh
         chosen = expand_layers(model, patterns, lambda: all_layers(model, input_shape))
     check_layers(model, chosen, input_shape)
     return chosen
+
+
+def deepest_side(model: nn.Module, layers: str | Sequence[str] | None, input_shape: Sequence[int]) -> int | None:
+    """The smallest spatial side among the feature maps of the probed layers at ``input_shape`` (None: no maps)."""
+    chosen = choose_layers(model, layers, input_shape)
+    shapes = {info.name: info.shape for info in discover_layers(model, tuple(input_shape))}
+    sides = [min(shapes[name][1:]) for name in chosen if len(shapes.get(name, ())) == 3]
+    return min(sides) if sides else None
+
+
+def smallest_input_size(
+    model: nn.Module, layers: str | Sequence[str] | None, input_shape: Sequence[int], limit: int = 1024
+) -> int | None:
+    """The smallest square input size at which every probed layer's maps are at least 2×2, when the data's own
+    size (``input_shape``) gives 1×1 maps; None when the native size is fine or nothing larger helps."""
+    chans, height, width = input_shape
+
+    def side(size: int) -> int:
+        try:
+            found = deepest_side(model, layers, (chans, size, size))
+        except Exception:  # a model that takes one input size only (a ViT): leave the size alone
+            return -1
+        return 2 if found is None else found
+
+    if (deepest_side(model, layers, input_shape) or 2) >= 2:
+        return None
+    low, high = min(height, width), 2 * min(height, width)
+    while side(high) < 2:
+        if side(high) < 0 or high >= limit:
+            return None
+        low, high = high, 2 * high
+    while high - low > 1:  # the smallest size that works, between a failing low and a working high
+        middle = (low + high) // 2
+        low, high = (low, middle) if side(middle) >= 2 else (middle, high)
+    return high

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..core.surgery import require_head
+from ..data.image_tasks import Preprocess
 from ..data.spec import DatasetSpec, parse_spec
 from ..data.tensors import load_task
 from ..errors import ArchitectureError, CheckpointError, ProbeError, ResultsError
@@ -53,6 +55,7 @@ def train_source(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     progress: Progress | None = None,
+    preprocess: Preprocess | None = None,
     **overrides,
 ) -> nn.Module:
     """Train a source model of ``arch`` on task ``data``; save a checkpoint to ``out`` when given.
@@ -66,7 +69,7 @@ def train_source(
     if out is not None:
         check_checkpoint_path(out)
     device = resolve_device(settings.device)
-    task = load_task(data, data_dir=data_dir, download=download)
+    task = load_task(data, data_dir=data_dir, download=download, preprocess=preprocess)
     arch_options = dict(arch_options or {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed("source", settings.seed))
@@ -96,7 +99,7 @@ def train_source(
         in_chans=task.in_chans,
         input_size=task.input_size,
         dataset=str(task.spec),
-        settings=settings.to_dict(),
+        settings={**settings.to_dict(), **({"image_size": preprocess.image_size} if preprocess else {})},
         test_top1=final_figures(outcome.history, 1)["top1"],
     )
     attach_info(model, info)
@@ -168,6 +171,7 @@ def cached_source(
     arch_options: dict | None = None,
     data_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    preprocess: Preprocess | None = None,
 ) -> tuple[nn.Module, bool]:
     """A source trained on ``data``, reused from the cache when one with the same settings exists.
 
@@ -175,21 +179,25 @@ def cached_source(
     """
     settings = settings or RunSettings()
     trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING}
-    key_data = {"arch": arch, "options": arch_options or {}, "data": str(parse_spec(data)), "settings": trained_with}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    path = (
-        _cache_dir()
-        / "sources"
-        / f"{arch.replace(':', '_')}-{str(parse_spec(data)).replace('[', '_').replace(']', '')}-{key}.pt"
-    )
+    spec = parse_spec(data)
+    key_data = {"arch": arch, "options": arch_options or {}, "data": str(spec), "settings": trained_with}
+    if preprocess is not None:
+        key_data["preprocess"] = preprocess.to_dict()
+    if spec.kind != "builtin":  # images from anywhere: their cache entry names their content and preprocessing
+        task = load_task(spec, data_dir=data_dir, preprocess=preprocess)
+        key_data["images"] = {"cache": task.meta.get("cache"), "preprocessing": task.meta.get("preprocessing")}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{arch}-{spec}").strip("_")[-60:]
+    path = _cache_dir() / "sources" / f"{label}-{key}.pt"
     if path.is_file():
         try:
             return load_source(path), True
         except ProbeError:
             path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt
     model = train_source(
-        arch, data, settings=settings, out=path, arch_options=arch_options, data_dir=data_dir, progress=progress
-    )
+        arch, data, settings=settings, out=path, arch_options=arch_options, data_dir=data_dir, progress=progress,
+        preprocess=preprocess,
+    )  # fmt: skip
     return model, False
 
 
@@ -200,24 +208,34 @@ def pretrained_source(
     data_dir: str | os.PathLike | None = None,
     in_chans: int | None = None,
     input_size: tuple[int, int] | None = None,
+    weights: str | os.PathLike | None = None,
+    preprocess: Preprocess | None = None,
     **options,
 ) -> nn.Module:
     """A source with pretrained weights (e.g. ImageNet) for images of ``data``'s format.
 
-    ``arch`` is any registered name (``resnet18``, ``timm:convnext_atto``, ``tv:resnet18``). The source keeps
-    its pretrained head (e.g. 1000 classes); targets built from its SourceInfo get a fresh model with their
-    own head (``pretrained`` is not recorded in ``arch_options``). ``data`` (a dataset spec) or
-    ``in_chans``/``input_size`` give the image format; grey images go to timm's adapted first conv, or are
-    repeated to 3 channels for torchvision models.
+    ``arch`` is any registered name (``resnet18``, ``timm:convnext_atto``, ``tv:resnet18``). The weights come
+    from timm's or torchvision's cache, downloaded there by those libraries when missing (see
+    :mod:`probe.models.pretrained`), or from the local file ``weights`` (a state_dict of ``arch``). The source
+    keeps its pretrained head (e.g. 1000 classes); targets built from its SourceInfo get a fresh model with
+    their own head (``pretrained`` is not recorded in ``arch_options``). ``data`` (a dataset spec, prepared
+    as ``preprocess`` says) or ``in_chans``/``input_size`` give the image format; grey images go to timm's
+    adapted first conv, or are repeated to 3 channels for torchvision models.
     """
     dataset = None
     chans, size = (3 if in_chans is None else in_chans), ((224, 224) if input_size is None else input_size)
     if data is not None:
-        task = load_task(data, data_dir=data_dir)
+        task = load_task(data, data_dir=data_dir, preprocess=preprocess)
         chans, size, dataset = task.in_chans, task.input_size, str(task.spec)
     options.pop("pretrained", None)
-    weights = pretrained_file(arch)
-    model = create_model(arch, num_classes=None, in_chans=chans, input_size=size, pretrained=True, **options)
+    if weights is not None:
+        model = create_model(arch, num_classes=None, in_chans=chans, input_size=size, **options)
+        load_state_into(model, load_raw(weights)["state_dict"], origin=f"weights file '{weights}'")
+        source = str(Path(weights).expanduser().resolve())
+    else:
+        pretrained_file(arch)  # a cached copy, or a download that may start (else a one-line CheckpointError)
+        model = create_model(arch, num_classes=None, in_chans=chans, input_size=size, pretrained=True, **options)
+        source = pretrained_file(arch)  # the cached file now
     model.eval()
     info = SourceInfo(
         arch=arch,
@@ -226,9 +244,9 @@ def pretrained_source(
         in_chans=chans,
         input_size=(size[0], size[1]),
         dataset=None,
-        settings={"pretrained": str(weights), "images": dataset},
-        checkpoint=str(weights),
-        sha256=file_sha256(weights),
+        settings={"pretrained": source, "images": dataset},
+        checkpoint=source,
+        sha256=file_sha256(source) if Path(source).is_file() else None,
     )
     return attach_info(model, info)
 

@@ -1,14 +1,21 @@
-"""Pretrained weights: timm / torchvision weights from the local caches those libraries use.
+"""Pretrained weights the way timm and torchvision users get them, and each model's own preprocessing.
 
-Nothing here downloads. Weights are looked up where timm and torchvision keep them (the Hugging Face
-hub cache, ``$HF_HOME/hub``, and the torch hub cache, ``$TORCH_HOME/hub/checkpoints``); when they are
-not there a :class:`CheckpointError` says so at once, without touching the network.
+A cached copy is used first: where timm and torchvision keep them (the Hugging Face hub cache,
+``$HF_HUB_CACHE`` or ``$HF_HOME/hub``, and the torch hub cache, ``$TORCH_HOME/hub/checkpoints``). Otherwise
+timm downloads through the Hugging Face hub and torchvision through torch hub, into those same caches,
+unless ``HF_HUB_OFFLINE`` is set or the host cannot be reached within 3 seconds: then a
+:class:`CheckpointError` says at once, in one line, what was looked for and how to provide it. A local file
+of weights for a named architecture works too (:func:`local_weights_overlay`).
+:func:`pretrained_input_config` reads the input size and mean/std the weights were trained with.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
+from typing import Any
 
 from ..errors import CheckpointError
 from .registry import get_arch
@@ -34,9 +41,48 @@ def torch_hub_checkpoints() -> Path:
 
 def _fetch_hint(code: str) -> str:
     return (
-        f"this toolkit never downloads: fetch them once on a machine with network ({code}) "
-        "and copy the cache, or point HF_HOME / TORCH_HOME at a cache that has them"
+        f"fetch them once with network ({code}) and copy the cache, point HF_HOME / HF_HUB_CACHE / TORCH_HOME at "
+        "a cache that has them, or pass a weights file (--source FILE --pretrained --arch NAME)"
     )
+
+
+def offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``), read at call time."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether ``host``:443 accepts a connection within ``timeout`` seconds (name lookup included)."""
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _can_download(host: str) -> str | None:
+    """None when a download from ``host`` may start; else why not (one phrase)."""
+    if offline():
+        return "HF_HUB_OFFLINE is set"
+    if not reachable(host):
+        return f"{host} cannot be reached"
+    return None
+
+
+def local_weights_overlay(path: str | os.PathLike) -> dict:
+    """A ``pretrained_cfg_overlay`` that makes timm load its weights from the local file ``path``."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CheckpointError(f"weights file {file} does not exist; give the path of a .safetensors/.pth file")
+    return {"file": str(file.resolve()), "custom_load": False}
 
 
 def timm_pretrained_overlay(name: str) -> dict:
@@ -68,10 +114,20 @@ def timm_pretrained_overlay(name: str) -> dict:
         if cached.is_file():
             return {"file": str(cached)}
         looked.append(str(cached))
+    why = _can_download("huggingface.co") if cfg.hf_hub_id else _can_download(_host(cfg.url))
+    if why is None:
+        return {}  # timm downloads through its own mechanism into the caches above
     raise CheckpointError(
-        f"no cached pretrained weights for timm '{name}' (looked for {' and '.join(looked)}); "
+        f"no cached pretrained weights for timm '{name}' and {why} (looked for {' and '.join(looked)}); "
         + _fetch_hint(f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"")
     )
+
+
+def _host(url: Any) -> str:
+    from urllib.parse import urlparse
+
+    url = url if isinstance(url, str) else (url[0] if url else "")
+    return urlparse(url).hostname or "download.pytorch.org"
 
 
 def torchvision_weights(name: str, tag: bool | str = True):
@@ -89,9 +145,10 @@ def torchvision_weights(name: str, tag: bool | str = True):
             f"torchvision '{name}' has no weights '{tag}': use one of {', '.join(w.name for w in enum)}"
         ) from exc
     cached = torch_hub_checkpoints() / os.path.basename(weights.url)
-    if not cached.is_file():
+    why = None if cached.is_file() else _can_download(_host(weights.url))
+    if why is not None:  # otherwise torchvision downloads into the torch hub cache
         raise CheckpointError(
-            f"no cached pretrained weights for torchvision '{name}' (looked for {cached}); "
+            f"no cached pretrained weights for torchvision '{name}' and {why} (looked for {cached}); "
             + _fetch_hint(
                 f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\""
             )
@@ -99,14 +156,64 @@ def torchvision_weights(name: str, tag: bool | str = True):
     return weights
 
 
-def pretrained_file(arch: str) -> Path:
-    """The cached weights file a ``pretrained=True`` build of ``arch`` loads (CheckpointError if none)."""
+def pretrained_file(arch: str) -> str:
+    """Where a ``pretrained=True`` build of ``arch`` takes its weights: a cached file, or the URL/hub id that
+    timm or torchvision will download (CheckpointError when neither is possible)."""
     prefix, _, name = get_arch(arch).name.partition(":")
     if prefix == "tv":
-        return torch_hub_checkpoints() / os.path.basename(torchvision_weights(name).url)
+        weights = torchvision_weights(name)
+        cached = torch_hub_checkpoints() / os.path.basename(weights.url)
+        return str(cached) if cached.is_file() else weights.url
     if prefix == "timm":
-        return Path(timm_pretrained_overlay(name)["file"])
+        overlay = timm_pretrained_overlay(name)
+        if "file" in overlay:
+            return str(overlay["file"])
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        return f"hf-hub:{cfg.hf_hub_id}" if cfg is not None and cfg.hf_hub_id else str(getattr(cfg, "url", name))
     raise CheckpointError(
         f"'{arch}' has no pretrained weights: pretrained sources are timm or torchvision models (e.g. resnet18, "
         "tv:resnet18)"
     )
+
+
+def pretrained_input_config(arch: str) -> dict[str, Any]:
+    """The input the pretrained weights of ``arch`` expect, read without loading them: ``image_size`` (the
+    crop), ``resize`` (the shorter side their eval transform resizes to first), ``channels``, ``mean``/``std``
+    (0..1 units) and ``origin``; timm's ``pretrained_cfg`` (as ``resolve_data_config``), torchvision's
+    ``weights.transforms()``."""
+    prefix, _, name = get_arch(arch).name.partition(":")
+    if prefix == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None:
+            raise CheckpointError(f"timm has no pretrained weights for '{name}'; drop pretrained=True")
+        chans, height, _ = cfg.input_size
+        crop = float(cfg.crop_pct or 1.0)
+        return {
+            "image_size": int(height),
+            "resize": int(height / crop),
+            "channels": int(chans),
+            "mean": tuple(float(v) for v in cfg.mean),
+            "std": tuple(float(v) for v in cfg.std),
+            "origin": f"timm pretrained_cfg of {name}",
+        }
+    if prefix == "tv":
+        import torchvision
+
+        try:
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"torchvision has no pretrained weights for '{name}'; drop pretrained=True") from exc
+        transform = weights.transforms()
+        return {
+            "image_size": int(transform.crop_size[0]),
+            "resize": int(transform.resize_size[0]),
+            "channels": 3,
+            "mean": tuple(float(v) for v in transform.mean),
+            "std": tuple(float(v) for v in transform.std),
+            "origin": f"torchvision {weights} transforms()",
+        }
+    raise CheckpointError(f"'{arch}' has no pretrained weights: pretrained sources are timm or torchvision models")

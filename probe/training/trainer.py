@@ -73,7 +73,7 @@ def evaluate(
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
     """Top-1, top-3, mean cross-entropy, macro precision and macro recall on ``split``."""
-    device = split.x.device
+    device = split.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top3_hits = torch.zeros((), device=device, dtype=torch.int64)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
@@ -81,7 +81,7 @@ def evaluate(
     for start in range(0, len(split), batch_size):
         stop = min(start + batch_size, len(split))
         idx = torch.arange(start, stop, device=device)
-        x, y = _in_format(split.x[start:stop], memory_format), split.y[start:stop]  # views: no copy
+        x, y = _in_format(split.rows(start, stop), memory_format), split.y[start:stop]  # views for built-in data
         with amp():
             logits = forward(x, idx, "test")
         logits = logits.float()
@@ -172,7 +172,7 @@ def _train_epoch(
     # No host read inside this loop: the next batch is queued while the device works on this one.
     for start in range(0, len(train), settings.batch_size):
         idx = order[start : start + settings.batch_size]
-        x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
+        x, y = train.take(idx), train.y.index_select(0, idx)  # uint8 images are converted per batch
         if augment:
             x = augment_batch(x, task.augment, augment_rng)
         with amp():

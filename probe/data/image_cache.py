@@ -1,7 +1,7 @@
 """Images decoded once into a uint8 cache on disk, memory-mapped on every later use.
 
-This is the engine under :mod:`probe.imagedata` and :mod:`probe.hfdata`: a *source* is a list of items per
-split (file paths, dataset indices) and a reader that turns one item into ``(image, label)``;
+This is the engine under :mod:`probe.data.image_folder` and :mod:`probe.data.huggingface`: a *source* is a
+list of items per split (file paths, dataset indices) and a reader that turns one item into ``(image, label)``;
 :func:`build_cache` decodes, converts and resizes every item once, with an optional pool of workers, and
 streams the result chunk by chunk into ``train_x.npy`` / ``test_x.npy`` (N×C×H×W uint8) under a cache folder
 keyed by a content description. :func:`open_cache` maps them back without a copy.
@@ -40,13 +40,15 @@ import tempfile
 import uuid
 import warnings
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, SettingsError
+from ..errors import DataError, SettingsError
+from .image_convert import CONVERSION_RULE, RESIZE_RULE, BadImage, resize_shape, to_uint8
 
 __all__ = [
     "ImageData",
@@ -65,17 +67,7 @@ __all__ = [
 ]
 
 CACHE_FORMAT = 1  # bump when the preprocessing or the layout changes: old entries are then ignored
-RESIZE_RULE = "shorter side to S (PIL bilinear, antialiased), centre crop S×S: torchvision Resize(S)+CenterCrop(S)"
-CONVERSION_RULE = (
-    "colour via PIL convert('RGB') (alpha dropped, not composited); grey L/LA/1 kept grey (alpha dropped); "
-    "16-bit scaled round(v/257); grey replicated to 3 channels when the data mixes grey and colour"
-)
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _HEADER_BYTES = 128  # our .npy header is padded to this size so N can be fixed once the images are in
-
-
-class BadImage(Exception):
-    """An item that cannot be used (not an image, corrupt, too large); it is skipped by the bad-file rule."""
 
 
 @dataclass
@@ -133,111 +125,12 @@ def cache_key(description: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------ conversion
 
 
-def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
-    """(new_width, new_height) of torchvision's ``Resize(size)``: shorter side to ``size``, the other truncated."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    return (size, new_long) if width <= height else (new_long, size)
-
-
-def to_uint8(
-    image: Any, image_size: int | None = None, channels: int | None = None, max_pixels: int | None = None
-) -> np.ndarray:
-    """One image (PIL, uint8/[0,1]-float tensor or array) as a uint8 (C, H, W) array, converted and resized
-    by the rules in the module docstring. ``channels`` None keeps grey grey and colour RGB.
-    Raises :class:`BadImage` for a corrupt or too large image, :class:`DataError` for an unusable object."""
-    img = _as_pil(image)
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if limit is not None and img.width * img.height > limit:
-        raise BadImage(f"{img.width}×{img.height} pixels is above the limit of {limit} (decompression-bomb guard)")
-    try:
-        img = _convert_mode(img)
-        if channels == 1 and img.mode != "L":
-            img = img.convert("L")
-        elif channels == 3 and img.mode != "RGB":
-            img = img.convert("RGB")
-        if image_size is not None:
-            new_w, new_h = resize_shape(img.width, img.height, image_size)
-            if (new_w, new_h) != img.size:
-                img = img.resize((new_w, new_h), Image.BILINEAR)
-            top = int(round((new_h - image_size) / 2.0))
-            left = int(round((new_w - image_size) / 2.0))
-            if (left, top, image_size, image_size) != (0, 0, new_w, new_h):
-                img = img.crop((left, top, left + image_size, top + image_size))
-        arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # truncated, corrupt
-        raise BadImage(f"cannot decode: {' '.join(str(e).split()) or type(e).__name__}") from e
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _convert_mode(img: Image.Image) -> Image.Image:
-    mode = img.mode
-    if mode in ("L", "RGB"):
-        img.load()
-        return img
-    if mode.startswith("I"):  # 16-bit (I;16, I;16B, ...) or 32-bit integer: assume a 16-bit range
-        a = np.asarray(img).astype(np.int64)
-        a = (np.clip(a, 0, 65535) * 255 + 32767) // 65535
-        return Image.fromarray(a.astype(np.uint8), "L")
-    if mode == "F":
-        a = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255)
-        return Image.fromarray(a.astype(np.uint8), "L")
-    if mode in GREY_MODES:  # 1, LA, La
-        return img.convert("L")
-    return img.convert("RGB")
-
-
-def _as_pil(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    arr, layout = _as_numpy(image)
-    if arr is None:
-        raise DataError(
-            f"an image must be a PIL image, a tensor or an array, got {type(image).__name__}; "
-            "return (PIL image or tensor, int) from the dataset"
-        )
-    if layout == "CHW" and arr.ndim == 3:
-        arr = arr.transpose(1, 2, 0)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise DataError(
-            f"an image tensor must be (H, W), (1|3|4, H, W) (tensor) or (H, W, 1|3|4) (array), got shape "
-            f"{tuple(np.shape(image))}; return one image per item"
-        )
-    if arr.dtype != np.uint8:
-        if arr.dtype.kind == "f":
-            if arr.size and (np.nanmin(arr) < -1e-3 or np.nanmax(arr) > 1 + 1e-3):
-                raise DataError(
-                    f"a float image has values in [{float(np.nanmin(arr)):.3g}, {float(np.nanmax(arr)):.3g}], "
-                    "not [0, 1] (already normalised?); return uint8 images or floats in [0, 1] (ToTensor)"
-                )
-            arr = np.rint(np.clip(arr, 0, 1) * 255)
-        elif arr.dtype.kind not in "iub" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
-            raise DataError(f"an integer image of dtype {arr.dtype} has values outside 0..255; return uint8 images")
-        arr = arr.astype(np.uint8)
-    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
-    return Image.fromarray(np.ascontiguousarray(arr), mode)
-
-
-def _as_numpy(image: Any) -> tuple[np.ndarray | None, str]:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and isinstance(image, torch.Tensor):
-        return image.detach().cpu().numpy(), "CHW"
-    if isinstance(image, np.ndarray):
-        return image, "HWC"
-    return None, ""
-
-
 # --------------------------------------------------------------------------- the writer
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
     """A version-1.0 .npy header for uint8 C-order data of ``shape``, padded to exactly 128 bytes."""
-    text = "{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(int(s) for s in shape),)
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
     length = _HEADER_BYTES - 10
     if len(text) >= length:
         raise SettingsError(f"array shape {shape} too large for the cache header")
@@ -304,8 +197,10 @@ def build_cache(
     """Decode every item of ``parts`` once into the cache entry ``key`` and return it memory-mapped.
 
     ``reader(item) -> (image, label or None)``. Bad items (:class:`BadImage`) are skipped and listed in
-    ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)`` returns an error message when there are too many.
-    ``class_names`` may be a function of ``{split: labels}``; ``check({split: labels})`` validates the result before it is published (e.g. no class left empty). ``workers`` > 0 decodes in
+    ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)``
+    returns an error message when there are too many. ``class_names`` may be a function of
+    ``{split: labels}``; ``check({split: labels})`` validates the result before it is published (e.g. no
+    class left empty). ``workers`` > 0 decodes in
     a pool of that many threads (or forked processes with ``processes=True`` on Linux), ``chunk`` items
     per task (default: 64, fewer for large images so that a chunk stays under 16 MB); at most 2 × workers chunks
     are in flight, which bounds the memory. An entry that already exists is returned as is. Nothing is left
@@ -323,9 +218,16 @@ def build_cache(
     _remove_stale(root)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
     token = uuid.uuid4().hex
-    _JOBS[token] = (reader, {p.name: p for p in parts}, {
-        "image_size": image_size, "channels": channels, "max_pixels": max_pixels, "shape": tuple(shape),
-    })
+    _JOBS[token] = (
+        reader,
+        {p.name: p for p in parts},
+        {
+            "image_size": image_size,
+            "channels": channels,
+            "max_pixels": max_pixels,
+            "shape": tuple(shape),
+        },
+    )
     executor: cf.Executor | None = None
     try:
         if workers > 0:
@@ -356,10 +258,17 @@ def build_cache(
         if check is not None:
             check(all_labels)
         names = class_names(all_labels) if callable(class_names) else list(class_names)
-        meta = {**meta, "counts": counts, "skipped": {"count": len(skipped), "files": skipped},
-                "resize": RESIZE_RULE if image_size is not None else "none (native size)",
-                "conversion": CONVERSION_RULE, "image_size": image_size, "channels": channels,
-                "cache_format": CACHE_FORMAT, "pixel_stats": stats}
+        meta = {
+            **meta,
+            "counts": counts,
+            "skipped": {"count": len(skipped), "files": skipped},
+            "resize": RESIZE_RULE if image_size is not None else "none (native size)",
+            "conversion": CONVERSION_RULE,
+            "image_size": image_size,
+            "channels": channels,
+            "cache_format": CACHE_FORMAT,
+            "pixel_stats": stats,
+        }
         with open(tmp / "meta.json", "w") as fh:
             fh.write(json.dumps({"class_names": names, "meta": meta}, indent=1))
             _sync(fh)
@@ -484,12 +393,11 @@ def open_cache(folder: str | os.PathLike[str]) -> ImageData:
     folder = pathlib.Path(folder)
     try:
         info = json.loads((folder / "meta.json").read_text())
-        arrays = {
-            f"{s}_x": np.load(folder / f"{s}_x.npy", mmap_mode="c") for s in ("train", "test")
-        } | {f"{s}_y": np.load(folder / f"{s}_y.npy") for s in ("train", "test")}
+        arrays = {f"{s}_x": np.load(folder / f"{s}_x.npy", mmap_mode="c") for s in ("train", "test")} | {
+            f"{s}_y": np.load(folder / f"{s}_y.npy") for s in ("train", "test")
+        }
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"the image cache {folder} is damaged ({type(e).__name__}); delete that folder") from e
     meta = dict(info["meta"])
     meta["cache"] = str(folder)
     return ImageData(class_names=list(info["class_names"]), meta=meta, **arrays)
-

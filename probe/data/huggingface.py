@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
-from .imagecache import ImageData
-from .imagecache import cache_key as _cache_key
-from .imagedata import Progress, load_dataset_pair, stratified_split
+from ..errors import DataError
+from .image_cache import ImageData
+from .image_cache import cache_key as _cache_key
+from .image_pairs import load_dataset_pair
+from .image_rules import Progress, stratified_split
 
-__all__ = ["load_hf", "hub_reachable"]
+__all__ = ["check_hf_available", "hub_reachable", "load_hf"]
 
 INSTALL = "pip install 'quanta-probe[hf]'"
 TEST_SPLITS = ("test", "validation", "valid", "val")
@@ -37,13 +38,22 @@ def _import_datasets():
     try:
         import datasets
     except ImportError:
-        raise DataError(f"Hugging Face datasets need the 'datasets' package; {INSTALL} (or pip install datasets)") from None
+        raise DataError(
+            f"Hugging Face datasets need the 'datasets' package; {INSTALL} (or pip install datasets)"
+        ) from None
     return datasets
 
 
 def _offline_env() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def check_hf_available(name: str) -> None:
+    """A DataError when the ``datasets`` package is missing; reads nothing (offline names fail fast in load_hf)."""
+    _import_datasets()
 
 
 def hub_reachable(timeout: float = 3.0, host: str = "huggingface.co") -> bool:
@@ -111,14 +121,14 @@ def _set_offline(datasets: Any, value: bool) -> bool:
 def _column(features: dict[str, Any], kind: type, given: str | None, what: str, parameter: str) -> str:
     if given is not None:
         if given not in features:
-            raise DataError(f"the dataset has no column '{given}' (columns: {', '.join(features)}); pass an existing {parameter}")
+            raise DataError(
+                f"the dataset has no column '{given}' (columns: {', '.join(features)}); pass an existing {parameter}"
+            )
         return given
     found = [name for name, feature in features.items() if isinstance(feature, kind)]
     if len(found) != 1:
         which = f"{len(found)} {what} columns ({', '.join(found)})" if found else f"no {what} column"
-        raise DataError(
-            f"the dataset has {which} among {', '.join(features)}; name the one to use with {parameter}="
-        )
+        raise DataError(f"the dataset has {which} among {', '.join(features)}; name the one to use with {parameter}=")
     return found[0]
 
 
@@ -189,18 +199,40 @@ def load_hf(
         tr, te = stratified_split(labels, test_fraction, seed, names)
         train = _Columns(train_ds, image_col, label_col, tr, remap)
         test = _Columns(train_ds, image_col, label_col, te, remap)
-        split_meta = {"layout": f"split '{train_split}' per class", "seed": int(seed), "test_fraction": float(test_fraction),
-                      "counts": {n: {"train": int((labels[tr] == c).sum()), "test": int((labels[te] == c).sum())}
-                                 for c, n in enumerate(names)}}
-    basis = {"name": name if not pathlib.Path(name).expanduser().is_dir() else str(pathlib.Path(name).expanduser().resolve()),
-             "fingerprints": [getattr(train_ds, "_fingerprint", None), getattr(test_ds, "_fingerprint", None)],
-             "columns": [image_col, label_col], "split": split_meta}
-    if basis["fingerprints"][0] is None:
+        split_meta = {
+            "layout": f"split '{train_split}' per class",
+            "seed": int(seed),
+            "test_fraction": float(test_fraction),
+            "counts": {
+                n: {"train": int((labels[tr] == c).sum()), "test": int((labels[te] == c).sum())}
+                for c, n in enumerate(names)
+            },
+        }
+    fingerprints = [getattr(train_ds, "_fingerprint", None), getattr(test_ds, "_fingerprint", None)]
+    basis = {
+        "name": name
+        if not pathlib.Path(name).expanduser().is_dir()
+        else str(pathlib.Path(name).expanduser().resolve()),
+        "fingerprints": fingerprints,
+        "columns": [image_col, label_col],
+        "split": split_meta,
+    }
+    if fingerprints[0] is None:
         raise DataError(f"hf:{name} has no fingerprint to key the cache on; update datasets ({INSTALL})")
     return load_dataset_pair(
-        train, test, cache_key="hf-" + _cache_key(basis), class_names=names, image_size=image_size,
-        channels=channels, cache_dir=cache_dir, workers=workers, progress=progress,
-        meta={"source": f"hf:{name}", "columns": {"image": image_col, "label": label_col}, "split": split_meta,
-              "cache_key_basis": "the datasets fingerprint of each split + columns + split + options"},
+        train,
+        test,
+        cache_key="hf-" + _cache_key(basis),
+        class_names=names,
+        image_size=image_size,
+        channels=channels,
+        cache_dir=cache_dir,
+        workers=workers,
+        progress=progress,
+        meta={
+            "source": f"hf:{name}",
+            "columns": {"image": image_col, "label": label_col},
+            "split": split_meta,
+            "cache_key_basis": "the datasets fingerprint of each split + columns + split + options",
+        },
     )
-

@@ -1,8 +1,9 @@
-"""torchvision datasets by name (``tv:FashionMNIST``, ``tv:SVHN``, ...) into the image cache of :mod:`probe.imagecache`.
+"""torchvision datasets by name (``tv:FashionMNIST``, ``tv:SVHN``, ...) into the image cache
+(:mod:`probe.data.image_cache`).
 
 The dataset is built from ``data_dir`` with torchvision's own class (``download=`` passed on, a 10 s socket
 timeout), its train and test splits chosen by the dataset's own split argument (:data:`TORCHVISION_SPLITS`),
-and iterated once into the cache through :func:`probe.imagedata.load_dataset_pair`. Files missing offline
+and iterated once into the cache through :func:`probe.data.image_folder.load_dataset_pair`. Files missing offline
 give one line: pass --download or put the files in DIR. The cache key is the dataset's name, the resolved
 ``data_dir`` and the path, size and mtime of every file in the dataset's own folder.
 """
@@ -17,33 +18,47 @@ import shutil
 import socket
 from typing import Any
 
-from .errors import DataError
-from .imagecache import ImageData
-from .imagecache import cache_key as _cache_key
-from .imagedata import Progress, _check_size, load_dataset_pair
+from ..errors import DataError
+from .image_cache import ImageData
+from .image_cache import cache_key as _cache_key
+from .image_pairs import load_dataset_pair
+from .image_rules import Progress, check_size
 
-__all__ = ["load_torchvision", "TORCHVISION_SPLITS"]
+__all__ = ["TORCHVISION_SPLITS", "check_torchvision_name", "load_torchvision"]
 
 
 # ------------------------------------------------------------------------------ torchvision
 
 # name -> (split argument, train value(s), test value); None: train=True/False. Others are found by signature.
 TORCHVISION_SPLITS: dict[str, tuple[str | None, Any, Any]] = {
-    "MNIST": (None, True, False), "FashionMNIST": (None, True, False), "KMNIST": (None, True, False),
-    "QMNIST": (None, True, False), "USPS": (None, True, False), "CIFAR10": (None, True, False),
-    "CIFAR100": (None, True, False), "SVHN": ("split", "train", "test"), "STL10": ("split", "train", "test"),
-    "Flowers102": ("split", ("train", "val"), "test"), "DTD": ("split", ("train", "val"), "test"),
-    "OxfordIIITPet": ("split", "trainval", "test"), "FGVCAircraft": ("split", "trainval", "test"),
-    "Food101": ("split", "train", "test"), "GTSRB": ("split", "train", "test"),
-    "StanfordCars": ("split", "train", "test"), "Country211": ("split", "train", "test"),
-    "RenderedSST2": ("split", "train", "test"), "PCAM": ("split", "train", "test"),
+    "MNIST": (None, True, False),
+    "FashionMNIST": (None, True, False),
+    "KMNIST": (None, True, False),
+    "QMNIST": (None, True, False),
+    "USPS": (None, True, False),
+    "CIFAR10": (None, True, False),
+    "CIFAR100": (None, True, False),
+    "SVHN": ("split", "train", "test"),
+    "STL10": ("split", "train", "test"),
+    "Flowers102": ("split", ("train", "val"), "test"),
+    "DTD": ("split", ("train", "val"), "test"),
+    "OxfordIIITPet": ("split", "trainval", "test"),
+    "FGVCAircraft": ("split", "trainval", "test"),
+    "Food101": ("split", "train", "test"),
+    "GTSRB": ("split", "train", "test"),
+    "StanfordCars": ("split", "train", "test"),
+    "Country211": ("split", "train", "test"),
+    "RenderedSST2": ("split", "train", "test"),
+    "PCAM": ("split", "train", "test"),
 }
 
 
 def _tv_class(name: str):
     from torchvision import datasets as tvd
 
-    names = [n for n in dir(tvd) if isinstance(getattr(tvd, n), type) and issubclass(getattr(tvd, n), tvd.VisionDataset)]
+    names = [
+        n for n in dir(tvd) if isinstance(getattr(tvd, n), type) and issubclass(getattr(tvd, n), tvd.VisionDataset)
+    ]
     lookup = {n.lower(): n for n in names}
     real = lookup.get(name.lower())
     if real is None:
@@ -57,7 +72,7 @@ def _tv_splits(real: str, cls: type) -> tuple[str | None, tuple[Any, ...], Any]:
     if real in TORCHVISION_SPLITS:
         arg, tr, te = TORCHVISION_SPLITS[real]
     else:
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(cls).parameters
         if "train" in params:
             arg, tr, te = None, True, False
         elif "split" in params:
@@ -91,6 +106,11 @@ def _tv_files(ds: Any, root: pathlib.Path) -> list[tuple[str, int, int]]:
     return out
 
 
+def check_torchvision_name(name: str) -> None:
+    """A DataError when torchvision has no dataset ``name`` (``tv:`` prefix allowed); reads nothing."""
+    _tv_class(name[3:] if name.lower().startswith("tv:") else name)
+
+
 def load_torchvision(
     name: str,
     data_dir: str | os.PathLike[str],
@@ -106,7 +126,7 @@ def load_torchvision(
     ``data_dir``, its train and test splits per the dataset's own split argument (:data:`TORCHVISION_SPLITS`;
     Flowers102 and DTD train on train+val), decoded once into the cache. ``download=True`` uses torchvision's
     downloader (10 s socket timeout). Cached under the dataset's files' paths, sizes and mtimes."""
-    _check_size(image_size, channels)
+    check_size(image_size, channels)
     name = name[3:] if name.lower().startswith("tv:") else name
     real, cls = _tv_class(name)
     arg, train_values, test_value = _tv_splits(real, cls)
@@ -146,13 +166,27 @@ def load_torchvision(
     first = built["train"][0]
     names = getattr(first, "classes", None)
     files = _tv_files(first, root)
-    basis = {"name": real, "root": str(root), "files": files, "splits": [repr(train_values), repr(test_value)],
-             "sizes": [len(train), len(test)]}
+    basis = {
+        "name": real,
+        "root": str(root),
+        "files": files,
+        "splits": [repr(train_values), repr(test_value)],
+        "sizes": [len(train), len(test)],
+    }
     return load_dataset_pair(
-        train, test, cache_key=f"tv-{real}-" + _cache_key(basis),
+        train,
+        test,
+        cache_key=f"tv-{real}-" + _cache_key(basis),
         class_names=[str(c) for c in names] if isinstance(names, (list, tuple)) else None,
-        image_size=image_size, channels=channels, cache_dir=cache_dir, workers=workers, progress=progress,
-        meta={"source": f"tv:{real}", "root": str(root),
-              "split": {"argument": arg or "train", "train": list(map(str, train_values)), "test": str(test_value)},
-              "cache_key_basis": "dataset name + root + path, size and mtime_ns of its files + options"},
+        image_size=image_size,
+        channels=channels,
+        cache_dir=cache_dir,
+        workers=workers,
+        progress=progress,
+        meta={
+            "source": f"tv:{real}",
+            "root": str(root),
+            "split": {"argument": arg or "train", "train": list(map(str, train_values)), "test": str(test_value)},
+            "cache_key_basis": "dataset name + root + path, size and mtime_ns of its files + options",
+        },
     )

@@ -1,0 +1,121 @@
+"""One image as a uint8 (C, H, W) array: torchvision's conversion and ``Resize(S)+CenterCrop(S)`` rules.
+
+The rules are documented once in :mod:`probe.data.image_cache`; this module applies them to one image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+
+RESIZE_RULE = "shorter side to S (PIL bilinear, antialiased), centre crop S×S: torchvision Resize(S)+CenterCrop(S)"
+CONVERSION_RULE = (
+    "colour via PIL convert('RGB') (alpha dropped, not composited); grey L/LA/1 kept grey (alpha dropped); "
+    "16-bit scaled round(v/257); grey replicated to 3 channels when the data mixes grey and colour"
+)
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+class BadImage(Exception):
+    """An item that cannot be used (not an image, corrupt, too large); it is skipped by the bad-file rule."""
+
+
+def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_width, new_height) of torchvision's ``Resize(size)``: shorter side to ``size``, the other truncated."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def to_uint8(
+    image: Any, image_size: int | None = None, channels: int | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    """One image (PIL, uint8/[0,1]-float tensor or array) as a uint8 (C, H, W) array, converted and resized
+    by the rules in the module docstring. ``channels`` None keeps grey grey and colour RGB.
+    Raises :class:`BadImage` for a corrupt or too large image, :class:`DataError` for an unusable object."""
+    img = as_pil(image)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if limit is not None and img.width * img.height > limit:
+        raise BadImage(f"{img.width}×{img.height} pixels is above the limit of {limit} (decompression-bomb guard)")
+    try:
+        img = _convert_mode(img)
+        if channels == 1 and img.mode != "L":
+            img = img.convert("L")
+        elif channels == 3 and img.mode != "RGB":
+            img = img.convert("RGB")
+        if image_size is not None:
+            new_w, new_h = resize_shape(img.width, img.height, image_size)
+            if (new_w, new_h) != img.size:
+                img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+            top = int(round((new_h - image_size) / 2.0))
+            left = int(round((new_w - image_size) / 2.0))
+            if (left, top, image_size, image_size) != (0, 0, new_w, new_h):
+                img = img.crop((left, top, left + image_size, top + image_size))
+        arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # truncated, corrupt
+        raise BadImage(f"cannot decode: {' '.join(str(e).split()) or type(e).__name__}") from e
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _convert_mode(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        img.load()
+        return img
+    if mode.startswith("I"):  # 16-bit (I;16, I;16B, ...) or 32-bit integer: assume a 16-bit range
+        a = np.asarray(img).astype(np.int64)
+        a = (np.clip(a, 0, 65535) * 255 + 32767) // 65535
+        return Image.fromarray(a.astype(np.uint8), "L")
+    if mode == "F":
+        a = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255)
+        return Image.fromarray(a.astype(np.uint8), "L")
+    if mode in GREY_MODES:  # 1, LA, La
+        return img.convert("L")
+    return img.convert("RGB")
+
+
+def as_pil(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    arr, layout = _as_numpy(image)
+    if arr is None:
+        raise DataError(
+            f"an image must be a PIL image, a tensor or an array, got {type(image).__name__}; "
+            "return (PIL image or tensor, int) from the dataset"
+        )
+    if layout == "CHW" and arr.ndim == 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise DataError(
+            f"an image tensor must be (H, W), (1|3|4, H, W) (tensor) or (H, W, 1|3|4) (array), got shape "
+            f"{tuple(np.shape(image))}; return one image per item"
+        )
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind == "f":
+            if arr.size and (np.nanmin(arr) < -1e-3 or np.nanmax(arr) > 1 + 1e-3):
+                raise DataError(
+                    f"a float image has values in [{float(np.nanmin(arr)):.3g}, {float(np.nanmax(arr)):.3g}], "
+                    "not [0, 1] (already normalised?); return uint8 images or floats in [0, 1] (ToTensor)"
+                )
+            arr = np.rint(np.clip(arr, 0, 1) * 255)
+        elif arr.dtype.kind not in "iub" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+            raise DataError(f"an integer image of dtype {arr.dtype} has values outside 0..255; return uint8 images")
+        arr = arr.astype(np.uint8)
+    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
+
+
+def _as_numpy(image: Any) -> tuple[np.ndarray | None, str]:
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        return image.detach().cpu().numpy(), "CHW"
+    if isinstance(image, np.ndarray):
+        return image, "HWC"
+    return None, ""

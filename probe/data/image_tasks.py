@@ -1,0 +1,265 @@
+"""Images from anywhere as a :class:`~probe.data.task.TaskData`: the uint8 cache kept as it is, converted per batch.
+
+:func:`load_image_task` reads a folder, ``tv:NAME`` or ``hf:NAME`` spec (or a Dataset pair / ``(x, y)``
+tensors, :func:`task_from_images`) once into the memory-mapped uint8 cache and wraps it without a copy: the
+splits hold the uint8 arrays with the normalisation, and the trainer converts each batch where it gathers it.
+A :class:`Preprocess` says how the images are prepared: the size (``Resize(S)+CenterCrop(S)``), the channels
+(grey replicated to 3 for a model that takes colour) and the mean/std (a pretrained model's own, else the
+data's train split). What was done goes into ``TaskData.meta`` (results.json).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .augment import AugmentConfig
+from .image_cache import ImageData
+from .image_rules import Progress
+from .images import load_images
+from .spec import DatasetSpec
+from .task import Split, TaskData
+
+__all__ = [
+    "Preprocess",
+    "resized_builtin",
+    "check_image_spec",
+    "image_task_meta",
+    "load_image_task",
+    "task_from_images",
+    "task_from_python",
+]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images from anywhere are prepared: None everywhere keeps the native size, channels and statistics."""
+
+    image_size: int | None = None  # Resize(S) + CenterCrop(S)
+    channels: int | None = None  # 3: grey images replicated (a model pretrained on colour)
+    mean: tuple[float, ...] | None = None  # in 0..1 units, e.g. ImageNet's; None: the data's own train statistics
+    std: tuple[float, ...] | None = None
+    origin: str = ""  # where these values come from, e.g. "timm pretrained_cfg of resnet18"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+            "origin": self.origin,
+        }
+
+
+# In-process memo of tv: and hf: data: (source, data_dir, size, channels) -> ImageData (memory-mapped, no copy).
+# Folders are looked up in the cache on every call (a stat of each file), so an edited folder is read again.
+_IMAGES: dict[tuple, ImageData] = {}
+
+
+def _source_key(spec: DatasetSpec, data_dir: pathlib.Path) -> str:
+    if spec.kind == "folder":
+        return str(pathlib.Path(spec.name).expanduser().resolve())
+    return spec.name if spec.kind == "hf" else f"{spec.name}@{data_dir}"
+
+
+def read_images(
+    spec: DatasetSpec,
+    data_dir: pathlib.Path,
+    download: bool = False,
+    preprocess: Preprocess | None = None,
+    progress: Progress | None = None,
+) -> ImageData:
+    """The images of ``spec`` (a folder, tv: or hf: spec), read once per process and once into the cache."""
+    pre = preprocess or Preprocess()
+    key = (_source_key(spec, data_dir), pre.image_size, pre.channels)
+    cached = _IMAGES.get(key) if spec.kind != "folder" else None  # a folder is re-checked: its files may change
+    if cached is not None:
+        return cached
+    options: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels, "progress": progress}
+    if spec.kind == "tv":
+        options.update(data_dir=data_dir, download=download)
+    images = load_images(spec.name, **options)
+    _IMAGES[key] = images
+    return images
+
+
+def load_image_task(
+    spec: DatasetSpec,
+    data_dir: pathlib.Path,
+    download: bool = False,
+    preprocess: Preprocess | None = None,
+    progress: Progress | None = None,
+) -> TaskData:
+    """A folder / tv: / hf: spec as a TaskData over the uint8 cache (class subsets checked against the data)."""
+    images = read_images(spec, data_dir, download, preprocess, progress)
+    return task_from_images(images, spec, preprocess)
+
+
+def _stats(images: ImageData, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor, str]:
+    chans = images.in_chans
+    if pre.mean is not None and pre.std is not None:
+        mean, std = list(pre.mean), list(pre.std)
+        if len(mean) != chans:
+            mean, std = [float(np.mean(mean))] * chans, [float(np.mean(std))] * chans
+        how = f"mean/std {_fmt(mean)}/{_fmt(std)} ({pre.origin or 'given'})"
+        return torch.tensor(mean) * 255.0, torch.tensor(std) * 255.0, how
+    stats = images.meta.get("pixel_stats", {}).get("train")
+    if stats is None:  # pragma: no cover - every cache entry records its statistics
+        raise DataError("the image cache entry records no pixel statistics; delete it and run again")
+    std = [s if s > 0 else 1.0 for s in stats["std"]]
+    return torch.tensor(stats["mean"]), torch.tensor(std), "the data's own train-split mean/std per channel"
+
+
+def _fmt(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only map: it is never written
+        return torch.from_numpy(array)
+
+
+def task_from_images(images: ImageData, spec: DatasetSpec, preprocess: Preprocess | None = None) -> TaskData:
+    """Wrap ``images`` (uint8, memory-mapped) as a TaskData for ``spec``'s class subset, without a copy."""
+    pre = preprocess or Preprocess()
+    n = images.num_classes
+    classes = list(range(n)) if spec.classes is None else list(spec.classes)
+    for c in classes:
+        if c >= n:
+            raise DataError(f"class {c} is out of range: {spec.name} has classes 0-{n - 1}; pick classes in that range")
+    if len(classes) < 2:
+        raise DataError(f"'{spec}' selects a single class; a classification task needs at least 2")
+    mean, std, how = _stats(images, pre)
+    splits = {}
+    for name, x, y in (("train", images.train_x, images.train_y), ("test", images.test_x, images.test_y)):
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        index = None
+        if spec.classes is not None:
+            remap = torch.full((n,), -1, dtype=torch.int64)
+            remap[classes] = torch.arange(len(classes))
+            keep = remap[labels] >= 0
+            index = torch.nonzero(keep).flatten()
+            labels = remap[labels[keep]]
+        cache = images.meta.get("cache")
+        path = str(pathlib.Path(cache) / f"{name}_x.npy") if cache else None
+        splits[name] = Split(_tensor(x), labels, mean.clone(), std.clone(), index, path)
+    meta = image_task_meta(images, pre, how)
+    return TaskData(
+        spec=spec,
+        train=splits["train"],
+        test=splits["test"],
+        num_classes=len(classes),
+        in_chans=images.in_chans,
+        input_size=images.input_size,
+        class_names=[images.class_names[i] for i in classes],
+        augment=AugmentConfig(shift=0.125, rotation=10.0, zoom=0.1, flip=True),  # as CIFAR: natural images
+        meta=meta,
+    )
+
+
+def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> dict[str, Any]:
+    """What results.json records about images from anywhere: source, split, skipped files, preprocessing."""
+    meta = {k: v for k, v in images.meta.items() if k != "pixel_stats"}
+    c, h, w = images.train_x.shape[1:]
+    meta["preprocessing"] = {
+        **pre.to_dict(),
+        "applied": f"{w}×{h}, {c} channel(s); {normalisation}",
+    }
+    meta["sizes"] = {"train": int(len(images.train_y)), "test": int(len(images.test_y))}
+    return meta
+
+
+def check_image_spec(spec: DatasetSpec, data_dir: str | os.PathLike[str] | pathlib.Path) -> None:
+    """The checks of a folder / tv: / hf: spec that need no decoding (missing folder, no classes, ...)."""
+    if spec.kind == "folder":
+        from .image_folder import check_image_folder
+        from .images import is_hf_folder
+
+        folder = pathlib.Path(spec.name).expanduser()
+        if not is_hf_folder(folder):
+            classes = check_image_folder(folder)
+            for c in spec.classes or ():
+                if c >= len(classes):
+                    raise DataError(
+                        f"class {c} is out of range: {spec.name} has classes 0-{len(classes) - 1} "
+                        f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); pick classes in that range"
+                    )
+    elif spec.kind == "tv":
+        from .torchvision_sets import check_torchvision_name
+
+        check_torchvision_name(spec.name)
+    elif spec.kind == "python":
+        raise DataError(f"'{spec.name}' names data given in Python; pass the data itself (a Dataset pair or tensors)")
+    elif spec.kind == "hf":
+        from .huggingface import check_hf_available
+
+        check_hf_available(spec.name)
+
+
+def _is_array(obj: Any) -> bool:
+    return isinstance(obj, (torch.Tensor, np.ndarray))
+
+
+def task_from_python(obj: Any, preprocess: Preprocess | None = None) -> TaskData | None:
+    """Data handed over in Python as a TaskData (None when ``obj`` is none of these):
+
+    * ``(train_dataset, test_dataset)``: map-style Datasets returning ``(image, int)``;
+    * ``((x_train, y_train), (x_test, y_test))``: tensors or arrays;
+    * ``(x, y)``: one set of tensors, split per class (seeded, stratified, 20 % to test).
+    """
+    from .image_pairs import load_dataset_pair, load_tensors
+    from .image_rules import stratified_split
+
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        return None
+    pre = preprocess or Preprocess()
+    sizes: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels}
+    first, second = obj
+    if _is_array(first) and _is_array(second) and len(np.shape(second)) == 1:
+        labels = second.detach().cpu().numpy() if isinstance(second, torch.Tensor) else np.asarray(second)
+        if len(first) != len(labels):
+            raise DataError(f"the data has {len(first)} images but {len(labels)} labels; give one label per image")
+        train_idx, test_idx = stratified_split(labels.astype(np.int64))
+        pick = (lambda a, i: a[torch.from_numpy(i)]) if isinstance(first, torch.Tensor) else (lambda a, i: a[i])
+        images = load_tensors(
+            (pick(first, train_idx), labels[train_idx]), (pick(first, test_idx), labels[test_idx]), **sizes
+        )
+        images.meta["split"] = {"layout": "(x, y) split per class", "seed": 0, "test_fraction": 0.2}
+        name = "python:tensors"
+    elif all(isinstance(part, (tuple, list)) for part in obj):
+        images, name = load_tensors(first, second, **sizes), "python:tensors"
+    elif all(hasattr(part, "__getitem__") and hasattr(part, "__len__") for part in obj):
+        images, name = load_dataset_pair(first, second, **sizes), "python:dataset"
+    else:
+        return None
+    return task_from_images(images, DatasetSpec(name), pre)
+
+
+def resized_builtin(spec: DatasetSpec, key: tuple, base: Any, preprocess: Preprocess) -> TaskData:
+    """A built-in dataset (digits, CIFAR) resized to ``preprocess.image_size`` through the uint8 cache, with its
+    own statistics (digits keep their 0..16 pixel range) and its default augmentation."""
+    from dataclasses import replace
+
+    from .augment import default_augment
+    from .image_pairs import load_tensors
+
+    own = Preprocess(image_size=preprocess.image_size, channels=preprocess.channels, origin=preprocess.origin)
+    memo = ("builtin", *key, own.image_size, own.channels)
+    images = _IMAGES.get(memo)
+    if images is None:
+        images = load_tensors(
+            (base.train_x, base.train_y), (base.test_x, base.test_y), class_names=list(base.class_names),
+            image_size=own.image_size, channels=own.channels,
+        )  # fmt: skip
+        images.meta["source"] = spec.name
+        _IMAGES[memo] = images
+    task = task_from_images(images, spec, own)
+    return replace(task, augment=default_augment(spec.name))

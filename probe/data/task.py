@@ -1,0 +1,125 @@
+"""What training reads: a :class:`Split` (labels and images, gathered per batch) and a :class:`TaskData`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .augment import AugmentConfig
+from .spec import DatasetSpec
+
+
+class Split:
+    """One split: labels ``y`` int64 (N,) in 0..K-1 and the images, read per batch with :meth:`take` / :meth:`rows`.
+
+    Built-in datasets hold their images as one normalised float32 tensor (N, C, H, W). Images from anywhere
+    hold the uint8 cache itself (memory-mapped on the CPU, or copied once to the device as uint8) with
+    ``mean``/``std`` (C,) in pixel units and, for a class subset, ``index`` (the rows of the subset): a batch is
+    gathered, converted to float and normalised where it is used, so memory is bounded by the batch.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.data, self.y, self.mean, self.std, self.index = x, y, mean, std, index
+        self.path = path  # the .npy file ``data`` maps, if any: other processes map it too instead of a copy
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.path is not None and self.data.device.type == "cpu":
+            state["data"] = None  # sent by name: the worker maps the same cache file (no copy of the images)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.data is None and self.path is not None:
+            import os
+            import warnings
+
+            import numpy as np
+
+            from ..errors import DataError
+
+            if not os.path.isfile(self.path):
+                raise DataError(
+                    f"the image cache {self.path} is not on this machine; Ray workers on other machines need "
+                    "PROBE_CACHE on a shared file system"
+                )
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.data = torch.from_numpy(np.load(self.path, mmap_mode="c"))
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    @property
+    def raw(self) -> bool:
+        """Whether the images are uint8, converted per batch."""
+        return self.mean is not None
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images at positions ``idx`` (a tensor on this split's device), float32, normalised."""
+        rows = idx if self.index is None else self.index.index_select(0, idx)
+        if self.data.device != rows.device:
+            rows = rows.to(self.data.device)
+        return self._convert(self.data.index_select(0, rows))
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """The images at positions [start, stop), float32, normalised (a view for built-in datasets)."""
+        if self.index is not None:
+            return self._convert(self.data.index_select(0, self.index[start:stop].to(self.data.device)))
+        return self._convert(self.data[start:stop])
+
+    def _convert(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None or self.std is None:
+            return x
+        x = x.to(self.y.device, non_blocking=True).float()
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Every image, float32 (N, C, H, W), normalised: the stored tensor for a built-in dataset, else a copy."""
+        if not self.raw and self.index is None:
+            return self.data
+        return self.rows(0, len(self))
+
+    def to(self, device: torch.device | str) -> Split:
+        """This split with its tensors on ``device`` (uint8 images stay uint8)."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        data = self.data.to(device)
+        path = self.path if data.device.type == "cpu" else None
+        return Split(data, self.y.to(device), move(self.mean), move(self.std), move(self.index), path)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class TaskData:
+    """A dataset (or class subset) ready for training: both splits plus what a model needs to know."""
+
+    spec: DatasetSpec
+    train: Split
+    test: Split
+    num_classes: int
+    in_chans: int
+    input_size: tuple[int, int]  # (H, W)
+    class_names: list[str]
+    augment: AugmentConfig  # the dataset's sensible default
+    meta: dict = field(default_factory=dict)  # images from anywhere: source, split, skipped files, preprocessing
+
+    def to(self, device: torch.device | str) -> TaskData:
+        """This task with both splits on ``device``."""
+        return replace(self, train=self.train.to(device), test=self.test.to(device))

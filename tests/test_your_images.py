@@ -1,0 +1,366 @@
+"""Issue 14 end to end: your own images (folders, tv:, hf:, Python data) and pretrained weights from a hub cache.
+
+Every file is written by the tests: image folders (PNG and JPEG, grey and RGB), FashionMNIST's idx files, a
+``datasets`` ``save_to_disk`` folder, and a Hugging Face hub cache holding a tiny timm model's weights.
+Nothing is downloaded: the hub is offline (HF_HUB_OFFLINE=1) wherever weights are involved.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import probe
+from probe import api
+from probe.cli import app
+from probe.core.gate import QuantaGate
+from probe.core.hooks import quanta_hooks, source_forward
+from probe.data import load_task, parse_spec
+from probe.data.image_tasks import Preprocess
+from probe.engine.context import fresh_target
+from probe.engine.prepare import prepare
+from probe.errors import CheckpointError, DataError
+from probe.settings import RunSettings
+
+TINY_TIMM = "test_resnet"  # timm's own test model (470k parameters), pretrained tag r160_in1k on the hub
+TINY_TIMM_REPO = "timm/test_resnet.r160_in1k"
+
+
+def invoke(args, env=None):
+    runner = CliRunner(env={"OMP_NUM_THREADS": "1", **(env or {})})
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def image_folder(root: Path, classes=("ant", "bee", "cat", "dog"), per_class=6, size=(20, 16)) -> Path:
+    """Class subfolders of PNG and JPEG files, RGB and grey mixed; each class a distinct colour range."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = (rng.integers(0, 50, (size[1], size[0], 3)) + 50 * c).astype(np.uint8)
+            image = Image.fromarray(pixels, "RGB")
+            if i % 3 == 2:
+                image.convert("L").save(folder / f"{i}.jpg", quality=95)
+            else:
+                image.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face hub cache, in the hub's own layout, holding the tiny timm model's weights; the hub offline."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(TINY_TIMM, pretrained=False)
+    repo = tmp_path / "hub" / f"models--{TINY_TIMM_REPO.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(model.state_dict(), str(repo / "snapshots" / commit / "model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return model.state_dict()
+
+
+# ------------------------------------------------------------------------------------- spec language
+
+
+def test_spec_language_takes_folders_torchvision_and_hugging_face_with_subsets():
+    assert (parse_spec("./flowers[0-2,5]").name, parse_spec("./flowers[0-2,5]").classes) == ("./flowers", (0, 1, 2, 5))
+    assert parse_spec("tv:FashionMNIST[0-4]").kind == "tv" and parse_spec("hf:beans").kind == "hf"
+    assert parse_spec("/data/pets").kind == "folder" and parse_spec("digits[0-4]").kind == "builtin"
+    with pytest.raises(DataError, match="unknown dataset 'digitz'.*image folder path"):
+        parse_spec("digitz")
+
+
+# ------------------------------------------------------------------------------------- folders, CLI
+
+
+def test_scan_of_an_image_folder_from_the_cli(tmp_path):
+    folder = image_folder(tmp_path / "pics")
+    out = tmp_path / "out"
+    result = invoke(
+        ["scan", "--arch", "paper-cnn", "--width", "0.25", "--device", "cpu", "--source-data", f"{folder}[0-1]",
+         "--target", f"{folder}[2-3]", "--layers", "conv1", "--epochs", "1", "--runs", "1", "--init", "0.5",
+         "--jobs", "1", "--out", out]
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "images: 20×16, 3 channel(s); the data's own train-split mean/std" in result.stdout
+    saved = json.loads((out / "results.json").read_text())
+    target = saved["extras"]["data"]["AnB"]
+    assert target["source"] == "folder" and target["root"] == str(folder.resolve())
+    assert target["split"]["seed"] == 0 and target["split"]["counts"]["cat"] == {"train": 5, "test": 1}
+    assert target["skipped"]["count"] == 0 and target["cache"]
+    assert saved["extras"]["tasks"]["AnB"].endswith("pics[2,3]")
+
+
+def test_bad_files_are_skipped_by_rule_and_recorded(tmp_path):
+    folder = image_folder(tmp_path / "pics", classes=("ant", "bee"), per_class=6)
+    (folder / "ant" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "bee" / "notes.txt").write_text("not an image, ignored")
+    task = load_task(str(folder))
+    assert task.meta["skipped"]["count"] == 1 and "broken.png" in json.dumps(task.meta["skipped"])
+    assert task.meta["ignored_files"] == 1 and len(task.train) + len(task.test) == 12
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    root = tmp_path / "bad"
+    flat = image_folder(root / "flat", classes=("a", "b"), per_class=3)
+    (root / "noclasses").mkdir(parents=True)
+    (root / "noclasses" / "x.png").write_bytes(b"")
+    empty = image_folder(root / "empty", classes=("a", "b"), per_class=3)
+    (empty / "c").mkdir()
+    image_folder(root / "single", classes=("a",), per_class=3)
+    image_folder(root / "mismatch" / "train", classes=("a", "b"), per_class=2)
+    image_folder(root / "mismatch" / "test", classes=("a", "c"), per_class=2)
+    corrupt = image_folder(root / "corrupt", classes=("a", "b"), per_class=6)
+    for i in range(11):
+        (corrupt / "a" / f"bad{i}.jpg").write_bytes(b"garbage")
+    return {
+        "missing": ([f"{root / 'nope'}"], "does not exist"),
+        "no classes": ([f"{root / 'noclasses'}"], "has no class subfolders"),
+        "empty class": ([f"{empty}"], "class 'c'"),
+        "single class": ([f"{root / 'single'}"], "single class 'a'"),
+        "train/test": ([f"{root / 'mismatch'}"], "different classes"),
+        "too many corrupt": ([f"{corrupt}"], "11 of 23 images cannot be read"),
+        "subset out of range": ([f"{flat}[0-5]"], "class 2 is out of range"),
+        "unknown torchvision": (["tv:NoSuchSet"], "torchvision has no dataset 'NoSuchSet'"),
+    }
+
+
+def test_every_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
+    for what, (target, fragment) in _bad_inputs(tmp_path).items():
+        out = tmp_path / f"out-{what.replace(' ', '-').replace('/', '-')}"
+        result = invoke(
+            ["scan", "--arch", "paper-cnn", "--width", "0.25", "--device", "cpu", "--source-data", "digits[0-4]",
+             "--target", *target, "--layers", "conv1", "--epochs", "1", "--runs", "1", "--out", out]
+        )  # fmt: skip
+        assert_user_error(result, fragment)
+        assert not out.exists(), what
+
+
+def test_an_hf_name_offline_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = invoke(
+        ["scan", "--arch", "paper-cnn", "--width", "0.25", "--source-data", "hf:nobody/nothing-xyz[0-1]",
+         "--target", "hf:nobody/nothing-xyz[2-3]", "--out", tmp_path / "out"]
+    )  # fmt: skip
+    assert_user_error(result, "hub is offline")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_that_returns_something_else_is_a_data_error():
+    class Wrong(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 8, 8)  # no label
+
+    source = probe.train_source("paper-cnn", "digits[0-4]", epochs=1, arch_options={"width": 0.25}, device="cpu")
+    with pytest.raises(DataError, match=r"not \(image, label\)"):
+        probe.measure(source, "conv1", target=(Wrong(), Wrong()), epochs=1, runs=1)
+
+
+# ------------------------------------------------------------------------------------- torchvision files
+
+
+def _write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    blobs = {
+        f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 0x803, n, h, w) + images.tobytes(),
+        f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 0x801, n) + labels.astype(np.uint8).tobytes(),
+    }
+    for name, blob in blobs.items():  # torchvision's layout after its download: the archive and its content
+        (raw / f"{name}.gz").write_bytes(gzip.compress(blob))
+        (raw / name).write_bytes(blob)
+
+
+def test_a_torchvision_dataset_in_its_own_file_format_through_target(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    images = (rng.integers(0, 40, (60, 28, 28)) + 20 * labels[:, None, None]).astype(np.uint8)
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    _write_idx(raw, "train", images[:40], labels[:40])
+    _write_idx(raw, "t10k", images[40:], labels[40:])
+    out = tmp_path / "out"
+    result = invoke(
+        ["scan", "--arch", "paper-cnn", "--width", "0.25", "--device", "cpu", "--data-dir", tmp_path / "data",
+         "--source-data", "tv:FashionMNIST[0-4]", "--target", "tv:FashionMNIST[5-9]", "--layers", "conv1",
+         "--epochs", "1", "--runs", "1", "--init", "0.5", "--jobs", "1", "--out", out]
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["extras"]["data"]["AnB"]["source"] == "tv:FashionMNIST"
+    assert "28×28, 1 channel(s)" in saved["extras"]["preprocessing"]["applied"]
+
+
+# ------------------------------------------------------------------------------------- Hugging Face, Python
+
+
+def test_an_hf_save_to_disk_folder_through_the_api(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list("abcd"))})
+    rng = np.random.default_rng(1)
+    rows = [Image.fromarray((rng.integers(0, 60, (12, 12, 3)) + 60 * (i % 4)).astype(np.uint8)) for i in range(40)]
+    ds = datasets.Dataset.from_dict({"image": rows, "label": [i % 4 for i in range(40)]}, features=features)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    source = probe.train_source(
+        "paper-cnn", f"{tmp_path / 'hf'}[0-1]", epochs=1, arch_options={"width": 0.25}, device="cpu"
+    )
+    m = probe.measure(source, "conv1", target=f"{tmp_path / 'hf'}[2-3]", epochs=1, runs=1, init=(0.5,), jobs=1)
+    assert m.extras["data"]["AnB"]["source"].startswith("hf") and m.extras["data"]["AnB"]["split"]["seed"] == 0
+    assert len(m.runs) == 1 and m.runs[0].status == "ok" and np.isfinite(m.runs[0].final["lambda_source"])
+
+
+def test_tensors_and_dataset_pairs_as_target():
+    source = probe.train_source("paper-cnn", "digits[0-4]", epochs=1, arch_options={"width": 0.25}, device="cpu")
+    digits = load_task("digits[5-9]")
+    x = (digits.train.x - digits.train.x.min()) / (digits.train.x.max() - digits.train.x.min())
+    m = probe.measure(source, "conv1", target=(x, digits.train.y), epochs=1, runs=1, init=(0.5,), jobs=1)
+    assert m.extras["data"]["AnB"]["split"]["layout"] == "(x, y) split per class"
+
+
+# ------------------------------------------------------------------------------------- pretrained
+
+
+def test_pretrained_timm_from_a_hub_cache_fed_from_a_folder_keeps_the_identity(tmp_path, hub_cache):
+    folder = image_folder(tmp_path / "pics", per_class=4, size=(40, 30))
+    plan = api.plan_scan(arch=TINY_TIMM, pretrained=True, target=str(folder), image_size=48, device="cpu")
+    source = plan.model
+    assert all(torch.equal(source.state_dict()[k], v) for k, v in hub_cache.items())  # the cached weights
+    pre = plan.preprocess
+    assert pre is not None and (pre.image_size, pre.channels, pre.mean) == (48, 3, (0.5, 0.5, 0.5))
+    assert "timm pretrained_cfg of test_resnet" in pre.origin
+    prepared = prepare(source, str(folder), settings=RunSettings(device="cpu"), preprocess=pre)
+    task = prepared.context.tasks["AnB"]
+    assert (task.in_chans, task.input_size) == (3, (48, 48)) and task.train.raw
+    assert task.train.data.dtype == torch.uint8  # kept uint8, converted per batch
+    x = task.test.rows(0, 4)
+    expected_x = (task.test.data[:4].float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(x, expected_x)  # the model's own mean/std
+    target = fresh_target(prepared.context, "AnB", 0)
+    z_source = source_forward(prepared.context.source, "layer1", x)
+    seen = []
+    handle = target.get_submodule("layer2").register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        with (
+            torch.no_grad(),
+            quanta_hooks(prepared.context.source, target, "layer1", QuantaGate(1.0, pinned=True)) as w,
+        ):
+            w(x)
+    finally:
+        handle.remove()
+    assert torch.equal(seen[0], z_source)  # λS = 1: the target sees exactly the source's Z
+
+
+def test_pretrained_scan_records_and_prints_the_preprocessing(tmp_path, hub_cache):
+    folder = image_folder(tmp_path / "pics", per_class=4)
+    out = tmp_path / "out"
+    result = invoke(
+        ["scan", "--arch", TINY_TIMM, "--pretrained", "--target", folder, "--image-size", "32", "--layers",
+         "layer1", "--epochs", "1", "--runs", "1", "--init", "0.5", "--jobs", "1", "--device", "cpu",
+         "--control", "--out", out]
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "images: 32×32, 3 channel(s); mean/std (0.500, 0.500, 0.500)/(0.500, 0.500, 0.500)" in result.stdout
+    assert "note: no AnA control: test_resnet was pretrained on data this toolkit does not have" in result.stdout
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["extras"]["preprocessing"]["image_size"] == 32
+    assert saved["source"]["checkpoint"].endswith("model.safetensors")
+
+
+def test_a_local_weights_file_for_a_named_architecture(tmp_path, monkeypatch, hub_cache):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    save_file(hub_cache, str(tmp_path / "weights.safetensors"))
+    folder = image_folder(tmp_path / "pics", per_class=3)
+    plan = api.plan_scan(
+        tmp_path / "weights.safetensors", arch=TINY_TIMM, pretrained=True, target=str(folder), image_size=32
+    )
+    assert all(torch.equal(plan.model.state_dict()[k], v) for k, v in hub_cache.items())
+
+
+def test_pretrained_offline_without_a_copy_fails_fast_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = image_folder(tmp_path / "pics", classes=("a", "b"), per_class=3)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"no cached pretrained weights for timm 'test_resnet' and HF_HUB_OFF"):
+        api.plan_scan(arch=TINY_TIMM, pretrained=True, target=str(folder))
+    assert time.perf_counter() - started < 5.0
+    result = invoke(["scan", "--arch", TINY_TIMM, "--pretrained", "--target", folder, "--out", tmp_path / "out"])
+    assert_user_error(result, "HF_HUB_OFFLINE is set", "looked for timm/test_resnet.r160_in1k")
+    assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_defaults_to_the_datas_own_statistics(tmp_path):
+    folder = image_folder(tmp_path / "pics", classes=("a", "b"), per_class=4)
+    task = load_task(str(folder), preprocess=Preprocess(image_size=8))
+    assert task.input_size == (8, 8) and task.meta["preprocessing"]["image_size"] == 8
+    assert abs(float(task.train.x.mean())) < 1e-4  # normalised with the train split's own mean
+
+
+def test_a_model_that_would_see_1x1_maps_gets_the_smallest_input_that_keeps_2x2():
+    plan = api.plan_scan(arch="resnet18", layers=["layer4*"], device="cpu")
+    assert plan.preprocess is not None and plan.preprocess.image_size == 33  # resnet18 halves 5 times
+    assert plan.notes and "resized to 33×33" in plan.notes[0] and "8×8" in plan.notes[0]
+    task = load_task("digits[5-9]", preprocess=plan.preprocess)
+    assert task.input_size == (33, 33) and task.augment.enabled  # digits keep their own augmentation
+    assert api.plan_scan(arch="paper-cnn", arch_options={"width": 0.25}).preprocess is None
+
+
+def test_a_task_is_sent_to_workers_by_its_cache_file_not_its_images(tmp_path):
+    import pickle
+
+    folder = image_folder(tmp_path / "pics", classes=("a", "b"), per_class=20, size=(64, 64))
+    task = load_task(f"{folder}[0-1]")
+    blob = pickle.dumps(task)
+    assert len(blob) < task.train.data.numel()  # the images are not in it
+    again = pickle.loads(blob)
+    assert torch.equal(again.train.x, task.train.x) and torch.equal(
+        again.test.take(torch.arange(2)), task.test.rows(0, 2)
+    )
+
+
+def test_train_on_a_folder_at_a_size_then_scan_it_from_the_checkpoint(tmp_path):
+    folder = image_folder(tmp_path / "pics", per_class=4)
+    ckpt = tmp_path / "src.pt"
+    trained = invoke(
+        ["train", "--data", f"{folder}[0-2]", "--image-size", "12", "--width", "0.25", "--epochs", "1",
+         "--device", "cpu", "--out", ckpt]
+    )  # fmt: skip
+    assert trained.exit_code == 0, (trained.stdout, trained.stderr)
+    out = tmp_path / "out"
+    scanned = invoke(
+        ["scan", "--source", ckpt, "--target", f"{folder}[1-3]", "--layers", "conv1", "--epochs", "1", "--runs", "1",
+         "--jobs", "1", "--device", "cpu", "--out", out]
+    )  # fmt: skip
+    assert scanned.exit_code == 0, (scanned.stdout, scanned.stderr)
+    assert json.loads((out / "results.json").read_text())["extras"]["preprocessing"]["image_size"] == 12
