@@ -21,7 +21,7 @@ from probe.errors import SettingsError
 from probe.report.tables import quality_line, results_table
 from probe.results import Measurement, RunResult, RunSpec
 from probe.results.assessment import assess, results_document
-from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, RunSettings
+from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, GATE_BUDGET, RunSettings
 from probe.training.trainer import JointOptimizer, make_optimizer
 
 
@@ -100,10 +100,18 @@ def test_the_paper_preset_is_the_paper_exactly_even_on_digits():
     assert api.scan_settings("digits[5-9]", preset="paper", epochs=3).epochs == 3  # given options win
 
 
+def test_other_data_get_the_paper_protocol_with_the_budget_rule():
+    settings = api.scan_settings("cifar10", jobs=1)
+    assert (settings.lr, settings.epochs, settings.augment, settings.gate_lr) == (1e-4, 60, True, None)
+    steps = settings.steps_per_run(50_000)
+    assert steps == 60 * 1563
+    assert settings.gate_lr_for(steps) * steps == pytest.approx(GATE_BUDGET)
+
+
 def test_an_unknown_preset_is_one_line_and_exit_2(tmp_path):
     result = invoke(["scan", "--preset", "fast", "--out", tmp_path / "out"])
     assert result.exit_code == 2
-    assert "unknown preset 'fast': use paper or digits" in result.output
+    assert "unknown preset 'fast': use default, paper, digits" in result.output
     assert not (tmp_path / "out").exists()
 
 

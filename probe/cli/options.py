@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..baselines import BASELINES
-from ..settings import DIGITS_PRESET
+from ..settings import DIGITS_PRESET, GATE_BUDGET
 
 
 class Backend(str, Enum):
@@ -74,8 +74,9 @@ PresetOption = Annotated[
     str | None,
     typer.Option(
         "--preset",
-        help="Start from a preset: paper (the paper exactly: lr 1e-4, gate lr = lr, 60 epochs, augmentation) or "
-        "digits (docs/protocol.md). Options given beside it win. \\[default: the target data's own]",
+        help="Start from a preset: default (the paper's protocol, the gate lr from the gate budget), paper (the "
+        "paper exactly: lr 1e-4, gate lr = lr, 60 epochs, augmentation) or digits (docs/protocol.md). Options "
+        "given beside it win. \\[default: digits for digits, else default]",
     ),
 ]
 
@@ -128,8 +129,8 @@ GateLrOption = Annotated[
     float | None,
     typer.Option(
         "--gate-lr",
-        help="Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. \\[default: = --lr; "
-        "digits: from --gate-budget]",
+        help="Learning rate of the gate (vS, vT): λS can move about gate_lr × steps. Wins over --gate-budget. "
+        "\\[default: --gate-budget / steps; --preset paper: = --lr]",
     ),
 ]
 GateBudgetOption = Annotated[
@@ -137,7 +138,7 @@ GateBudgetOption = Annotated[
     typer.Option(
         "--gate-budget",
         help="The gate's travel, gate_lr × steps: the gate lr becomes BUDGET / steps for any run length "
-        f"(ignored with --gate-lr). \\[default: none (gate lr = --lr); digits: {DIGITS_PRESET.get('gate_budget')}]",
+        f"(ignored with --gate-lr). \\[default: {GATE_BUDGET}; --preset paper: none (gate lr = --lr)]",
     ),
 ]
 GateOptimizerOption = Annotated[
