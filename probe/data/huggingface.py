@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
-import threading
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
+from ..util.network import env_flag, reachable
 from .image_cache import ImageData
 from .image_cache import cache_key as _cache_key
 from .image_pairs import load_dataset_pair
@@ -45,10 +44,7 @@ def _import_datasets():
 
 
 def _offline_env() -> bool:
-    return any(
-        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    return env_flag("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def check_hf_available(name: str) -> None:
@@ -57,20 +53,8 @@ def check_hf_available(name: str) -> None:
 
 
 def hub_reachable(timeout: float = 3.0, host: str = "huggingface.co") -> bool:
-    """Whether ``host``:443 accepts a connection within ``timeout`` seconds (name lookup included)."""
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    """Whether the Hugging Face hub answers within ``timeout`` seconds."""
+    return reachable(host, timeout)
 
 
 def _load(name: str, datasets: Any, config: str | None) -> Any:

@@ -12,12 +12,11 @@ of weights for a named architecture works too (:func:`local_weights_overlay`).
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from ..util.network import env_flag, reachable
 from .registry import get_arch
 
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -48,24 +47,7 @@ def _fetch_hint(code: str) -> str:
 
 def offline() -> bool:
     """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``), read at call time."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def reachable(host: str, timeout: float = 3.0) -> bool:
-    """Whether ``host``:443 accepts a connection within ``timeout`` seconds (name lookup included)."""
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    return env_flag("HF_HUB_OFFLINE")
 
 
 def _can_download(host: str) -> str | None:
