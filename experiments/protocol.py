@@ -406,6 +406,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one thread each")
     parser.add_argument("--summary", action="store_true", help="print the tables from --out and stop")
     parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
+    parser.add_argument("--finalists", type=int, default=1, help="final: how many coarse protocols (default: 1)")
+    parser.add_argument("--splits", default=",".join(SPLITS), help="final: the splits (default: all)")
     parser.add_argument("--extended", action="store_true", help="coarse: also augmentation and lr 1e-3")
     parser.add_argument(
         "--last-epochs", type=int, default=10, help="epochs averaged in the printed tables (default: 10)"
@@ -423,8 +425,8 @@ def main() -> None:
         elif stage == "final":
             # the default one-run scan must stay under 2 minutes on 2 cores: only 12-epoch protocols can be the default
             short = [r for r in records if r.get("epochs") == 12]
-            finalists = best_protocols(short, "coarse", 1)
-            units = units_for("final", finalists, list(SPLITS), ALL_LAYERS, 3, yosinski=True)
+            finalists = best_protocols(short, "coarse", args.finalists)
+            units = units_for("final", finalists, args.splits.split(","), ALL_LAYERS, 3, yosinski=True)
         else:
             best = best_protocols(records, "final", 1, splits=tuple(SPLITS))[0]
             longer = dict(best, epochs=best["epochs"] * 3)
