@@ -422,7 +422,7 @@ def test_cifar_target_without_data_is_a_one_line_error(tmp_path, checkpoint, cac
     assert_user_error(result)
 
 
-def _fails_fast_writing_nothing(args, tmp_path, fragment):
+def _check_fails_fast_writing_nothing(args, tmp_path, fragment):
     """``args`` fail in under 5 s with one line and exit 2, and nothing is written (no source trained or cached)."""
     env = {"PROBE_CACHE": str(tmp_path / "cache"), "PROBE_DATA": str(tmp_path / "data")}
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -435,16 +435,16 @@ def _fails_fast_writing_nothing(args, tmp_path, fragment):
 
 
 def test_a_cifar_target_without_the_data_fails_before_a_source_is_trained(tmp_path):
-    _fails_fast_writing_nothing(["scan", "--target", "cifar10", *TINY], tmp_path, "CIFAR-10 not found")
+    _check_fails_fast_writing_nothing(["scan", "--target", "cifar10", *TINY], tmp_path, "CIFAR-10 not found")
 
 
 def test_a_checkpoint_that_cannot_be_written_fails_before_training(tmp_path):
-    _fails_fast_writing_nothing(["train", "--out", "/proc/ck.pt", *TINY], tmp_path, "cannot write the checkpoint")
+    _check_fails_fast_writing_nothing(["train", "--out", "/proc/ck.pt", *TINY], tmp_path, "cannot write the checkpoint")
 
 
 def test_an_empty_layer_list_is_an_error_not_every_layer(tmp_path):
     args = ["scan", "--layers", "", *TINY, "--out", tmp_path / "out"]
-    _fails_fast_writing_nothing(args, tmp_path, "the layer list is empty")
+    _check_fails_fast_writing_nothing(args, tmp_path, "the layer list is empty")
 
 
 def test_the_cli_and_the_api_record_the_same_settings_for_the_same_request(tmp_path, checkpoint, cache):
