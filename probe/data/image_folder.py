@@ -142,16 +142,21 @@ def _read_file(path: str) -> tuple[Any, None]:
         raise BadImage(f"cannot read: {' '.join(str(e).split()) or type(e).__name__}") from e
 
 
-def check_image_folder(path: str | os.PathLike[str]) -> list[str]:
-    """The class names of an image folder, after the checks that need no decoding: the folder exists, has class
-    subfolders (at least 2, none empty), and train/ and test/ (or val/) have the same classes."""
+def _layout(path: str | os.PathLike[str]) -> tuple[pathlib.Path, set[str], str | None]:
+    """The folder (resolved), its subfolders and the name of its test split (``test``, ``val`` or None)."""
     root = pathlib.Path(path).expanduser()
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(f"image folder {root} {what}; give a folder with one subfolder per class (or train/ and test/)")
     root = root.resolve()
     subdirs = set(_classes(root))
-    test_name = "test" if "test" in subdirs else "val" if "val" in subdirs else None
+    return root, subdirs, "test" if "test" in subdirs else "val" if "val" in subdirs else None
+
+
+def check_image_folder(path: str | os.PathLike[str]) -> list[str]:
+    """The class names of an image folder, after the checks that need no decoding: the folder exists, has class
+    subfolders (at least 2, none empty), and train/ and test/ (or val/) have the same classes."""
+    root, subdirs, test_name = _layout(path)
     if "train" in subdirs and (test_name or subdirs == {"train"}):
         classes = _scan_split(root / "train", root, str(root / "train"))[0]
         if test_name:
@@ -191,13 +196,7 @@ def load_image_folder(
     """
     check_size(image_size, channels)
     workers = workers_of(workers)
-    root = pathlib.Path(path).expanduser()
-    if not root.is_dir():
-        what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise DataError(f"image folder {root} {what}; give a folder with one subfolder per class (or train/ and test/)")
-    root = root.resolve()
-    subdirs = set(_classes(root))
-    test_name = "test" if "test" in subdirs else "val" if "val" in subdirs else None
+    root, subdirs, test_name = _layout(path)
     split_meta: dict[str, Any]
     if "train" in subdirs and (test_name or subdirs == {"train"}):
         classes, files, labels, ignored = _scan_split(root / "train", root, f"{root / 'train'}")
