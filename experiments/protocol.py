@@ -1,6 +1,6 @@
 """Which protocol makes λS a measurement? The experiment that chooses the digits defaults (issue 12).
 
-One resumable command runs three stages and appends one JSON line per training run to ``--out``:
+One resumable command runs four stages and appends one JSON line per training run to ``--out``:
 
 * ``coarse``: halves split (digits[0-4] → digits[5-9], control digits[0-4]), layers conv1, conv4, fc, seeds 0-1,
   12 epochs: the target's learning rate × the gate's learning rate × the gate's optimiser (Adam, as in the paper,
@@ -10,6 +10,8 @@ One resumable command runs three stages and appends one JSON line per training r
   alone.
 * ``rule``: the best final protocol with 3× the epochs, once with the gate's learning rate divided by 3 (the
   rule: ``gate_lr × steps`` constant) and once unchanged, halves, fc, seeds 0-1.
+* ``schedule``: the chosen final protocol with a cosine schedule on both learning rates (:func:`schedule_protocols`),
+  as the final stage: all 7 layers, both splits, seeds 0-2, Yosinski and the target alone.
 
     python experiments/protocol.py                 # all stages, 2 worker processes of 1 thread each
     python experiments/protocol.py --stage coarse  # one stage
@@ -39,8 +41,20 @@ COARSE_LAYERS = ("conv1", "conv4", "fc")
 SOURCE_TRAINING = dict(epochs=12, lr=1e-3)  # how every source of this experiment is trained (the digits source)
 
 
-def protocol(lr: float, gate_lr: float, gate_optimizer: str = "adam", augment: bool = False, epochs: int = 12) -> dict:
-    return dict(lr=lr, gate_lr=gate_lr, gate_optimizer=gate_optimizer, augment=augment, epochs=epochs)
+def protocol(
+    lr: float,
+    gate_lr: float,
+    gate_optimizer: str = "adam",
+    augment: bool = False,
+    epochs: int = 12,
+    lr_schedule: str = "constant",
+) -> dict:
+    found = dict(lr=lr, gate_lr=gate_lr, gate_optimizer=gate_optimizer, augment=augment, epochs=epochs)
+    return found if lr_schedule == "constant" else dict(found, lr_schedule=lr_schedule)  # old records lack it
+
+
+def schedule_of(p: dict) -> str:
+    return p.get("lr_schedule", "constant")
 
 
 def coarse_protocols(extended: bool = False) -> list[dict]:
@@ -55,9 +69,17 @@ def coarse_protocols(extended: bool = False) -> list[dict]:
     return grid
 
 
+def schedule_protocols() -> list[dict]:
+    """Stage 4: the chosen final protocol (lr 3e-4, gate lr 0.1, 12 epochs) with both learning rates on a cosine
+    schedule, once at the same peak gate lr (half the gate's budget) and once at the same budget (peak 0.2): does
+    λS come to rest within 12 epochs, and what does that cost in separation?"""
+    return [protocol(3e-4, 0.1, lr_schedule="cosine"), protocol(3e-4, 0.2, lr_schedule="cosine")]
+
+
 def protocol_name(p: dict) -> str:
     aug = "aug" if p["augment"] else "noaug"
-    return f"lr{p['lr']:g}-{p['gate_optimizer']}{p['gate_lr']:g}-{aug}-e{p['epochs']}"
+    cosine = "-cos" if schedule_of(p) == "cosine" else ""
+    return f"lr{p['lr']:g}-{p['gate_optimizer']}{p['gate_lr']:g}-{aug}-e{p['epochs']}{cosine}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,6 +95,7 @@ def _settings(p: dict, seeds: int):
         gate_lr=p["gate_lr"],
         gate_optimizer=p["gate_optimizer"],
         augment=p["augment"],
+        lr_schedule=schedule_of(p),
         runs=seeds,
         init=(0.9,),
         device="cpu",
@@ -157,7 +180,7 @@ def record_key(record: dict) -> tuple:
 
 
 def units_for(stage: str, protocols: list[dict], splits, layers, seeds: int, yosinski: bool) -> list[dict]:
-    alone = {(p["lr"], p["augment"], p["epochs"]): p for p in protocols}
+    alone = {(p["lr"], p["augment"], p["epochs"], schedule_of(p)): p for p in protocols}
     units = [
         dict(stage=stage, protocol=p, split=split, kind="alone", layer=None, seeds=seeds)
         for p in alone.values()
@@ -240,6 +263,7 @@ def evaluate_protocol(records: list[dict], stage: str, name: str, split: str, la
         and r["lr"] == p["lr"]
         and r["augment"] == p["augment"]
         and r["epochs"] == p["epochs"]
+        and schedule_of(r) == schedule_of(p)
         and r["stage"] == stage
     ]
     alone_top1 = statistics.fmean(r["top1"] for r in alone if r["task"] == "AnB") if alone else math.nan
@@ -394,6 +418,7 @@ def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) 
             by_name[name]["gate_optimizer"],
             by_name[name]["augment"],
             by_name[name]["epochs"],
+            schedule_of(by_name[name]),
         )
         for name in ranked
     ]
@@ -402,7 +427,7 @@ def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("protocol.jsonl"))
-    parser.add_argument("--stage", choices=("all", "coarse", "final", "rule"), default="all")
+    parser.add_argument("--stage", choices=("all", "coarse", "final", "rule", "schedule"), default="all")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one thread each")
     parser.add_argument("--summary", action="store_true", help="print the tables from --out and stop")
     parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
@@ -417,7 +442,7 @@ def main() -> None:
     if not args.summary:
         for split in SPLITS:  # train (or find) the sources once, before the workers need them
             _source(split)
-    stages = ("coarse", "final", "rule") if args.stage == "all" else (args.stage,)
+    stages = ("coarse", "final", "rule", "schedule") if args.stage == "all" else (args.stage,)
     for stage in stages:
         records = load(args.out)
         if stage == "coarse":
@@ -427,6 +452,8 @@ def main() -> None:
             short = [r for r in records if r.get("epochs") == 12]
             finalists = best_protocols(short, "coarse", args.finalists)
             units = units_for("final", finalists, args.splits.split(","), ALL_LAYERS, 3, yosinski=True)
+        elif stage == "schedule":
+            units = units_for("schedule", schedule_protocols(), args.splits.split(","), ALL_LAYERS, 3, yosinski=True)
         else:
             best = best_protocols(records, "final", 1, splits=tuple(SPLITS))[0]
             longer = dict(best, epochs=best["epochs"] * 3)

@@ -11,6 +11,23 @@ from .errors import SettingsError
 # How the gate's v = (vS, vT) is optimised: "adam" (the paper: one Adam over target and gate) or "sgd" (plain
 # gradient steps, whose size shrinks with the gate's gradient, so λS can come to rest; Adam's steps stay ≈ lr).
 GATE_OPTIMIZERS = ("adam", "sgd")
+# How the learning rates (the target's and the gate's alike) change over a run: "constant" (the paper) or
+# "cosine" (from the set value down to ~0 at the last step, so the epochs that are averaged see λS at rest).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_scale(schedule: str, step: int, total: int) -> float:
+    """The factor on every learning rate at optimiser step ``step`` (0-based) of ``total``."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    return 1.0
+
+
+def lr_scale_sum(schedule: str, steps: int) -> float:
+    """Σ of :func:`lr_scale` over a run of ``steps`` steps: ``steps`` when constant, (steps + 1) / 2 for cosine."""
+    if schedule == "cosine":
+        return (max(steps, 1) + 1) / 2  # Σ_{t<T} cos(πt/T) = 1 exactly
+    return float(max(steps, 1))
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,7 @@ class RunSettings:
     gate_lr: float | None = None
     gate_budget: float | None = None
     gate_optimizer: str = "adam"
+    lr_schedule: str = "constant"
     init: tuple[float, ...] = (0.90,)
     runs: int = 1
     seed: int = 0
@@ -65,6 +83,8 @@ class RunSettings:
                 raise SettingsError(f"{name} must be a positive number, got {value!r}")
         if self.gate_optimizer not in GATE_OPTIMIZERS:
             raise SettingsError(f"unknown gate_optimizer {self.gate_optimizer!r}: use {' or '.join(GATE_OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SettingsError(f"unknown lr_schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             raise SettingsError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
         if not self.init:
@@ -84,12 +104,20 @@ class RunSettings:
         return self.epochs * math.ceil(train_examples / self.batch_size)
 
     def gate_lr_for(self, steps: int) -> float:
-        """The gate's learning rate for a run of ``steps`` steps: gate_lr, else gate_budget / steps, else lr."""
+        """The gate's learning rate for a run of ``steps`` steps: gate_lr, else from gate_budget, else lr.
+
+        The budget is the gate's summed step size over the run, so under a schedule the set (peak) value is
+        the budget over the schedule's summed factors ((steps + 1) / 2 for cosine), not over the steps.
+        """
         if self.gate_lr is not None:
             return self.gate_lr
         if self.gate_budget is not None:
-            return self.gate_budget / max(steps, 1)
+            return self.gate_budget / max(self.lr_scale_sum(steps), 1e-12)
         return self.lr
+
+    def lr_scale_sum(self, steps: int) -> float:
+        """Σ of :func:`lr_scale` over a run of ``steps`` steps (:func:`lr_scale_sum` for this schedule)."""
+        return lr_scale_sum(self.lr_schedule, steps)
 
     def with_(self, **changes) -> RunSettings:
         """A copy with ``changes`` applied (validated); unknown names are a SettingsError."""

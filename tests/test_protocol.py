@@ -21,7 +21,7 @@ from probe.errors import SettingsError
 from probe.report.tables import quality_line, results_table
 from probe.results import Measurement, RunResult, RunSpec
 from probe.results.assessment import assess, results_document
-from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, GATE_BUDGET, RunSettings
+from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, GATE_BUDGET, RunSettings, lr_scale, lr_scale_sum
 from probe.training.trainer import JointOptimizer, make_optimizer
 
 
@@ -70,6 +70,64 @@ def test_an_sgd_gate_steps_by_exactly_lr_times_its_gradient():
     grad = gate.v.grad.detach().clone()
     optimizer.step()
     assert torch.equal(gate.v.detach(), before - 0.5 * grad)
+
+
+def test_the_cosine_schedule_sums_to_the_budget_and_ends_near_zero():
+    total = 276
+    factors = [lr_scale("cosine", t, total) for t in range(total)]
+    assert factors[0] == 1.0 and 0 < factors[-1] < 1e-3
+    assert sum(factors) == pytest.approx(lr_scale_sum("cosine", total), rel=1e-12)  # (T + 1) / 2 exactly
+    assert all(lr_scale("constant", t, total) == 1.0 for t in range(total))
+    cosine = RunSettings(epochs=12, gate_budget=27.6, lr_schedule="cosine")
+    assert cosine.gate_lr_for(total) * sum(factors) == pytest.approx(27.6)  # the same travel as constant
+    with pytest.raises(SettingsError, match="unknown lr_schedule 'step'"):
+        RunSettings(lr_schedule="step")
+
+
+def _rates_seen(schedule: str) -> tuple[list[list[float]], int]:
+    """Every parameter group's learning rate at each optimiser step of a 2-epoch fit on a tiny task."""
+    from probe.training.trainer import fit
+
+    task = load_task("digits[0-1]")
+    settings = RunSettings(epochs=2, batch_size=64, lr=1e-3, lr_schedule=schedule, augment=False, device="cpu")
+    target, gate = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), QuantaGate(0.9)
+    optimizer = make_optimizer(target, settings, gate, gate_lr=0.1)
+    seen: list[list[float]] = []
+    step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step  # type: ignore[method-assign]
+    outcome = fit(
+        forward=lambda x, idx, split: target(x) + 0 * gate.v.sum(),
+        trainable=target,
+        optimizer=optimizer,
+        task=task,
+        settings=settings,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    return seen, outcome.steps
+
+
+def test_a_cosine_schedule_scales_the_target_and_the_gate_alike_and_constant_leaves_them():
+    seen, steps = _rates_seen("cosine")
+    assert len(seen) == steps
+    for t, (target_lr, gate_lr) in enumerate(seen):
+        assert target_lr == pytest.approx(1e-3 * lr_scale("cosine", t, steps), abs=1e-15)
+        assert gate_lr == pytest.approx(0.1 * lr_scale("cosine", t, steps), abs=1e-15)
+    constant, _ = _rates_seen("constant")
+    assert all(rates == [1e-3, 0.1] for rates in constant)
+
+
+def test_a_cosine_run_records_its_budget_as_the_sum_of_its_rates(tiny_source):
+    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=5.0, lr_schedule="cosine", device="cpu", jobs=1)
+    run = result.runs[0]
+    assert run.gate_lr == pytest.approx(5.0 / ((run.steps + 1) / 2))
+    assert run.gate_budget == pytest.approx(5.0)
+    assert RunResult.from_dict(json.loads(json.dumps(run.to_dict()))).gate_budget == pytest.approx(5.0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from .options import (
     JsonOption,
     LayersOption,
     LrOption,
+    LrScheduleOption,
     OutOption,
     PresetOption,
     PretrainedOption,
@@ -130,6 +131,7 @@ def scan(
     gate_lr: GateLrOption = None,
     gate_budget: GateBudgetOption = None,
     gate_optimizer: GateOptimizerOption = None,
+    lr_schedule: LrScheduleOption = None,
     preset: PresetOption = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
@@ -161,7 +163,7 @@ def scan(
     """
     given = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, gate_budget=gate_budget,
-        gate_optimizer=gate_optimizer, runs=runs, seed=seed, device=device, jobs=jobs,
+        gate_optimizer=gate_optimizer, lr_schedule=lr_schedule, runs=runs, seed=seed, device=device, jobs=jobs,
         init=tuple(inits) if (inits := parse_floats(init, "--init")) else None, augment=augment,
     )  # fmt: skip
     backend_options = {

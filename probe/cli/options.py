@@ -145,6 +145,14 @@ GateOptimizerOption = Annotated[
     str | None,
     typer.Option("--gate-optimizer", help="adam (as the paper) or sgd, for the gate's vS, vT. \\[default: adam]"),
 ]
+LrScheduleOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lr-schedule",
+        help="constant (as the paper) or cosine (both learning rates decay to ~0 by the last step; the gate lr "
+        "from --gate-budget is then its peak). \\[default: constant]",
+    ),
+]
 ControlOption = Annotated[
     bool, typer.Option("--control", help="Also run the AnA control (target task = the source's task).")
 ]

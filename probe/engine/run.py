@@ -63,4 +63,5 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
         failure=outcome.failure,
         seconds=outcome.seconds,
         measures=measures,
+        lr_schedule=settings.lr_schedule,
     )

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..settings import lr_scale_sum
 from .quality import SETTLED_DRIFT, settled_drift
 
 SCHEMA = "quanta-probe/results/1"
@@ -54,11 +55,12 @@ class RunResult:
     seconds: float = 0.0
     # Figures measured on the trained target at the end of the run when asked (e.g. {"cka": ...}); else empty.
     measures: dict[str, float] = field(default_factory=dict)
+    lr_schedule: str = "constant"  # gate_lr is the schedule's set (peak) value
 
     @property
     def gate_budget(self) -> float:
-        """How far (in logit units) Adam could move each gate parameter: gate_lr × steps."""
-        return self.gate_lr * self.steps
+        """How far (in logit units) Adam could move each gate parameter: gate_lr × Σ of the schedule's factors."""
+        return self.gate_lr * lr_scale_sum(self.lr_schedule, self.steps) if self.steps else 0.0
 
     @property
     def ok(self) -> bool:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data.augment import augment_batch
 from ..data.tensors import Split, TaskData
-from ..settings import RunSettings
+from ..settings import RunSettings, lr_scale
 
 Forward = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 
@@ -133,10 +133,11 @@ def fit(
     memory_format = memory_format_for(device, settings)
     history: list[dict[str, float]] = []
     steps, n = 0, len(task.train)
+    schedule = _Schedule(optimizer, settings, settings.steps_per_run(n))
     for epoch in range(1, settings.epochs + 1):
         trainable.train()
         order = torch.randperm(n, generator=order_rng).to(device)
-        train_loss = _train_epoch(forward, optimizer, task, settings, order, augment_rng, amp, memory_format)
+        train_loss = _train_epoch(forward, optimizer, task, settings, order, augment_rng, amp, memory_format, schedule)
         steps += math.ceil(n / settings.batch_size)
         if not math.isfinite(train_loss):
             failure = f"training loss became {train_loss} in epoch {epoch}"
@@ -165,6 +166,7 @@ def _train_epoch(
     augment_rng: torch.Generator,
     amp: Callable[[], contextlib.AbstractContextManager],
     memory_format: torch.memory_format,
+    schedule: _Schedule,
 ) -> float:
     """One pass over the training split in the order ``order``; the mean training loss."""
     train, augment = task.train, settings.augment and task.augment.enabled
@@ -180,9 +182,28 @@ def _train_epoch(
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        schedule.before_step()
         optimizer.step()
         loss_sum.add_(loss.detach(), alpha=len(idx))
     return float(loss_sum) / len(train)  # one host read per epoch
+
+
+class _Schedule:
+    """Scales every parameter group's learning rate by :func:`~probe.settings.lr_scale` before each step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer | JointOptimizer, settings: RunSettings, total: int) -> None:
+        optimizers = optimizer.optimizers if isinstance(optimizer, JointOptimizer) else (optimizer,)
+        self.groups = [group for opt in optimizers for group in opt.param_groups]
+        self.base = [group["lr"] for group in self.groups]
+        self.schedule, self.total, self.step = settings.lr_schedule, total, 0
+        self.active = settings.lr_schedule != "constant"  # the paper's constant rates are left untouched
+
+    def before_step(self) -> None:
+        if self.active:
+            scale = lr_scale(self.schedule, self.step, self.total)
+            for group, base in zip(self.groups, self.base, strict=True):
+                group["lr"] = base * scale
+        self.step += 1
 
 
 class JointOptimizer:
