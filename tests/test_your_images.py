@@ -364,3 +364,43 @@ def test_train_on_a_folder_at_a_size_then_scan_it_from_the_checkpoint(tmp_path):
     )  # fmt: skip
     assert scanned.exit_code == 0, (scanned.stdout, scanned.stderr)
     assert json.loads((out / "results.json").read_text())["extras"]["preprocessing"]["image_size"] == 12
+
+
+def _folder_source_and_target(tmp_path):
+    from probe.models.paper_cnn import PaperCNN
+
+    folder = image_folder(tmp_path / "pics", per_class=8)
+    torch.manual_seed(0)
+    task = load_task(f"{folder}[0-1]")
+    source = PaperCNN(num_classes=2, in_chans=task.in_chans, input_size=task.input_size, width=0.25)
+    return source, f"{folder}[2-3]"
+
+
+def test_baselines_on_images_read_the_cache_a_batch_at_a_time(tmp_path, monkeypatch):
+    from probe.baselines.scores import layer_features
+    from probe.data.task import Split
+
+    source, target = _folder_source_and_target(tmp_path)
+    split = load_task(target).train
+    whole = split.x  # the reference: every image converted at once
+    assert torch.equal(layer_features(source, "conv2", split, batch_size=3), layer_features(source, "conv2", whole))
+
+    def no_whole_copy(self):
+        raise AssertionError("Split.x converted a whole split of uint8 images")
+
+    monkeypatch.setattr(Split, "x", property(no_whole_copy))
+    result = probe.scan(
+        source, ["conv1", "fc"], target, epochs=1, runs=1, jobs=1, device="cpu",
+        baselines=["yosinski", "logme", "hscore", "linear", "knn", "cka", "leep", "nce"],
+    )  # fmt: skip
+    lenses = result.extras["baselines"]["per_layer"]["conv1"]
+    assert all(np.isfinite(float(lenses[name])) for name in ("logme", "hscore", "linear", "knn"))
+
+
+def test_image_data_in_worker_processes_give_the_serial_numbers_bit_for_bit(tmp_path):
+    source, target = _folder_source_and_target(tmp_path)
+    common = dict(epochs=2, runs=1, device="cpu", lr=1e-3, gate_lr=0.03)
+    serial = probe.scan(source, ["conv1", "fc"], target, jobs=1, **common)
+    parallel = probe.scan(source, ["conv1", "fc"], target, jobs=2, **common)
+    histories = lambda m: {r.spec: r.history for r in m.runs}  # noqa: E731
+    assert histories(parallel) == histories(serial) and len(parallel.runs) == 2

@@ -144,8 +144,8 @@ def run_baselines(
     on_test = "linear" in chosen or "knn" in chosen or "cka" in chosen
     for layer in layers if on_train or on_test else []:
         # the source's features of this layer: one forward pass per split, shared by every lens
-        f_train = layer_features(context.source, layer, train.x) if on_train else test.x[:0]
-        f_test = layer_features(context.source, layer, test.x) if on_test else test.x[:0]
+        f_train = layer_features(context.source, layer, train) if on_train else torch.zeros(0)
+        f_test = layer_features(context.source, layer, test) if on_test else torch.zeros(0)
         for name in on_train:
             per_layer[layer][name] = _lens(
                 name, layer, _feature_lens, name, f_train, f_test, train.y, test.y, settings.seed
@@ -154,7 +154,7 @@ def run_baselines(
             per_layer[layer]["cka"] = _cka_of_runs(measurement, layer)
             per_layer[layer]["cka_alone"] = _summary_of(
                 [
-                    _lens("cka", layer, lenses.linear_cka, f_test, layer_features(model, layer, test.x))
+                    _lens("cka", layer, lenses.linear_cka, f_test, layer_features(model, layer, test))
                     for model in alone_models
                 ]
             )
@@ -232,7 +232,7 @@ def _head_scores(context: ProbeContext, names: list[str], batch_size: int = 256)
     was_training = source.training
     source.eval()
     try:
-        logits = torch.cat([source(train.x[i : i + batch_size]).double() for i in range(0, len(train.x), batch_size)])
+        logits = torch.cat([source(train.rows(i, i + batch_size)).double() for i in range(0, len(train), batch_size)])
     finally:
         source.train(was_training)
     probs = torch.softmax(logits, dim=1)
@@ -248,8 +248,8 @@ def cka_after_run(context: ProbeContext, spec: RunSpec, target: nn.Module) -> di
     """``ProbeContext.after_run`` for ``cka``: linear CKA between the source's and the trained target's pooled
     layer-n tensors on the run's test split (the target without its QUANTA hooks: its own features)."""
     test = context.tasks[spec.task].test
-    source = layer_features(context.source, spec.layer, test.x)
-    return {"cka": _lens("cka", spec.layer, lenses.linear_cka, source, layer_features(target, spec.layer, test.x))}
+    source = layer_features(context.source, spec.layer, test)
+    return {"cka": _lens("cka", spec.layer, lenses.linear_cka, source, layer_features(target, spec.layer, test))}
 
 
 def correlations(measurement: Measurement, per_layer: dict[str, dict]) -> dict[str, dict[str, float]]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import resolve_layer, source_forward
+from ..data.task import Split
 from ..errors import SettingsError
 from .lenses import h_score as plain_h_score
 from .lenses import regularized_h_score
@@ -145,8 +146,14 @@ def h_score(features: torch.Tensor, labels: torch.Tensor, shrinkage: bool = Fals
 
 
 @torch.no_grad()
-def layer_features(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The model's pooled (:func:`pool_features`) float32 tensors at ``layer`` for inputs ``x``, (N, D), on the
+def batch_of(x: torch.Tensor | Split, start: int, stop: int) -> torch.Tensor:
+    """Inputs [start, stop) of a tensor, or of a split (uint8 images converted for this batch only)."""
+    return x.rows(start, stop) if isinstance(x, Split) else x[start:stop]
+
+
+def layer_features(model: nn.Module, layer: str, x: torch.Tensor | Split, batch_size: int = 256) -> torch.Tensor:
+    """The model's pooled (:func:`pool_features`) float32 tensors at ``layer`` for inputs ``x`` (a tensor or a
+    split, read a batch at a time, so a split of uint8 images is never converted whole), (N, D), on the
     model's device: one forward pass per batch, stopped at the layer, in eval mode (the mode is restored)."""
     point = resolve_layer(model, layer)
     was_training = model.training
@@ -154,7 +161,7 @@ def layer_features(model: nn.Module, layer: str, x: torch.Tensor, batch_size: in
     try:
         return torch.cat(
             [
-                pool_features(source_forward(model, point, x[i : i + batch_size])).float()
+                pool_features(source_forward(model, point, batch_of(x, i, i + batch_size))).float()
                 for i in range(0, len(x), batch_size)
             ]
         )

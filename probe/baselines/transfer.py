@@ -164,7 +164,7 @@ def transfer_target(
     """
     target = fresh_target(context, task_name, seed)
     donor = context.source if donor is None else donor
-    return target, transfer_layers(donor, target, layer, context.tasks[task_name].train.x[:1])
+    return target, transfer_layers(donor, target, layer, context.tasks[task_name].train.rows(0, 1))
 
 
 def train_transfer(
