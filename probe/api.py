@@ -90,9 +90,10 @@ def preprocessing_for(
 ) -> tuple[Preprocess | None, list[str]]:
     """How images from anywhere are prepared for this request, and the lines that say so.
 
-    With pretrained weights: the model's own input size (``image_size`` overrides it), 3 channels and
-    mean/std; else the data's native size (or ``image_size``) and its own statistics. Built-in datasets
-    (digits, CIFAR) keep their native format and statistics.
+    With pretrained weights: the model's own eval transform, ``Resize(R) + CenterCrop(S)`` (``image_size``
+    overrides S and keeps the model's ratio R/S, as timm's crop_pct), 3 channels and mean/std; else the
+    data's native size (or ``image_size``, with R = S) and its own statistics. Built-in datasets (digits,
+    CIFAR) keep their native format and statistics.
     """
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise SettingsError(f"--image-size {image_size} is invalid; give a positive number of pixels, e.g. 64")
@@ -110,9 +111,17 @@ def preprocessing_for(
             f"{cfg['image_size']}×{cfg['image_size']} input (that applies to image folders, tv: and hf: data)"
         ]
     size = image_size or cfg["image_size"]
-    origin = cfg["origin"] + (f", size {size} from --image-size" if image_size else "")
-    pre = Preprocess(size, cfg["channels"], cfg["mean"], cfg["std"], origin)
+    resize = _scaled_resize(size, cfg["image_size"], cfg["resize"])
+    scaled = f", size {size} from --image-size (resize {resize}, the model's R/S ratio)"
+    origin = cfg["origin"] + (scaled if image_size else "")
+    pre = Preprocess(size, cfg["channels"], cfg["mean"], cfg["std"], origin, resize=resize)
     return pre, []
+
+
+def _scaled_resize(size: int, model_size: int, model_resize: int) -> int:
+    """R' for a crop of ``size`` that keeps the model's resize/crop ratio (timm's crop_pct): round(S' · R / S),
+    halves rounded up (``model_resize`` itself at the model's own size)."""
+    return (2 * size * model_resize + model_size) // (2 * model_size)  # exact in integers
 
 
 def scan_settings(

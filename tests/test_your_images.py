@@ -288,10 +288,13 @@ def test_pretrained_scan_records_and_prints_the_preprocessing(tmp_path, hub_cach
          "--control", "--out", out]
     )  # fmt: skip
     assert result.exit_code == 0, (result.stdout, result.stderr)
-    assert "images: 32×32, 3 channel(s); mean/std (0.500, 0.500, 0.500)/(0.500, 0.500, 0.500)" in result.stdout
+    # test_resnet's eval transform is Resize(168)+CenterCrop(160): at 32 the ratio gives round(32·168/160) = 34
+    line = "images: Resize(34)+CenterCrop(32) → 32×32, 3 channel(s); mean/std (0.500, 0.500, 0.500)/(0.500, "
+    assert line in result.stdout
     assert "note: no AnA control: test_resnet was pretrained on data this toolkit does not have" in result.stdout
     saved = json.loads((out / "results.json").read_text())
-    assert saved["extras"]["preprocessing"]["image_size"] == 32
+    assert saved["extras"]["preprocessing"]["image_size"] == 32 and saved["extras"]["preprocessing"]["resize"] == 34
+    assert saved["extras"]["data"]["AnB"]["resize_size"] == 34
     assert saved["source"]["checkpoint"].endswith("model.safetensors")
 
 
@@ -318,6 +321,35 @@ def test_pretrained_offline_without_a_copy_fails_fast_in_one_line(tmp_path, monk
     result = invoke(["scan", "--arch", TINY_TIMM, "--pretrained", "--target", folder, "--out", tmp_path / "out"])
     assert_user_error(result, "HF_HUB_OFFLINE is set", "looked for timm/test_resnet.r160_in1k")
     assert not (tmp_path / "out").exists()
+
+
+def test_pretrained_eval_transform_is_resize_then_centre_crop_as_the_library_s():
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.models import ResNet18_Weights
+
+    pre, _ = api.preprocessing_for("./pics", arch="tv:resnet18", pretrained=True)  # weights metadata, no download
+    assert pre is not None and (pre.resize, pre.image_size) == (256, 224)
+    assert (pre.resize, pre.image_size) == (*ResNet18_Weights.DEFAULT.transforms().resize_size, 224)
+    for arch in ("resnet18", TINY_TIMM):  # crop_pct 0.95: Resize(235)+CenterCrop(224), Resize(168)+CenterCrop(160)
+        cfg = timm.models.get_pretrained_cfg(arch)
+        resize, crop = create_transform(**resolve_data_config(pretrained_cfg=cfg.to_dict())).transforms[:2]
+        pre, _ = api.preprocessing_for("./pics", arch=arch, pretrained=True)
+        assert pre is not None and (pre.resize, pre.image_size) == (resize.size, crop.size[0])
+        assert pre.resize == int(pre.image_size / cfg.crop_pct) > pre.image_size
+
+
+def test_image_size_keeps_the_pretrained_models_resize_ratio():
+    sizes = {}
+    for arch, size in (("tv:resnet18", 64), ("tv:resnet18", 112), ("resnet18", 64), ("tv:resnet18", 224)):
+        pre, _ = api.preprocessing_for("./pics", arch=arch, pretrained=True, image_size=size)
+        assert pre is not None and pre.image_size == size
+        sizes[arch, size] = pre.resize
+    # round(S' · R / S): 64·256/224 = 73.1, 112·256/224 = 128, 64·235/224 = 67.1; the model's own size keeps R
+    expected = {("tv:resnet18", 64): 73, ("tv:resnet18", 112): 128, ("resnet18", 64): 67, ("tv:resnet18", 224): 256}
+    assert sizes == expected
+    pre, _ = api.preprocessing_for("./pics", image_size=64)  # no pretrained weights: R = S, as before
+    assert pre is not None and (pre.resize_size, pre.to_dict()["resize"]) == (64, 64)
 
 
 def test_preprocess_defaults_to_the_datas_own_statistics(tmp_path):

@@ -3,7 +3,7 @@
 :func:`load_image_task` reads a folder, ``tv:NAME`` or ``hf:NAME`` spec (or a Dataset pair / ``(x, y)``
 tensors, :func:`task_from_images`) once into the memory-mapped uint8 cache and wraps it without a copy: the
 splits hold the uint8 arrays with the normalisation, and the trainer converts each batch where it gathers it.
-A :class:`Preprocess` says how the images are prepared: the size (``Resize(S)+CenterCrop(S)``), the channels
+A :class:`Preprocess` says how the images are prepared: the size (``Resize(R)+CenterCrop(S)``), the channels
 (grey replicated to 3 for a model that takes colour) and the mean/std (a pretrained model's own, else the
 data's train split). What was done goes into ``TaskData.meta`` (results.json).
 """
@@ -42,15 +42,22 @@ __all__ = [
 class Preprocess:
     """How images from anywhere are prepared: None everywhere keeps the native size, channels and statistics."""
 
-    image_size: int | None = None  # Resize(S) + CenterCrop(S)
+    image_size: int | None = None  # S of Resize(R) + CenterCrop(S)
     channels: int | None = None  # 3: grey images replicated (a model pretrained on colour)
     mean: tuple[float, ...] | None = None  # in 0..1 units, e.g. ImageNet's; None: the data's own train statistics
     std: tuple[float, ...] | None = None
     origin: str = ""  # where these values come from, e.g. "timm pretrained_cfg of resnet18"
+    resize: int | None = None  # R, the shorter side before the crop (a pretrained eval transform's); None: S
+
+    @property
+    def resize_size(self) -> int | None:
+        """R: the shorter side images are resized to before the centre crop (None without a size)."""
+        return None if self.image_size is None else (self.resize or self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_size": self.image_size,
+            "resize": self.resize_size,
             "channels": self.channels,
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,
@@ -58,7 +65,7 @@ class Preprocess:
         }
 
 
-# In-process memo of tv: and hf: data: (source, data_dir, size, channels) -> ImageData (memory-mapped, no copy).
+# In-process memo of tv: and hf: data: (source, data_dir, size, resize, channels) -> ImageData (mapped, no copy).
 # Folders are looked up in the cache on every call (a stat of each file), so an edited folder is read again.
 _IMAGES: dict[tuple, ImageData] = {}
 
@@ -78,16 +85,21 @@ def read_images(
 ) -> ImageData:
     """The images of ``spec`` (a folder, tv: or hf: spec), read once per process and once into the cache."""
     pre = preprocess or Preprocess()
-    key = (_source_key(spec, data_dir), pre.image_size, pre.channels)
+    key = (_source_key(spec, data_dir), pre.image_size, pre.resize_size, pre.channels)
     cached = _IMAGES.get(key) if spec.kind != "folder" else None  # a folder is re-checked: its files may change
     if cached is not None:
         return cached
-    options: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels, "progress": progress}
+    options: dict[str, Any] = {**_sizes(pre), "progress": progress}
     if spec.kind == "tv":
         options.update(data_dir=data_dir, download=download)
     images = load_images(spec.name, **options)
     _IMAGES[key] = images
     return images
+
+
+def _sizes(pre: Preprocess) -> dict[str, Any]:
+    """The loaders' size options of ``pre``: image_size S, resize R, channels."""
+    return {"image_size": pre.image_size, "resize": pre.resize_size, "channels": pre.channels}
 
 
 def load_image_task(
@@ -169,9 +181,10 @@ def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> d
     """What results.json records about images from anywhere: source, split, skipped files, preprocessing."""
     meta = {k: v for k, v in images.meta.items() if k != "pixel_stats"}
     c, h, w = images.train_x.shape[1:]
+    resized = f"Resize({pre.resize_size})+CenterCrop({pre.image_size}) → " if pre.image_size is not None else ""
     meta["preprocessing"] = {
         **pre.to_dict(),
-        "applied": f"{w}×{h}, {c} channel(s); {normalisation}",
+        "applied": f"{resized}{w}×{h}, {c} channel(s); {normalisation}",
     }
     meta["sizes"] = {"train": int(len(images.train_y)), "test": int(len(images.test_y))}
     return meta
@@ -221,7 +234,7 @@ def task_from_python(obj: Any, preprocess: Preprocess | None = None) -> TaskData
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         return None
     pre = preprocess or Preprocess()
-    sizes: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels}
+    sizes = _sizes(pre)
     first, second = obj
     if _is_array(first) and _is_array(second) and len(np.shape(second)) == 1:
         labels = second.detach().cpu().numpy() if isinstance(second, torch.Tensor) else np.asarray(second)
