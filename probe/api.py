@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -20,7 +20,7 @@ from .backends import check_backend, default_jobs, executor_for
 from .baselines import check_baselines, cka_after_run, run_baselines
 from .core.layers import LayerInfo
 from .data import DatasetSpec, TaskData, check_available, default_target, load_task, parse_spec
-from .data.image_tasks import Preprocess
+from .data.image_tasks import Preprocess, with_columns
 from .data.spec import input_shape
 from .engine.context import ProbeContext
 from .engine.prepare import Prepared, default_target_of, prepare
@@ -86,14 +86,31 @@ def _is_spec(data: Target | None) -> bool:
 
 
 def preprocessing_for(
-    target: Target | None, *, arch: str | None = None, pretrained: bool = False, image_size: int | None = None
+    target: Target | None,
+    *,
+    arch: str | None = None,
+    pretrained: bool = False,
+    image_size: int | None = None,
+    source_data: Target | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> tuple[Preprocess | None, list[str]]:
-    """How images from anywhere are prepared for this request, and the lines that say so.
+    """How images from anywhere are read and prepared for this request, and the lines that say so.
 
-    With pretrained weights: the model's own input size (``image_size`` overrides it), 3 channels and
-    mean/std; else the data's native size (or ``image_size``) and its own statistics. Built-in datasets
-    (digits, CIFAR) keep their native format and statistics.
+    With pretrained weights: the model's own eval transform, ``Resize(R) + CenterCrop(S)`` (``image_size``
+    overrides S and keeps the model's ratio R/S, as timm's crop_pct), 3 channels and mean/std; else the
+    data's native size (or ``image_size``, with R = S) and its own statistics. Built-in datasets (digits,
+    CIFAR) keep their native format and statistics. ``image_column`` / ``label_column`` apply to every
+    Hugging Face spec of ``target`` and ``source_data`` (a SettingsError when there is none).
     """
+    pre, notes = _model_preprocessing(target, arch, pretrained, image_size)
+    return with_columns(pre, (target, source_data), image_column, label_column), notes
+
+
+def _model_preprocessing(
+    target: Target | None, arch: str | None, pretrained: bool, image_size: int | None
+) -> tuple[Preprocess | None, list[str]]:
+    """:func:`preprocessing_for` without the columns: the size, channels and statistics."""
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise SettingsError(f"--image-size {image_size} is invalid; give a positive number of pixels, e.g. 64")
     builtin = _is_spec(target) and parse_spec(target).kind == "builtin"  # type: ignore[arg-type]
@@ -110,9 +127,17 @@ def preprocessing_for(
             f"{cfg['image_size']}×{cfg['image_size']} input (that applies to image folders, tv: and hf: data)"
         ]
     size = image_size or cfg["image_size"]
-    origin = cfg["origin"] + (f", size {size} from --image-size" if image_size else "")
-    pre = Preprocess(size, cfg["channels"], cfg["mean"], cfg["std"], origin)
+    resize = _scaled_resize(size, cfg["image_size"], cfg["resize"])
+    scaled = f", size {size} from --image-size (resize {resize}, the model's R/S ratio)"
+    origin = cfg["origin"] + (scaled if image_size else "")
+    pre = Preprocess(size, cfg["channels"], cfg["mean"], cfg["std"], origin, resize=resize)
     return pre, []
+
+
+def _scaled_resize(size: int, model_size: int, model_resize: int) -> int:
+    """R' for a crop of ``size`` that keeps the model's resize/crop ratio (timm's crop_pct): round(S' · R / S),
+    halves rounded up (``model_resize`` itself at the model's own size)."""
+    return (2 * size * model_resize + model_size) // (2 * model_size)  # exact in integers
 
 
 def scan_settings(
@@ -206,7 +231,8 @@ def _planned_source(
     if source is not None and pretrained and arch is None:
         raise SettingsError("a weights file with --pretrained needs --arch NAME (the architecture it is for)")
     if source is not None and not pretrained:
-        model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, **arch_options)
+        columns = _columns_of(preprocess)  # how a plain state_dict's source data is read
+        model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, preprocess=columns, **arch_options)
         recorded = recorded_info(model).dataset
         if (
             source_data is not None
@@ -250,6 +276,8 @@ def plan_scan(
     download: bool = False,
     image_size: int | None = None,
     preset: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
     **given: Any,
 ) -> ScanPlan:
     """Choose the source and the target, settle the settings and check the whole request, training nothing.
@@ -258,13 +286,17 @@ def plan_scan(
     ``target``) or, by default, ``arch`` (paper-cnn) trained on ``source_data`` (digits[0-4]); the target
     defaults to the source task's pair (digits[0-4] → digits[5-9], cifar10 → cifar100). ``given`` holds
     settings (None: not given). With ``download`` the missing datasets are fetched at the end.
-    Images from anywhere are prepared for the model (:func:`preprocessing_for`; ``image_size`` sets the size).
+    Images from anywhere are prepared for the model (:func:`preprocessing_for`; ``image_size`` sets the size;
+    ``image_column`` / ``label_column`` name the columns of every Hugging Face dataset of the request).
     """
     options = dict(arch_options or {})
     names = check_request(layers=layers, baselines=baselines, backend=backend, backend_options=backend_options, out=out)
     if pretrained and arch is None:
         raise SettingsError("--pretrained needs --arch, e.g. --arch resnet18 or --arch tv:resnet18")
-    preprocess, notes = preprocessing_for(target, arch=arch, pretrained=pretrained, image_size=image_size)
+    preprocess, notes = preprocessing_for(
+        target, arch=arch, pretrained=pretrained, image_size=image_size, source_data=source_data,
+        image_column=image_column, label_column=label_column,
+    )  # fmt: skip
     if pretrained and target is not None:
         check_available(target, data_dir, download)  # a bad folder is said before any weights are fetched
     if source_data is not None and target is None and parse_spec(source_data).kind != "builtin":
@@ -276,7 +308,7 @@ def plan_scan(
     )
     trained_at = (recorded_info(model).settings or {}).get("image_size") if model is not None else None
     if trained_at is not None and not pretrained and image_size is None:  # a checkpoint trained on resized images
-        preprocess = Preprocess(image_size=trained_at, origin="the size the source was trained at")
+        preprocess = _sized(preprocess, trained_at, "the size the source was trained at")
     if target is None:
         if source_data is None:
             raise SettingsError(
@@ -289,7 +321,7 @@ def plan_scan(
         trained = source_training_settings(source_data, preset=preset, **given)
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
     if model is None and arch is not None and image_size is None and source_data is not None:
-        preprocess, note = _upscaled(arch, options, source_data, layers, data_dir) or (preprocess, None)
+        preprocess, note = _upscaled(arch, options, source_data, layers, data_dir, preprocess) or (preprocess, None)
         notes += [note] if note else []
     if download:
         for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
@@ -302,8 +334,25 @@ def plan_scan(
     )
 
 
+def _columns_of(pre: Preprocess | None) -> Preprocess | None:
+    """Only the Hugging Face columns of ``pre`` (None without them)."""
+    if pre is None or not pre.columns():
+        return None
+    return Preprocess(image_column=pre.image_column, label_column=pre.label_column)
+
+
+def _sized(pre: Preprocess | None, size: int, origin: str) -> Preprocess:
+    """``pre`` (None, or only the columns to read) resized to ``size``, saying why."""
+    return replace(pre or Preprocess(), image_size=size, origin=origin)
+
+
 def _upscaled(
-    arch: str, options: dict, data: str, layers: str | Sequence[str] | None, data_dir: str | os.PathLike | None
+    arch: str,
+    options: dict,
+    data: str,
+    layers: str | Sequence[str] | None,
+    data_dir: str | os.PathLike | None,
+    pre: Preprocess | None = None,
 ) -> tuple[Preprocess, str] | None:
     """For a model trained here: the input size that keeps the deepest probed layer's maps at least 2×2 when
     the data's own size would give 1×1 maps (e.g. resnet18 on 8×8 digits), and the line that says so."""
@@ -312,7 +361,7 @@ def _upscaled(
         shape = input_shape(spec)
         classes = spec.num_classes
     else:
-        task = load_task(spec, data_dir=data_dir)
+        task = load_task(spec, data_dir=data_dir, preprocess=pre)
         shape, classes = (task.in_chans, *task.input_size), task.num_classes
     model = create_model(arch, num_classes=classes, in_chans=shape[0], input_size=shape[1:], **options)
     size = smallest_input_size(model, layers, shape)
@@ -322,7 +371,7 @@ def _upscaled(
         f"{arch} would see 1×1 maps at its deepest probed layer on {shape[1]}×{shape[2]} images: inputs resized to "
         f"{size}×{size}, the smallest size that keeps them at least 2×2 (--image-size overrides)"
     )
-    return Preprocess(image_size=size, origin="smallest size keeping the probed maps ≥ 2×2"), note
+    return _sized(pre, size, "smallest size keeping the probed maps ≥ 2×2"), note
 
 
 def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.Module, bool]:
@@ -389,6 +438,8 @@ def scan(
     image_size: int | None = None,
     notes: Sequence[str] = (),
     preset: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
     **overrides: Any,
 ) -> Measurement:
     """Measure λS at each layer (default: the architecture's probe layers, in forward order), one fresh target per run.
@@ -397,17 +448,20 @@ def scan(
     ``'tv:SVHN[0-4]'``, ``'hf:beans'``, a task, or data in Python (a Dataset pair, ``((x, y), (x, y))`` or
     ``(x, y)`` tensors); None uses the pairing recorded with a source trained by the toolkit. Images from
     anywhere are prepared as ``preprocess`` says (default: a pretrained source's own input size and mean/std,
-    ``image_size`` overriding the size; see :func:`preprocessing_for`). ``settings`` default to the target
-    dataset's preset (or the named ``preset``: ``"paper"`` for the paper's exact protocol) with ``overrides``
-    applied (see :func:`scan_settings`). ``control=True`` also runs AnA (target task = source task). With
+    ``image_size`` overriding the size; see :func:`preprocessing_for`); ``image_column`` / ``label_column``
+    name the columns of every Hugging Face dataset of ``target`` and ``source_data``. ``settings`` default to
+    the target dataset's preset (or the named ``preset``: ``"paper"`` for the paper's exact protocol) with
+    ``overrides`` applied (see :func:`scan_settings`). ``control=True`` also runs AnA (target task = source task). With
     ``out`` every finished run is saved at once and a re-run resumes (``fresh=True`` starts over);
     ``baselines`` adds, per layer, Yosinski transfer accuracy and the lenses of
     :data:`probe.baselines.BASELINES` (linear probe, k-NN, LogME, H-scores, TransRate, CKA; LEEP and NCE once
     per scan), with their rank correlations with λS (see probe.baselines).
     """
+    columns = with_columns(None, (target, source_data), image_column, label_column)  # checked before any work
     if isinstance(model, (str, os.PathLike)):
         data = source_data.spec if isinstance(source_data, TaskData) else source_data
-        model = load_source(model, data=data if isinstance(data, (str, DatasetSpec)) else None, data_dir=data_dir)
+        data = data if isinstance(data, (str, DatasetSpec)) else None
+        model = load_source(model, data=data, data_dir=data_dir, preprocess=columns)
     if not isinstance(model, nn.Module):
         raise ProbeError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
     target = default_target_of(model) if target is None else target
@@ -421,6 +475,7 @@ def scan(
         if trained_at is not None and preprocess is None and image_size is None:  # a built-in target
             preprocess, more = Preprocess(image_size=trained_at, origin="the size the source was trained at"), []
         notes += [n for n in more if n not in notes]
+    preprocess = with_columns(preprocess, (target, source_data), image_column, label_column)
     settings = scan_settings(target, settings, preset=preset, **overrides)
     names = check_request(
         target=target, layers=layers, baselines=baselines, backend=backend, backend_options=backend_options,
@@ -484,13 +539,15 @@ def measure(
     fresh: bool = False,
     image_size: int | None = None,
     preset: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
     **overrides: Any,
 ) -> Measurement:
     """Measure how transferable ``layer`` of the frozen ``model`` is to ``target`` (see :func:`scan`)."""
     return scan(
         model, [layer], target, settings=settings, control=control, source_data=source_data,
         data_dir=data_dir, progress=progress, out=out, fresh=fresh, image_size=image_size, preset=preset,
-        **overrides,
+        image_column=image_column, label_column=label_column, **overrides,
     )  # fmt: skip
 
 
@@ -514,12 +571,16 @@ def layer_listing(
     source: str | os.PathLike | None = None,
     data: str | None = None,
     arch_options: dict | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> LayerListing:
     """The probeable layers of a checkpoint's model (``source``) or of ``arch`` (paper-cnn) built for ``data``.
 
     A checkpoint's own record of its input format wins over ``data`` (default digits); no data is read.
+    ``image_column`` / ``label_column`` name the columns of Hugging Face ``data``.
     """
     options = dict(arch_options or {})
+    columns = with_columns(None, (data,), image_column, label_column)
     if source is not None:
         model = load_source(source, arch=arch, data=data, **options)
         info = recorded_info(model)
@@ -535,7 +596,7 @@ def layer_listing(
         shape, classes = input_shape(spec), spec.num_classes
     else:  # images from anywhere: their format is known once read (decoded once into the cache)
         check_available(spec)
-        task = load_task(spec)
+        task = load_task(spec, preprocess=columns)
         shape, classes = (task.in_chans, *task.input_size), task.num_classes
     model = create_model(name, num_classes=classes, in_chans=shape[0], input_size=shape[1:], **options)
     return LayerListing(name, str(spec), shape, layer_table(model, shape, arch=name))

@@ -20,7 +20,7 @@ from probe.data.image_folder import load_image_folder
 from probe.data.image_pairs import load_dataset_pair, load_tensors
 from probe.data.images import load_images
 from probe.data.torchvision_sets import load_torchvision
-from probe.errors import DataError
+from probe.errors import DataError, SettingsError
 
 COLOURS = {"cat": (200, 30, 40), "dog": (10, 220, 90), "emu": (60, 70, 250)}
 
@@ -130,6 +130,44 @@ def test_resize_is_torchvision_resize_plus_centre_crop(tmp_path, cache):
     ours = {tuple(x.ravel()) for x in np.concatenate([data.train_x, data.test_x])}
     assert data.train_x.shape[1:] == (3, 13, 13) and ours == reference
     assert "CenterCrop" in data.meta["resize"]
+
+
+def test_resize_r_then_crop_s_is_torchvision_resize_r_plus_centre_crop_s(tmp_path, cache):
+    """Exact (not within a grey level): on a PIL image torchvision's Resize calls PIL's bilinear resize to the
+    same (int(R·long/short), R) size and CenterCrop cuts at the same int(round(...)) offsets as to_uint8."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "r"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i, size in enumerate([(37, 23), (20, 41), (50, 31)]):  # landscape and portrait, odd margins
+            pattern(i + (10 if c == "b" else 0), size).save(root / c / f"{i}.png")
+    data = load_image_folder(root, image_size=13, resize=17, cache_dir=cache, workers=0, test_fraction=0.34)
+    ours = {x.tobytes() for x in np.concatenate([data.train_x, data.test_x])}
+
+    def reference(resize: int) -> set[bytes]:
+        tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(13), transforms.PILToTensor()])
+        return {tf(img).numpy().tobytes() for img, _ in ImageFolder(str(root))}
+
+    assert data.train_x.shape[1:] == (3, 13, 13) and ours == reference(17)
+    assert ours.isdisjoint(reference(13))  # not the Resize(S) crop: the wider margin is cut away
+    assert data.meta["resize_size"] == 17 and data.meta["image_size"] == 13
+
+
+def test_the_cache_key_includes_the_resize(tmp_path, cache):
+    root = flat_folder(tmp_path / "f", per_class=3)
+    crop = load_image_folder(root, image_size=8, cache_dir=cache, workers=0)
+    same = load_image_folder(root, image_size=8, resize=8, cache_dir=cache, workers=0)  # R = S: the same entry
+    assert same.meta["cache"] == crop.meta["cache"] and len(entries(cache)) == 1
+    wider = load_image_folder(root, image_size=8, resize=10, cache_dir=cache, workers=0)
+    assert wider.meta["cache"] != crop.meta["cache"] and len(entries(cache)) == 2
+    assert not (np.asarray(wider.train_x) == np.asarray(crop.train_x)).all()
+    x, y = torch.zeros(4, 3, 12, 10, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])  # Datasets (tv:, hf:) too
+    pair = load_tensors((x, y), (x, y), image_size=8, cache_dir=cache)
+    assert load_tensors((x, y), (x, y), image_size=8, resize=11, cache_dir=cache).meta["cache"] != pair.meta["cache"]
+    with pytest.raises(SettingsError, match=r"resize=6 is invalid with image_size=8.*resize >= image_size"):
+        load_image_folder(root, image_size=8, resize=6, cache_dir=cache, workers=0)
 
 
 def test_split_is_stratified_seeded_and_recorded(tmp_path, cache):

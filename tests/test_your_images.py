@@ -28,7 +28,7 @@ from probe.data import load_task, parse_spec
 from probe.data.image_tasks import Preprocess
 from probe.engine.context import fresh_target
 from probe.engine.prepare import prepare
-from probe.errors import CheckpointError, DataError
+from probe.errors import CheckpointError, DataError, SettingsError
 from probe.settings import RunSettings
 
 TINY_TIMM = "test_resnet"  # timm's own test model (470k parameters), pretrained tag r160_in1k on the hub
@@ -238,6 +238,82 @@ def test_an_hf_save_to_disk_folder_through_the_api(tmp_path):
     assert len(m.runs) == 1 and m.runs[0].status == "ok" and np.isfinite(m.runs[0].final["lambda_source"])
 
 
+def two_label_dataset(root: Path) -> Path:
+    """A save_to_disk DatasetDict with two ClassLabel columns, as CIFAR-100: fine_label (8) and coarse_label (4)."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "fine_label": datasets.ClassLabel(names=[f"fine{i}" for i in range(8)]),
+            "coarse_label": datasets.ClassLabel(names=["ant", "bee", "cat", "dog"]),
+        }
+    )
+    rng = np.random.default_rng(2)
+
+    def split(n: int):
+        fine = [i % 8 for i in range(n)]
+        images = [Image.fromarray((rng.integers(0, 50, (8, 8, 3)) + 50 * (f // 2)).astype(np.uint8)) for f in fine]
+        return datasets.Dataset.from_dict(
+            {"img": images, "fine_label": fine, "coarse_label": [f // 2 for f in fine]}, features=features
+        )
+
+    datasets.DatasetDict({"train": split(48), "test": split(16)}).save_to_disk(str(root))
+    return root
+
+
+SCAN_QUICK = ["--arch", "paper-cnn", "--width", "0.25", "--device", "cpu", "--layers", "conv1", "--epochs", "1",
+              "--runs", "1", "--init", "0.5", "--jobs", "1"]  # fmt: skip
+
+
+def test_hf_label_column_from_the_cli(tmp_path):
+    hf = two_label_dataset(tmp_path / "cifar-like")
+    data = ["--source-data", f"{hf}[0-1]", "--target", f"{hf}[2-3]"]
+    out = tmp_path / "out"
+    ambiguous = invoke(["scan", *SCAN_QUICK, *data, "--out", out])
+    assert_user_error(ambiguous, "2 label (ClassLabel) columns (fine_label, coarse_label)", "--label-column")
+    missing = invoke(["scan", *SCAN_QUICK, *data, "--label-column", "coarse", "--out", out])
+    assert_user_error(missing, "no column 'coarse'", "fine_label, coarse_label", "--label-column")
+    elsewhere = invoke(["scan", *SCAN_QUICK, "--target", "digits[5-9]", "--label-column", "coarse_label", "--out", out])
+    assert_user_error(elsewhere, "--label-column", "no Hugging Face data (digits[5-9])")
+    assert not out.exists()
+    result = invoke(["scan", *SCAN_QUICK, *data, "--label-column", "coarse_label", "--out", out])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["extras"]["data"]["AnB"]["columns"] == {"image": "img", "label": "coarse_label"}
+    assert saved["extras"]["data"]["AnB"]["preprocessing"]["label_column"] == "coarse_label"
+    assert saved["extras"]["tasks"]["AnB"].endswith("cifar-like[2,3]") and saved["runs"][0]["status"] == "ok"
+    layers = invoke(["layers", "--data", str(hf), "--label-column", "coarse_label", "--json"])
+    assert layers.exit_code == 0 and json.loads(layers.stdout)["input_shape"] == [3, 8, 8], layers.stderr
+    train = invoke(["train", "--data", "digits[0-4]", "--label-column", "coarse_label", "--out", tmp_path / "s.pt"])
+    assert_user_error(train, "no Hugging Face data (digits[0-4])")
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_hf_label_column_through_the_api(tmp_path):
+    hf = two_label_dataset(tmp_path / "cifar-like")
+    quick = dict(epochs=1, runs=1, init=(0.5,), jobs=1, device="cpu")
+    with pytest.raises(DataError, match=r"2 label \(ClassLabel\) columns .*label_column= \(CLI: --label-column\)"):
+        probe.train_source("paper-cnn", f"{hf}[0-1]", epochs=1, arch_options={"width": 0.25}, device="cpu")
+    source = probe.train_source(
+        "paper-cnn", f"{hf}[0-1]", epochs=1, arch_options={"width": 0.25}, device="cpu", label_column="coarse_label"
+    )
+    info = source.quanta_source
+    assert info.settings["label_column"] == "coarse_label" and info.num_classes == 2
+    m = probe.measure(source, "conv1", target=f"{hf}[2-3]", label_column="coarse_label", **quick)
+    assert m.extras["data"]["AnB"]["columns"]["label"] == "coarse_label" and m.runs[0].status == "ok"
+    coarse = load_task(str(hf), preprocess=Preprocess(label_column="coarse_label"))
+    fine = load_task(str(hf), preprocess=Preprocess(label_column="fine_label"))
+    assert coarse.class_names == ["ant", "bee", "cat", "dog"] and fine.num_classes == 8
+    assert torch.equal(coarse.train.y, fine.train.y // 2)  # the same images, labelled by the column named
+    with pytest.raises(DataError, match="no column 'nope'.*label_column="):
+        probe.measure(source, "conv1", target=str(hf), label_column="nope", **quick)
+    with pytest.raises(SettingsError, match=r"image_column= \(--image-column\).*no Hugging Face data"):
+        probe.scan(source, ["conv1"], target="digits[5-9]", image_column="img", out=tmp_path / "out", **quick)
+    assert not (tmp_path / "out").exists()
+    plan = api.plan_scan(arch="paper-cnn", source_data=f"{hf}[0-1]", target=f"{hf}[2-3]", label_column="coarse_label")
+    assert plan.preprocess is not None and plan.preprocess.label_column == "coarse_label"
+
+
 def test_tensors_and_dataset_pairs_as_target():
     source = probe.train_source("paper-cnn", "digits[0-4]", epochs=1, arch_options={"width": 0.25}, device="cpu")
     digits = load_task("digits[5-9]")
@@ -288,10 +364,13 @@ def test_pretrained_scan_records_and_prints_the_preprocessing(tmp_path, hub_cach
          "--control", "--out", out]
     )  # fmt: skip
     assert result.exit_code == 0, (result.stdout, result.stderr)
-    assert "images: 32×32, 3 channel(s); mean/std (0.500, 0.500, 0.500)/(0.500, 0.500, 0.500)" in result.stdout
+    # test_resnet's eval transform is Resize(168)+CenterCrop(160): at 32 the ratio gives round(32·168/160) = 34
+    line = "images: Resize(34)+CenterCrop(32) → 32×32, 3 channel(s); mean/std (0.500, 0.500, 0.500)/(0.500, "
+    assert line in result.stdout
     assert "note: no AnA control: test_resnet was pretrained on data this toolkit does not have" in result.stdout
     saved = json.loads((out / "results.json").read_text())
-    assert saved["extras"]["preprocessing"]["image_size"] == 32
+    assert saved["extras"]["preprocessing"]["image_size"] == 32 and saved["extras"]["preprocessing"]["resize"] == 34
+    assert saved["extras"]["data"]["AnB"]["resize_size"] == 34
     assert saved["source"]["checkpoint"].endswith("model.safetensors")
 
 
@@ -318,6 +397,35 @@ def test_pretrained_offline_without_a_copy_fails_fast_in_one_line(tmp_path, monk
     result = invoke(["scan", "--arch", TINY_TIMM, "--pretrained", "--target", folder, "--out", tmp_path / "out"])
     assert_user_error(result, "HF_HUB_OFFLINE is set", "looked for timm/test_resnet.r160_in1k")
     assert not (tmp_path / "out").exists()
+
+
+def test_pretrained_eval_transform_is_resize_then_centre_crop_as_the_library_s():
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.models import ResNet18_Weights
+
+    pre, _ = api.preprocessing_for("./pics", arch="tv:resnet18", pretrained=True)  # weights metadata, no download
+    assert pre is not None and (pre.resize, pre.image_size) == (256, 224)
+    assert (pre.resize, pre.image_size) == (*ResNet18_Weights.DEFAULT.transforms().resize_size, 224)
+    for arch in ("resnet18", TINY_TIMM):  # crop_pct 0.95: Resize(235)+CenterCrop(224), Resize(168)+CenterCrop(160)
+        cfg = timm.models.get_pretrained_cfg(arch)
+        resize, crop = create_transform(**resolve_data_config(pretrained_cfg=cfg.to_dict())).transforms[:2]
+        pre, _ = api.preprocessing_for("./pics", arch=arch, pretrained=True)
+        assert pre is not None and (pre.resize, pre.image_size) == (resize.size, crop.size[0])
+        assert pre.resize == int(pre.image_size / cfg.crop_pct) > pre.image_size
+
+
+def test_image_size_keeps_the_pretrained_models_resize_ratio():
+    sizes = {}
+    for arch, size in (("tv:resnet18", 64), ("tv:resnet18", 112), ("resnet18", 64), ("tv:resnet18", 224)):
+        pre, _ = api.preprocessing_for("./pics", arch=arch, pretrained=True, image_size=size)
+        assert pre is not None and pre.image_size == size
+        sizes[arch, size] = pre.resize
+    # round(S' · R / S): 64·256/224 = 73.1, 112·256/224 = 128, 64·235/224 = 67.1; the model's own size keeps R
+    expected = {("tv:resnet18", 64): 73, ("tv:resnet18", 112): 128, ("resnet18", 64): 67, ("tv:resnet18", 224): 256}
+    assert sizes == expected
+    pre, _ = api.preprocessing_for("./pics", image_size=64)  # no pretrained weights: R = S, as before
+    assert pre is not None and (pre.resize_size, pre.to_dict()["resize"]) == (64, 64)
 
 
 def test_preprocess_defaults_to_the_datas_own_statistics(tmp_path):

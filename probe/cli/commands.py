@@ -51,10 +51,12 @@ from .options import (
     GateLrOption,
     GateOptimizerOption,
     GpusPerRunOption,
+    ImageColumnOption,
     ImageSizeOption,
     InitOption,
     JobsOption,
     JsonOption,
+    LabelColumnOption,
     LayersOption,
     LrOption,
     LrScheduleOption,
@@ -87,6 +89,8 @@ def train(
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
     image_size: ImageSizeOption = None,
+    image_column: ImageColumnOption = None,
+    label_column: LabelColumnOption = None,
     width: WidthOption = None,
     augment: AugmentOption = None,
     preset: PresetOption = None,
@@ -99,8 +103,10 @@ def train(
     options = arch_options_of(arch or "paper-cnn", width)
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=augment)
     settings = api.source_training_settings(data, preset=preset, **given)
+    preprocess, _ = api.preprocessing_for(
+        data, image_size=image_size, image_column=image_column, label_column=label_column
+    )
     api.check_checkpoint_path(out)
-    preprocess, _ = api.preprocessing_for(data, image_size=image_size)
     api.check_request(source_data=data, data_dir=data_dir, download=download)
     err = stderr_console(quiet)
     plan = f"{settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"
@@ -150,6 +156,8 @@ def scan(
     width: WidthOption = None,
     pretrained: PretrainedOption = False,
     image_size: ImageSizeOption = None,
+    image_column: ImageColumnOption = None,
+    label_column: LabelColumnOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -175,7 +183,8 @@ def scan(
         source, arch=arch, pretrained=pretrained, arch_options=arch_options_of(arch or "paper-cnn", width),
         source_data=source_data, target=target, layers=_layer_list(layers), baselines=split_values(baselines),
         backend=backend.value, backend_options=backend_options or None, out=out, data_dir=data_dir,
-        download=download, image_size=image_size, preset=preset, **given,
+        download=download, image_size=image_size, preset=preset, image_column=image_column,
+        label_column=label_column, **given,
     )  # fmt: skip
     err = stderr_console(quiet)
     with live_progress(quiet) as live:
@@ -277,6 +286,8 @@ def layers(
         ),
     ] = None,
     width: WidthOption = None,
+    image_column: ImageColumnOption = None,
+    label_column: LabelColumnOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """List the probeable layers in forward order with their output shapes; mark the ones scan probes by default.
@@ -284,8 +295,9 @@ def layers(
     Example: [bold]probe layers --arch resnet18 --data cifar10[/bold]
     """
     listing = api.layer_listing(
-        arch, source=source, data=data, arch_options=arch_options_of(arch or "paper-cnn", width)
-    )
+        arch, source=source, data=data, arch_options=arch_options_of(arch or "paper-cnn", width),
+        image_column=image_column, label_column=label_column,
+    )  # fmt: skip
     rows = [
         {
             "name": layer.name,

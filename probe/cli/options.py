@@ -57,6 +57,22 @@ ImageSizeOption = Annotated[
         "\\[default: a pretrained model's input size, else the images' own]",
     ),
 ]
+ImageColumnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--image-column",
+        help="Hugging Face data (hf:, save_to_disk folders): the image column to read. \\[default: the one "
+        "datasets.Image column]",
+    ),
+]
+LabelColumnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--label-column",
+        help="Hugging Face data: the label column, e.g. coarse_label of CIFAR-100. \\[default: the one ClassLabel "
+        "column]",
+    ),
+]
 WidthOption = Annotated[
     float | None, typer.Option("--width", help="paper-cnn only: scale every layer's width (1.0 = the paper's CNN).")
 ]

@@ -2,7 +2,8 @@
 
 ``datasets`` is an optional dependency (the ``[hf]`` extra): without it, :func:`load_hf` raises one line
 saying how to install it. Columns: the image column is the one ``datasets.Image`` feature and the label column
-the one ``ClassLabel`` feature (class names from it), unless named with ``image_column`` / ``label_column``.
+the one ``ClassLabel`` feature (class names from it), unless named with ``image_column`` / ``label_column``
+(CLI: ``--image-column`` / ``--label-column``; CIFAR-100's ``fine_label`` / ``coarse_label`` need one).
 Splits: ``train`` and the first of ``test``, ``validation``, ``valid``, ``val``; a dataset with a train split
 only (or a plain ``Dataset``) is split per class, seeded and stratified, as an image folder.
 
@@ -103,16 +104,18 @@ def _set_offline(datasets: Any, value: bool) -> bool:
 
 
 def _column(features: dict[str, Any], kind: type, given: str | None, what: str, parameter: str) -> str:
+    option = f"{parameter}= (CLI: --{parameter.replace('_', '-')})"
     if given is not None:
         if given not in features:
             raise DataError(
-                f"the dataset has no column '{given}' (columns: {', '.join(features)}); pass an existing {parameter}"
+                f"the dataset has no column '{given}' (columns: {', '.join(features)}); pass an existing one "
+                f"with {option}"
             )
         return given
     found = [name for name, feature in features.items() if isinstance(feature, kind)]
     if len(found) != 1:
         which = f"{len(found)} {what} columns ({', '.join(found)})" if found else f"no {what} column"
-        raise DataError(f"the dataset has {which} among {', '.join(features)}; name the one to use with {parameter}=")
+        raise DataError(f"the dataset has {which} among {', '.join(features)}; name the one to use with {option}")
     return found[0]
 
 
@@ -142,6 +145,7 @@ def load_hf(
     test_fraction: float = 0.2,
     seed: int = 0,
     image_size: int | None = None,
+    resize: int | None = None,
     channels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = 0,
@@ -209,6 +213,7 @@ def load_hf(
         cache_key="hf-" + _cache_key(basis),
         class_names=names,
         image_size=image_size,
+        resize=resize,
         channels=channels,
         cache_dir=cache_dir,
         workers=workers,

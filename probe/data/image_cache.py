@@ -15,9 +15,10 @@ Decisions (documented here once; the loaders' metadata repeats them):
   0..255 (``round(v / 257)``, values outside clipped) where PIL would clip them to white; ``F`` is clipped to
   0..255. Grey images are stored with 1 channel when every image is grey, else replicated to 3; with
   ``channels=1`` colour becomes PIL's ITU-R 601-2 luma. EXIF orientation is not applied (as torchvision).
-* **Resize** (``image_size=S``): the shorter side to S with PIL's antialiased bilinear filter, then a centre
-  crop S×S: bit for bit torchvision's ``Resize(S) + CenterCrop(S)`` on a PIL image. ``None`` keeps the native
-  size, which must then be the same for every image.
+* **Resize** (``image_size=S``, ``resize=R``, default R = S): the shorter side to R with PIL's antialiased
+  bilinear filter, then a centre crop S×S: bit for bit torchvision's ``Resize(R) + CenterCrop(S)`` on a PIL
+  image (a pretrained model's eval transform, e.g. 256 then 224). ``None`` keeps the native size, which must
+  then be the same for every image.
 * **Huge images**: more than ``max_pixels`` (default PIL's ``Image.MAX_IMAGE_PIXELS``, the decompression-bomb
   limit) are never decoded; they count as bad files (skipped, listed, subject to the bad-file rule).
 * **Atomicity**: everything is written into a temporary folder next to the cache entry and renamed onto it
@@ -158,7 +159,7 @@ def _work(
         for i in range(start, stop):
             try:
                 image, label = reader(items[i])
-                arr = to_uint8(image, opts["image_size"], opts["channels"], opts["max_pixels"])
+                arr = to_uint8(image, opts["image_size"], opts["channels"], opts["max_pixels"], opts["resize"])
             except BadImage as e:
                 bad.append((i, str(e)))
                 continue
@@ -192,6 +193,7 @@ def build_cache(
     image_size: int | None,
     channels: int,
     class_names: Sequence[str] | Callable[[dict[str, np.ndarray]], list[str]],
+    resize: int | None = None,
     meta: dict[str, Any],
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 0,
@@ -205,7 +207,8 @@ def build_cache(
 ) -> ImageData:
     """Decode every item of ``parts`` once into the cache entry ``key`` and return it memory-mapped.
 
-    ``reader(item) -> (image, label or None)``. Bad items (:class:`BadImage`) are skipped and listed in
+    ``reader(item) -> (image, label or None)``; ``image_size`` S and ``resize`` R (default S): Resize(R) +
+    CenterCrop(S). Bad items (:class:`BadImage`) are skipped and listed in
     ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)``
     returns an error message when there are too many. ``class_names`` may be a function of
     ``{split: labels}``; ``check({split: labels})`` validates the result before it is published (e.g. no
@@ -232,6 +235,7 @@ def build_cache(
         {p.name: p for p in parts},
         {
             "image_size": image_size,
+            "resize": resize,
             "channels": channels,
             "max_pixels": max_pixels,
             "shape": tuple(shape),
@@ -274,6 +278,7 @@ def build_cache(
             "resize": RESIZE_RULE if image_size is not None else "none (native size)",
             "conversion": CONVERSION_RULE,
             "image_size": image_size,
+            "resize_size": (resize or image_size) if image_size is not None else None,
             "channels": channels,
             "cache_format": CACHE_FORMAT,
             "pixel_stats": stats,

@@ -1,4 +1,4 @@
-"""One image as a uint8 (C, H, W) array: torchvision's conversion and ``Resize(S)+CenterCrop(S)`` rules.
+"""One image as a uint8 (C, H, W) array: torchvision's conversion and ``Resize(R)+CenterCrop(S)`` rules.
 
 The rules are documented once in :mod:`probe.data.image_cache`; this module applies them to one image.
 """
@@ -12,7 +12,9 @@ from PIL import Image
 
 from ..errors import DataError
 
-RESIZE_RULE = "shorter side to S (PIL bilinear, antialiased), centre crop S×S: torchvision Resize(S)+CenterCrop(S)"
+RESIZE_RULE = (
+    "shorter side to R (default S; PIL bilinear, antialiased), centre crop S×S: torchvision Resize(R)+CenterCrop(S)"
+)
 CONVERSION_RULE = (
     "colour via PIL convert('RGB') (alpha dropped, not composited); grey L/LA/1 kept grey (alpha dropped); "
     "16-bit scaled round(v/257); grey replicated to 3 channels when the data mixes grey and colour"
@@ -32,10 +34,15 @@ def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def to_uint8(
-    image: Any, image_size: int | None = None, channels: int | None = None, max_pixels: int | None = None
+    image: Any,
+    image_size: int | None = None,
+    channels: int | None = None,
+    max_pixels: int | None = None,
+    resize: int | None = None,
 ) -> np.ndarray:
     """One image (PIL, uint8/[0,1]-float tensor or array) as a uint8 (C, H, W) array, converted and resized
-    by the rules in the module docstring. ``channels`` None keeps grey grey and colour RGB.
+    by the rules in the module docstring: shorter side to ``resize`` (default ``image_size``), centre crop
+    ``image_size``. ``channels`` None keeps grey grey and colour RGB.
     Raises :class:`BadImage` for a corrupt or too large image, :class:`DataError` for an unusable object."""
     img = as_pil(image)
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -48,17 +55,23 @@ def to_uint8(
         elif channels == 3 and img.mode != "RGB":
             img = img.convert("RGB")
         if image_size is not None:
-            new_w, new_h = resize_shape(img.width, img.height, image_size)
-            if (new_w, new_h) != img.size:
-                img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-            top = int(round((new_h - image_size) / 2.0))
-            left = int(round((new_w - image_size) / 2.0))
-            if (left, top, image_size, image_size) != (0, 0, new_w, new_h):
-                img = img.crop((left, top, left + image_size, top + image_size))
+            img = _resize_crop(img, image_size, image_size if resize is None else resize)
         arr = np.asarray(img, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # truncated, corrupt
         raise BadImage(f"cannot decode: {' '.join(str(e).split()) or type(e).__name__}") from e
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _resize_crop(img: Image.Image, crop: int, shorter: int) -> Image.Image:
+    """torchvision's ``Resize(shorter) + CenterCrop(crop)`` on a PIL image (same size, filter and offsets)."""
+    new_w, new_h = resize_shape(img.width, img.height, shorter)
+    if (new_w, new_h) != img.size:
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    if (left, top, crop, crop) != (0, 0, new_w, new_h):
+        img = img.crop((left, top, left + crop, top + crop))
+    return img
 
 
 def _convert_mode(img: Image.Image) -> Image.Image:

@@ -43,7 +43,7 @@ from ..errors import DataError, SettingsError
 from .image_cache import ImageData, Part, build_cache, lookup
 from .image_cache import cache_key as _cache_key
 from .image_convert import GREY_MODES, BadImage
-from .image_rules import Progress, check_size, stratified_split, too_many_bad, workers_of
+from .image_rules import Progress, check_size, resize_basis, stratified_split, too_many_bad, workers_of
 
 __all__ = ["IMG_EXTENSIONS", "check_image_folder", "load_image_folder"]
 
@@ -177,6 +177,7 @@ def load_image_folder(
     path: str | os.PathLike[str],
     *,
     image_size: int | None = None,
+    resize: int | None = None,
     channels: int | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -190,11 +191,12 @@ def load_image_folder(
 
     ``path`` holds ``train/`` and ``test/`` (or ``val/``) with one subfolder per class, or directly one
     subfolder per class (then split per class: ``test_fraction`` of each class, seeded by ``seed``).
-    ``image_size`` S resizes as ``Resize(S)+CenterCrop(S)``; None keeps the native size (all images equal).
+    ``image_size`` S resizes as ``Resize(R)+CenterCrop(S)``, R = ``resize`` (default S); None keeps the native
+    size (all images equal).
     ``channels`` None: 1 if every image is grey, else 3. ``workers`` threads decode (forked processes with
     ``processes=True``); ``progress(done, total)`` is called after every chunk.
     """
-    check_size(image_size, channels)
+    check_size(image_size, channels, resize)
     workers = workers_of(workers)
     root, subdirs, test_name = _layout(path)
     split_meta: dict[str, Any]
@@ -232,6 +234,7 @@ def load_image_folder(
         "split": split_meta,
         "files": {g: f for g, (f, _) in groups.items()},
         "image_size": image_size,
+        **resize_basis(image_size, resize),
         "channels": channels,
         "max_pixels": max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS,
     }
@@ -307,6 +310,7 @@ def load_image_folder(
         _read_file,
         shape=(chans, side[0], side[1]),
         image_size=image_size,
+        resize=resize,
         channels=chans,
         class_names=classes,
         meta=meta,

@@ -16,7 +16,7 @@ from ..errors import DataError
 from .image_cache import ImageData, Part, build_cache, lookup
 from .image_cache import cache_key as _cache_key
 from .image_convert import GREY_MODES, BadImage, as_pil
-from .image_rules import Progress, check_size, too_many_bad, workers_of
+from .image_rules import Progress, check_size, resize_basis, too_many_bad, workers_of
 
 __all__ = ["load_dataset_pair", "load_tensors"]
 
@@ -85,6 +85,7 @@ def load_dataset_pair(
     cache_key: str | None = None,
     class_names: Sequence[str] | None = None,
     image_size: int | None = None,
+    resize: int | None = None,
     channels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = 0,
@@ -102,7 +103,7 @@ def load_dataset_pair(
     ``class_names`` default: the train dataset's ``classes`` attribute, else '0'..'K-1'.
     Channels and native size are taken from up to 16 items spread over the data (grey only if all are).
     """
-    check_size(image_size, channels)
+    check_size(image_size, channels, resize)
     workers = workers_of(workers)
     for split, ds in (("train", train), ("test", test)):
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
@@ -122,7 +123,14 @@ def load_dataset_pair(
         names = [str(c) for c in train.classes]
     basis = cache_key if cache_key is not None else f"uncached-{uuid.uuid4().hex}"
     key_hex = _cache_key(
-        {"kind": "dataset", "key": basis, "image_size": image_size, "channels": channels, "names": names}
+        {
+            "kind": "dataset",
+            "key": basis,
+            "image_size": image_size,
+            **resize_basis(image_size, resize),
+            "channels": channels,
+            "names": names,
+        }
     )
     prefix = re.sub(r"[^A-Za-z0-9]+", "-", str((meta or {}).get("source", "dataset"))).strip("-")[-40:] or "dataset"
     if (cached := lookup(f"{prefix}-{key_hex}", cache_dir)) is not None:
@@ -149,6 +157,7 @@ def load_dataset_pair(
         read,
         shape=(chans, *side),
         image_size=image_size,
+        resize=resize,
         channels=chans,
         class_names=class_names_of,
         meta=data_meta,
@@ -181,6 +190,7 @@ def load_tensors(
     *,
     class_names: Sequence[str] | None = None,
     image_size: int | None = None,
+    resize: int | None = None,
     channels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
@@ -206,6 +216,7 @@ def load_tensors(
         cache_key="tensors-" + digest.hexdigest(),
         class_names=class_names,
         image_size=image_size,
+        resize=resize,
         channels=channels,
         cache_dir=cache_dir,
         workers=0,

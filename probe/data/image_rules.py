@@ -24,11 +24,22 @@ def workers_of(workers: int | None) -> int:
     return int(workers)
 
 
-def check_size(image_size: int | None, channels: int | None) -> None:
+def check_size(image_size: int | None, channels: int | None, resize: int | None = None) -> None:
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise SettingsError(f"image_size={image_size!r} is invalid; give a positive number of pixels, e.g. 224")
+    if resize is not None and (image_size is None or not isinstance(resize, int) or resize < image_size):
+        raise SettingsError(
+            f"resize={resize!r} is invalid with image_size={image_size!r}; the shorter side is resized to at "
+            "least the crop: give resize >= image_size (both in pixels), or no resize"
+        )
     if channels not in (None, 1, 3):
         raise SettingsError(f"channels={channels!r} is invalid; use 1 (grey), 3 (RGB) or None (from the data)")
+
+
+def resize_basis(image_size: int | None, resize: int | None) -> dict[str, int]:
+    """The resize's part of a cache key: empty when the shorter side goes to the crop size (Resize(S)), so
+    entries made before ``resize`` existed stay valid; ``{"resize": R}`` for any other R."""
+    return {"resize": resize} if resize is not None and resize != image_size else {}
 
 
 def too_many_bad(bad: int, total: int, what: str = "images", example: str = "") -> str | None:

@@ -3,9 +3,10 @@
 :func:`load_image_task` reads a folder, ``tv:NAME`` or ``hf:NAME`` spec (or a Dataset pair / ``(x, y)``
 tensors, :func:`task_from_images`) once into the memory-mapped uint8 cache and wraps it without a copy: the
 splits hold the uint8 arrays with the normalisation, and the trainer converts each batch where it gathers it.
-A :class:`Preprocess` says how the images are prepared: the size (``Resize(S)+CenterCrop(S)``), the channels
-(grey replicated to 3 for a model that takes colour) and the mean/std (a pretrained model's own, else the
-data's train split). What was done goes into ``TaskData.meta`` (results.json).
+A :class:`Preprocess` says how the images are prepared: the size (``Resize(R)+CenterCrop(S)``), the channels
+(grey replicated to 3 for a model that takes colour), the mean/std (a pretrained model's own, else the
+data's train split) and, for Hugging Face data, the columns to read. What was done goes into ``TaskData.meta``
+(results.json).
 """
 
 from __future__ import annotations
@@ -13,52 +14,110 @@ from __future__ import annotations
 import os
 import pathlib
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, SettingsError
 from .augment import AugmentConfig
 from .image_cache import ImageData
 from .image_rules import Progress
-from .images import load_images
-from .spec import DatasetSpec
+from .images import is_hf_folder, load_images
+from .spec import DatasetSpec, parse_spec
 from .task import Split, TaskData
 
 __all__ = [
     "Preprocess",
     "resized_builtin",
     "check_image_spec",
+    "for_spec",
     "image_task_meta",
+    "is_hf_data",
     "load_image_task",
     "task_from_images",
     "task_from_python",
+    "with_columns",
 ]
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How images from anywhere are prepared: None everywhere keeps the native size, channels and statistics."""
+    """How images from anywhere are read and prepared: None everywhere keeps the native size, channels and
+    statistics, and finds a Hugging Face dataset's image and label columns by their feature types."""
 
-    image_size: int | None = None  # Resize(S) + CenterCrop(S)
+    image_size: int | None = None  # S of Resize(R) + CenterCrop(S)
     channels: int | None = None  # 3: grey images replicated (a model pretrained on colour)
     mean: tuple[float, ...] | None = None  # in 0..1 units, e.g. ImageNet's; None: the data's own train statistics
     std: tuple[float, ...] | None = None
     origin: str = ""  # where these values come from, e.g. "timm pretrained_cfg of resnet18"
+    resize: int | None = None  # R, the shorter side before the crop (a pretrained eval transform's); None: S
+    image_column: str | None = None  # Hugging Face data only: the image column to read (None: the Image one)
+    label_column: str | None = None  # Hugging Face data only: the label column (None: the ClassLabel one)
+
+    @property
+    def resize_size(self) -> int | None:
+        """R: the shorter side images are resized to before the centre crop (None without a size)."""
+        return None if self.image_size is None else (self.resize or self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_size": self.image_size,
+            "resize": self.resize_size,
             "channels": self.channels,
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,
             "origin": self.origin,
+            **self.columns(),
         }
 
+    def columns(self) -> dict[str, str]:
+        """The Hugging Face columns named, as :func:`probe.data.huggingface.load_hf` takes them."""
+        named = {"image_column": self.image_column, "label_column": self.label_column}
+        return {name: value for name, value in named.items() if value is not None}
 
-# In-process memo of tv: and hf: data: (source, data_dir, size, channels) -> ImageData (memory-mapped, no copy).
+
+def is_hf_data(spec: DatasetSpec) -> bool:
+    """Whether ``spec`` names Hugging Face data: ``hf:NAME`` or a folder written by ``save_to_disk``."""
+    if spec.kind == "folder":
+        return is_hf_folder(pathlib.Path(spec.name).expanduser())
+    return spec.kind == "hf"
+
+
+def with_columns(
+    pre: Preprocess | None, data: Iterable[Any], image_column: str | None = None, label_column: str | None = None
+) -> Preprocess | None:
+    """``pre`` with the Hugging Face columns to read; a SettingsError when one is given but no spec among ``data``
+    (specs, tasks, data in Python, None) names Hugging Face data."""
+    given = {k: v for k, v in {"image_column": image_column, "label_column": label_column}.items() if v is not None}
+    if not given:
+        return pre
+    for name, value in given.items():
+        if not isinstance(value, str) or not value.strip():
+            raise SettingsError(f"{name}={value!r} is invalid; give a column name, e.g. {name}='coarse_label'")
+    specs = [parse_spec(d) for d in data if isinstance(d, (str, DatasetSpec))]
+    if not any(is_hf_data(spec) for spec in specs):
+        name = next(iter(given))
+        what = ", ".join(str(s) for s in specs) or "data given in Python"
+        raise SettingsError(
+            f"{name}= (--{name.replace('_', '-')}) names a Hugging Face column, but the request has no Hugging Face "
+            f"data ({what}); drop it, or give hf:NAME or a save_to_disk folder"
+        )
+    base = pre or Preprocess()
+    return replace(base, image_column=image_column or base.image_column, label_column=label_column or base.label_column)
+
+
+def for_spec(pre: Preprocess | None, spec: DatasetSpec) -> Preprocess | None:
+    """``pre`` as it applies to ``spec``: without the Hugging Face columns for other data, None when empty."""
+    if pre is None or is_hf_data(spec):
+        return pre
+    bare = replace(pre, image_column=None, label_column=None)
+    return None if bare == Preprocess() else bare
+
+
+# In-process memo of tv: and hf: data: (source, data_dir, size, resize, channels) -> ImageData (mapped, no copy).
 # Folders are looked up in the cache on every call (a stat of each file), so an edited folder is read again.
 _IMAGES: dict[tuple, ImageData] = {}
 
@@ -77,17 +136,23 @@ def read_images(
     progress: Progress | None = None,
 ) -> ImageData:
     """The images of ``spec`` (a folder, tv: or hf: spec), read once per process and once into the cache."""
-    pre = preprocess or Preprocess()
-    key = (_source_key(spec, data_dir), pre.image_size, pre.channels)
+    pre = for_spec(preprocess, spec) or Preprocess()
+    columns = pre.columns()
+    key = (_source_key(spec, data_dir), pre.image_size, pre.resize_size, pre.channels, *sorted(columns.items()))
     cached = _IMAGES.get(key) if spec.kind != "folder" else None  # a folder is re-checked: its files may change
     if cached is not None:
         return cached
-    options: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels, "progress": progress}
+    options: dict[str, Any] = {**_sizes(pre), **columns, "progress": progress}
     if spec.kind == "tv":
         options.update(data_dir=data_dir, download=download)
     images = load_images(spec.name, **options)
     _IMAGES[key] = images
     return images
+
+
+def _sizes(pre: Preprocess) -> dict[str, Any]:
+    """The loaders' size options of ``pre``: image_size S, resize R, channels."""
+    return {"image_size": pre.image_size, "resize": pre.resize_size, "channels": pre.channels}
 
 
 def load_image_task(
@@ -99,7 +164,7 @@ def load_image_task(
 ) -> TaskData:
     """A folder / tv: / hf: spec as a TaskData over the uint8 cache (class subsets checked against the data)."""
     images = read_images(spec, data_dir, download, preprocess, progress)
-    return task_from_images(images, spec, preprocess)
+    return task_from_images(images, spec, for_spec(preprocess, spec))
 
 
 def _stats(images: ImageData, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -169,9 +234,10 @@ def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> d
     """What results.json records about images from anywhere: source, split, skipped files, preprocessing."""
     meta = {k: v for k, v in images.meta.items() if k != "pixel_stats"}
     c, h, w = images.train_x.shape[1:]
+    resized = f"Resize({pre.resize_size})+CenterCrop({pre.image_size}) → " if pre.image_size is not None else ""
     meta["preprocessing"] = {
         **pre.to_dict(),
-        "applied": f"{w}×{h}, {c} channel(s); {normalisation}",
+        "applied": f"{resized}{w}×{h}, {c} channel(s); {normalisation}",
     }
     meta["sizes"] = {"train": int(len(images.train_y)), "test": int(len(images.test_y))}
     return meta
@@ -221,7 +287,7 @@ def task_from_python(obj: Any, preprocess: Preprocess | None = None) -> TaskData
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         return None
     pre = preprocess or Preprocess()
-    sizes: dict[str, Any] = {"image_size": pre.image_size, "channels": pre.channels}
+    sizes = _sizes(pre)
     first, second = obj
     if _is_array(first) and _is_array(second) and len(np.shape(second)) == 1:
         labels = second.detach().cpu().numpy() if isinstance(second, torch.Tensor) else np.asarray(second)

@@ -117,6 +117,7 @@ def load_torchvision(
     *,
     download: bool = False,
     image_size: int | None = None,
+    resize: int | None = None,
     channels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = 0,
@@ -126,7 +127,7 @@ def load_torchvision(
     ``data_dir``, its train and test splits per the dataset's own split argument (:data:`TORCHVISION_SPLITS`;
     Flowers102 and DTD train on train+val), decoded once into the cache. ``download=True`` uses torchvision's
     downloader (10 s socket timeout). Cached under the dataset's files' paths, sizes and mtimes."""
-    check_size(image_size, channels)
+    check_size(image_size, channels, resize)
     name = name[3:] if name.lower().startswith("tv:") else name
     real, cls = _tv_class(name)
     arg, train_values, test_value = _tv_splits(real, cls)
@@ -179,6 +180,7 @@ def load_torchvision(
         cache_key=f"tv-{real}-" + _cache_key(basis),
         class_names=[str(c) for c in names] if isinstance(names, (list, tuple)) else None,
         image_size=image_size,
+        resize=resize,
         channels=channels,
         cache_dir=cache_dir,
         workers=workers,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..core.surgery import require_head
-from ..data.image_tasks import Preprocess
+from ..data.image_tasks import Preprocess, for_spec, with_columns
 from ..data.spec import DatasetSpec, parse_spec
 from ..data.tensors import load_task
 from ..errors import ArchitectureError, CheckpointError, ProbeError, ResultsError
@@ -56,15 +56,19 @@ def train_source(
     download: bool = False,
     progress: Progress | None = None,
     preprocess: Preprocess | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
     **overrides,
 ) -> nn.Module:
     """Train a source model of ``arch`` on task ``data``; save a checkpoint to ``out`` when given.
 
-    ``out`` is checked to be writable before anything else; ``download`` fetches missing CIFAR data.
+    ``out`` is checked to be writable before anything else; ``download`` fetches missing CIFAR data;
+    ``image_column`` / ``label_column`` name the columns of Hugging Face ``data``.
 
     The returned model carries a :class:`SourceInfo` (architecture, options, data, settings, test top-1)
     that :func:`measure` and :func:`scan` use to pick the paper-style target task.
     """
+    preprocess = with_columns(preprocess, (data,), image_column, label_column)
     settings = (settings or RunSettings()).with_(**overrides)
     if out is not None:
         check_checkpoint_path(out)
@@ -99,7 +103,7 @@ def train_source(
         in_chans=task.in_chans,
         input_size=task.input_size,
         dataset=str(task.spec),
-        settings={**settings.to_dict(), **({"image_size": preprocess.image_size} if preprocess else {})},
+        settings={**settings.to_dict(), **_preprocess_record(preprocess)},
         test_top1=final_figures(outcome.history, 1)["top1"],
     )
     attach_info(model, info)
@@ -109,6 +113,13 @@ def train_source(
     return model
 
 
+def _preprocess_record(pre: Preprocess | None) -> dict:
+    """What a checkpoint records of how its images were read: the size, and the Hugging Face columns named."""
+    if pre is None:
+        return {}
+    return {"image_size": pre.image_size, **pre.columns()}
+
+
 def load_source(
     path: str | os.PathLike,
     arch: str | None = None,
@@ -116,12 +127,14 @@ def load_source(
     num_classes: int | None = None,
     data: str | DatasetSpec | None = None,
     data_dir: str | os.PathLike | None = None,
+    preprocess: Preprocess | None = None,
     **arch_options,
 ) -> nn.Module:
     """Load a source from a checkpoint (``probe train`` output, a plain state_dict, or .safetensors).
 
     The file is read with ``weights_only=True`` and never written. A plain state_dict needs ``arch`` and
-    the source task ``data`` (or ``num_classes``, with in_chans/input_size from ``data``).
+    the source task ``data`` (or ``num_classes``, with in_chans/input_size from ``data``, read as
+    ``preprocess`` says).
     """
     digest = file_sha256(path) if Path(path).is_file() else None
     raw = load_raw(path)
@@ -137,7 +150,7 @@ def load_source(
             raise CheckpointError(f"'{path}' is a plain state_dict: say which architecture it is (--arch NAME)")
         if data is None:
             raise CheckpointError(f"'{path}' records no source task: give it (--source-data, e.g. cifar10)")
-        task = load_task(data, data_dir=data_dir)
+        task = load_task(data, data_dir=data_dir, preprocess=preprocess)
         info = SourceInfo(
             arch=arch,
             arch_options=dict(arch_options),
@@ -180,6 +193,7 @@ def cached_source(
     settings = settings or RunSettings()
     trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING}
     spec = parse_spec(data)
+    preprocess = for_spec(preprocess, spec)  # a Hugging Face target's columns do not change a digits source
     key_data = {"arch": arch, "options": arch_options or {}, "data": str(spec), "settings": trained_with}
     if preprocess is not None:
         key_data["preprocess"] = preprocess.to_dict()
