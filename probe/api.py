@@ -97,11 +97,12 @@ def preprocessing_for(
 ) -> tuple[Preprocess | None, list[str]]:
     """How images from anywhere are read and prepared for this request, and the lines that say so.
 
-    With pretrained weights: the model's own eval transform, ``Resize(R) + CenterCrop(S)`` (``image_size``
-    overrides S and keeps the model's ratio R/S, as timm's crop_pct), 3 channels and mean/std; else the
-    data's native size (or ``image_size``, with R = S) and its own statistics. Built-in datasets (digits,
-    CIFAR) keep their native format and statistics. ``image_column`` / ``label_column`` apply to every
-    Hugging Face spec of ``target`` and ``source_data`` (a SettingsError when there is none).
+    With pretrained weights: the model's own eval transform, ``Resize(R) + CenterCrop(S)`` with its resize
+    filter (``image_size`` overrides S and keeps the model's ratio R/S, as timm's crop_pct), 3 channels and
+    mean/std; else the data's native size (or ``image_size``, with R = S, bilinear) and its own statistics.
+    Built-in datasets (digits, CIFAR) keep their native format and statistics. ``image_column`` /
+    ``label_column`` apply to every Hugging Face spec of ``target`` and ``source_data`` (a SettingsError when
+    there is none).
     """
     pre, notes = _model_preprocessing(target, arch, pretrained, image_size)
     return with_columns(pre, (target, source_data), image_column, label_column), notes
@@ -129,9 +130,12 @@ def _model_preprocessing(
     size = image_size or cfg["image_size"]
     resize = _scaled_resize(size, cfg["image_size"], cfg["resize"])
     scaled = f", size {size} from --image-size (resize {resize}, the model's R/S ratio)"
-    origin = cfg["origin"] + (scaled if image_size else "")
-    pre = Preprocess(size, cfg["channels"], cfg["mean"], cfg["std"], origin, resize=resize)
-    return pre, []
+    note = cfg["interpolation_note"]
+    origin = cfg["origin"] + (scaled if image_size else "") + (f"; {note}" if note else "")
+    pre = Preprocess(
+        size, cfg["channels"], cfg["mean"], cfg["std"], origin, resize=resize, interpolation=cfg["interpolation"]
+    )
+    return pre, [f"{arch}'s {note}"] if note else []
 
 
 def _scaled_resize(size: int, model_size: int, model_resize: int) -> int:

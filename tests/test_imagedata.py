@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
+import pathlib
 import struct
 import sys
 import time
@@ -153,6 +155,67 @@ def test_resize_r_then_crop_s_is_torchvision_resize_r_plus_centre_crop_s(tmp_pat
     assert data.train_x.shape[1:] == (3, 13, 13) and ours == reference(17)
     assert ours.isdisjoint(reference(13))  # not the Resize(S) crop: the wider margin is cut away
     assert data.meta["resize_size"] == 17 and data.meta["image_size"] == 13
+
+
+def test_resize_filter_is_torchvision_resize_with_that_interpolation(tmp_path, cache):
+    """Exact for each PIL filter torchvision names: its PIL path calls PIL's (antialiased) resize with the same
+    filter; bicubic, the filter timm's resnet18 names, is not the bilinear default."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import InterpolationMode
+
+    from probe.data.image_convert import to_uint8
+
+    def reference(img: Image.Image, mode: InterpolationMode) -> np.ndarray:
+        tf = [transforms.Resize(17, interpolation=mode), transforms.CenterCrop(13), transforms.PILToTensor()]
+        return transforms.Compose(tf)(img).numpy()
+
+    image = pattern(7, (37, 23))  # landscape, odd margins: both the resize and the crop offsets matter
+    for name in ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"):
+        ours = to_uint8(image, 13, resize=17, interpolation=name)
+        assert np.array_equal(ours, reference(image, InterpolationMode(name))), name
+    bicubic = to_uint8(image, 13, resize=17, interpolation="bicubic")
+    assert not np.array_equal(bicubic, reference(image, InterpolationMode.BILINEAR))
+    assert np.array_equal(to_uint8(image, 13, resize=17), reference(image, InterpolationMode.BILINEAR))
+
+    root = tmp_path / "r"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i, size in enumerate([(37, 23), (20, 41), (50, 31)]):  # landscape and portrait
+            pattern(i + (10 if c == "b" else 0), size).save(root / c / f"{i}.png")
+    data = load_image_folder(
+        root, image_size=13, resize=17, interpolation="bicubic", cache_dir=cache, workers=0, test_fraction=0.34
+    )
+    ours_all = {x.tobytes() for x in np.concatenate([data.train_x, data.test_x])}
+    files = [img for img, _ in ImageFolder(str(root))]
+    assert ours_all == {reference(img, InterpolationMode.BICUBIC).tobytes() for img in files}
+    assert ours_all.isdisjoint({reference(img, InterpolationMode.BILINEAR).tobytes() for img in files})
+    assert data.meta["interpolation"] == "bicubic" and "interpolation" in data.meta["resize"]
+
+
+def test_the_cache_key_includes_the_interpolation(tmp_path, cache):
+    root = flat_folder(tmp_path / "f", per_class=3)
+    default = load_image_folder(root, image_size=8, resize=9, cache_dir=cache, workers=0)
+    bilinear = load_image_folder(root, image_size=8, resize=9, interpolation="bilinear", cache_dir=cache, workers=0)
+    assert bilinear.meta["cache"] == default.meta["cache"] and len(entries(cache)) == 1  # the key of before
+    assert default.meta["interpolation"] == "bilinear"
+    meta_file = pathlib.Path(default.meta["cache"]) / "meta.json"  # an entry written before the filter was kept
+    info = json.loads(meta_file.read_text())
+    del info["meta"]["interpolation"]
+    meta_file.write_text(json.dumps(info))
+    assert imagecache.open_cache(meta_file.parent).meta["interpolation"] == "bilinear"
+    bicubic = load_image_folder(root, image_size=8, resize=9, interpolation="bicubic", cache_dir=cache, workers=0)
+    assert bicubic.meta["cache"] != default.meta["cache"] and len(entries(cache)) == 2
+    assert not np.array_equal(np.asarray(bicubic.train_x), np.asarray(default.train_x))
+    x, y = torch.randint(0, 256, (4, 3, 12, 10), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])  # tv:, hf: too
+    pair = load_tensors((x, y), (x, y), image_size=8, cache_dir=cache)
+    lanczos = load_tensors((x, y), (x, y), image_size=8, interpolation="lanczos", cache_dir=cache)
+    assert lanczos.meta["cache"] != pair.meta["cache"] and lanczos.meta["interpolation"] == "lanczos"
+    native = load_tensors((x, y), (x, y), interpolation="bicubic", cache_dir=cache)  # no resize: no filter
+    assert native.meta["interpolation"] is None
+    assert native.meta["cache"] == load_tensors((x, y), (x, y), cache_dir=cache).meta["cache"]
+    with pytest.raises(SettingsError, match=r"interpolation='random' is not a PIL filter; use one of .*bicubic"):
+        load_image_folder(root, image_size=8, interpolation="random", cache_dir=cache, workers=0)
 
 
 def test_the_cache_key_includes_the_resize(tmp_path, cache):

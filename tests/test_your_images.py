@@ -355,7 +355,25 @@ def test_pretrained_timm_from_a_hub_cache_fed_from_a_folder_keeps_the_identity(t
     assert torch.equal(seen[0], z_source)  # λS = 1: the target sees exactly the source's Z
 
 
-def test_pretrained_scan_records_and_prints_the_preprocessing(tmp_path, hub_cache):
+def with_timm_interpolation(monkeypatch, arch: str, interpolation: str) -> None:
+    """timm's pretrained_cfg of ``arch`` as if it named ``interpolation`` (timm returns a copy per call)."""
+    import timm
+
+    real = timm.models.get_pretrained_cfg
+
+    def patched(name, *args, **kwargs):
+        cfg = real(name, *args, **kwargs)
+        if cfg is not None and name == arch:
+            cfg.interpolation = interpolation
+        return cfg
+
+    monkeypatch.setattr(timm.models, "get_pretrained_cfg", patched)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_pretrained_scan_records_and_prints_the_preprocessing(tmp_path, hub_cache, monkeypatch, interpolation):
+    if interpolation != "bilinear":  # test_resnet's own is bilinear; a config naming bicubic (as resnet18's)
+        with_timm_interpolation(monkeypatch, TINY_TIMM, interpolation)
     folder = image_folder(tmp_path / "pics", per_class=4)
     out = tmp_path / "out"
     result = invoke(
@@ -365,12 +383,14 @@ def test_pretrained_scan_records_and_prints_the_preprocessing(tmp_path, hub_cach
     )  # fmt: skip
     assert result.exit_code == 0, (result.stdout, result.stderr)
     # test_resnet's eval transform is Resize(168)+CenterCrop(160): at 32 the ratio gives round(32·168/160) = 34
-    line = "images: Resize(34)+CenterCrop(32) → 32×32, 3 channel(s); mean/std (0.500, 0.500, 0.500)/(0.500, "
+    line = f"images: Resize(34, {interpolation})+CenterCrop(32) → 32×32, 3 channel(s); mean/std (0.500, 0.500, "
     assert line in result.stdout
     assert "note: no AnA control: test_resnet was pretrained on data this toolkit does not have" in result.stdout
     saved = json.loads((out / "results.json").read_text())
     assert saved["extras"]["preprocessing"]["image_size"] == 32 and saved["extras"]["preprocessing"]["resize"] == 34
     assert saved["extras"]["data"]["AnB"]["resize_size"] == 34
+    assert saved["extras"]["preprocessing"]["interpolation"] == interpolation
+    assert saved["extras"]["data"]["AnB"]["interpolation"] == interpolation  # what the cache entry applied
     assert saved["source"]["checkpoint"].endswith("model.safetensors")
 
 
@@ -413,6 +433,54 @@ def test_pretrained_eval_transform_is_resize_then_centre_crop_as_the_library_s()
         pre, _ = api.preprocessing_for("./pics", arch=arch, pretrained=True)
         assert pre is not None and (pre.resize, pre.image_size) == (resize.size, crop.size[0])
         assert pre.resize == int(pre.image_size / cfg.crop_pct) > pre.image_size
+        assert pre.interpolation == resolve_data_config(pretrained_cfg=cfg.to_dict())["interpolation"]
+        assert pre.interpolation == resize.interpolation.value
+    assert pre.interpolation == "bilinear"  # test_resnet's; resnet18's is bicubic
+    assert api.preprocessing_for("./pics", arch="resnet18", pretrained=True)[0].interpolation == "bicubic"
+
+
+def test_a_torchvision_model_gives_its_transforms_interpolation():
+    from torchvision.models import ResNet18_Weights
+    from torchvision.transforms import InterpolationMode
+
+    pre, notes = api.preprocessing_for("./pics", arch="tv:resnet18", pretrained=True)
+    assert ResNet18_Weights.DEFAULT.transforms().interpolation == InterpolationMode.BILINEAR
+    assert pre is not None and pre.interpolation == "bilinear" and notes == []
+    assert pre.to_dict()["interpolation"] == "bilinear"
+
+
+def test_timm_random_or_unknown_interpolation_is_bilinear_and_says_why(monkeypatch):
+    from probe.models.pretrained import pil_filter
+
+    assert pil_filter("bicubic") == ("bicubic", None) and pil_filter("lanczos") == ("lanczos", None)
+    for name, why in (("random", "a training-time random choice"), ("area", "not a PIL filter")):
+        with_timm_interpolation(monkeypatch, "resnet18", name)
+        pre, notes = api.preprocessing_for("./pics", arch="resnet18", pretrained=True)
+        reason = f"interpolation '{name}' ({why}) read as bilinear"
+        assert pre is not None and pre.interpolation == "bilinear"
+        assert notes == [f"resnet18's {reason}"] and pre.origin.endswith(reason)
+
+
+def test_pretrained_images_are_resized_with_the_models_filter(tmp_path):
+    """resnet18's eval transform is bicubic: a folder of non-square files is prepared as torchvision's
+    Resize(R, BICUBIC) + CenterCrop(S) prepares them, not as the bilinear one (no weights needed)."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import InterpolationMode
+
+    folder = image_folder(tmp_path / "pics", classes=("a", "b"), per_class=3, size=(40, 27))
+    pre, _ = api.preprocessing_for(str(folder), arch="resnet18", pretrained=True, image_size=16)
+    assert pre is not None and (pre.resize, pre.image_size, pre.interpolation) == (17, 16, "bicubic")
+    task = load_task(str(folder), preprocess=pre)
+    ours = {x.numpy().tobytes() for x in torch.cat([task.train.data, task.test.data])}
+
+    def reference(mode: InterpolationMode) -> set[bytes]:
+        tf = transforms.Compose([transforms.Resize(17, interpolation=mode), transforms.CenterCrop(16)])
+        return {np.asarray(tf(img)).transpose(2, 0, 1).tobytes() for img, _ in ImageFolder(str(folder))}
+
+    assert ours == reference(InterpolationMode.BICUBIC) and ours.isdisjoint(reference(InterpolationMode.BILINEAR))
+    assert task.meta["preprocessing"]["interpolation"] == "bicubic"
+    assert "Resize(17, bicubic)+CenterCrop(16)" in task.meta["preprocessing"]["applied"]
 
 
 def test_image_size_keeps_the_pretrained_models_resize_ratio():
@@ -426,6 +494,7 @@ def test_image_size_keeps_the_pretrained_models_resize_ratio():
     assert sizes == expected
     pre, _ = api.preprocessing_for("./pics", image_size=64)  # no pretrained weights: R = S, as before
     assert pre is not None and (pre.resize_size, pre.to_dict()["resize"]) == (64, 64)
+    assert (pre.interpolation, pre.to_dict()["interpolation"]) == (None, "bilinear")
 
 
 def test_preprocess_defaults_to_the_datas_own_statistics(tmp_path):

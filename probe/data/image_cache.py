@@ -16,9 +16,10 @@ Decisions (documented here once; the loaders' metadata repeats them):
   0..255. Grey images are stored with 1 channel when every image is grey, else replicated to 3; with
   ``channels=1`` colour becomes PIL's ITU-R 601-2 luma. EXIF orientation is not applied (as torchvision).
 * **Resize** (``image_size=S``, ``resize=R``, default R = S): the shorter side to R with PIL's antialiased
-  bilinear filter, then a centre crop S×S: bit for bit torchvision's ``Resize(R) + CenterCrop(S)`` on a PIL
-  image (a pretrained model's eval transform, e.g. 256 then 224). ``None`` keeps the native size, which must
-  then be the same for every image.
+  filter ``interpolation`` (default bilinear; a pretrained model's own, e.g. timm's bicubic), then a centre
+  crop S×S: bit for bit torchvision's ``Resize(R, interpolation) + CenterCrop(S)`` on a PIL image (a
+  pretrained model's eval transform, e.g. 256 then 224). ``None`` keeps the native size, which must then be
+  the same for every image.
 * **Huge images**: more than ``max_pixels`` (default PIL's ``Image.MAX_IMAGE_PIXELS``, the decompression-bomb
   limit) are never decoded; they count as bad files (skipped, listed, subject to the bad-file rule).
 * **Atomicity**: everything is written into a temporary folder next to the cache entry and renamed onto it
@@ -49,7 +50,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, SettingsError
-from .image_convert import CONVERSION_RULE, RESIZE_RULE, BadImage, resize_shape, to_uint8
+from .image_convert import CONVERSION_RULE, DEFAULT_INTERPOLATION, RESIZE_RULE, BadImage, resize_shape, to_uint8
 
 __all__ = [
     "ImageData",
@@ -159,7 +160,14 @@ def _work(
         for i in range(start, stop):
             try:
                 image, label = reader(items[i])
-                arr = to_uint8(image, opts["image_size"], opts["channels"], opts["max_pixels"], opts["resize"])
+                arr = to_uint8(
+                    image,
+                    opts["image_size"],
+                    opts["channels"],
+                    opts["max_pixels"],
+                    opts["resize"],
+                    opts["interpolation"],
+                )
             except BadImage as e:
                 bad.append((i, str(e)))
                 continue
@@ -194,6 +202,7 @@ def build_cache(
     channels: int,
     class_names: Sequence[str] | Callable[[dict[str, np.ndarray]], list[str]],
     resize: int | None = None,
+    interpolation: str | None = None,
     meta: dict[str, Any],
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 0,
@@ -207,9 +216,9 @@ def build_cache(
 ) -> ImageData:
     """Decode every item of ``parts`` once into the cache entry ``key`` and return it memory-mapped.
 
-    ``reader(item) -> (image, label or None)``; ``image_size`` S and ``resize`` R (default S): Resize(R) +
-    CenterCrop(S). Bad items (:class:`BadImage`) are skipped and listed in
-    ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)``
+    ``reader(item) -> (image, label or None)``; ``image_size`` S, ``resize`` R (default S) and the PIL filter
+    ``interpolation`` (default bilinear): Resize(R) + CenterCrop(S). Bad items (:class:`BadImage`) are skipped
+    and listed in ``meta['skipped']`` (after ``skipped``, those the caller already set aside); ``bad_rule(bad, total)``
     returns an error message when there are too many. ``class_names`` may be a function of
     ``{split: labels}``; ``check({split: labels})`` validates the result before it is published (e.g. no
     class left empty). ``workers`` > 0 decodes in
@@ -236,6 +245,7 @@ def build_cache(
         {
             "image_size": image_size,
             "resize": resize,
+            "interpolation": interpolation,
             "channels": channels,
             "max_pixels": max_pixels,
             "shape": tuple(shape),
@@ -279,6 +289,7 @@ def build_cache(
             "conversion": CONVERSION_RULE,
             "image_size": image_size,
             "resize_size": (resize or image_size) if image_size is not None else None,
+            "interpolation": (interpolation or DEFAULT_INTERPOLATION) if image_size is not None else None,
             "channels": channels,
             "cache_format": CACHE_FORMAT,
             "pixel_stats": stats,
@@ -413,4 +424,6 @@ def open_cache(folder: str | os.PathLike[str]) -> ImageData:
         raise DataError(f"the image cache {folder} is damaged ({type(e).__name__}); delete that folder") from e
     meta = dict(info["meta"])
     meta["cache"] = str(folder)
+    if meta.get("image_size") is not None:  # entries written before the filter was recorded are bilinear
+        meta.setdefault("interpolation", DEFAULT_INTERPOLATION)
     return ImageData(class_names=list(info["class_names"]), meta=meta, **arrays)

@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, SettingsError
 
 RESIZE_RULE = (
-    "shorter side to R (default S; PIL bilinear, antialiased), centre crop S×S: torchvision Resize(R)+CenterCrop(S)"
+    "shorter side to R (default S) with PIL's antialiased filter (default bilinear, else the pretrained model's, "
+    "e.g. bicubic), centre crop S×S: torchvision Resize(R, interpolation)+CenterCrop(S)"
 )
+DEFAULT_INTERPOLATION = "bilinear"
 CONVERSION_RULE = (
     "colour via PIL convert('RGB') (alpha dropped, not composited); grey L/LA/1 kept grey (alpha dropped); "
     "16-bit scaled round(v/257); grey replicated to 3 channels when the data mixes grey and colour"
@@ -33,18 +35,32 @@ def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
     return (size, new_long) if width <= height else (new_long, size)
 
 
+def resampling(interpolation: str | None) -> Image.Resampling:
+    """PIL's filter named ``interpolation`` (``bilinear``, ``bicubic``, ``nearest``, ``lanczos``, ``box``,
+    ``hamming``; None: bilinear); a SettingsError for any other name."""
+    name = (interpolation or DEFAULT_INTERPOLATION).lower()
+    try:
+        return Image.Resampling[name.upper()]
+    except KeyError:
+        known = ", ".join(f.name.lower() for f in Image.Resampling)
+        raise SettingsError(f"interpolation={interpolation!r} is not a PIL filter; use one of {known}") from None
+
+
 def to_uint8(
     image: Any,
     image_size: int | None = None,
     channels: int | None = None,
     max_pixels: int | None = None,
     resize: int | None = None,
+    interpolation: str | None = None,
 ) -> np.ndarray:
     """One image (PIL, uint8/[0,1]-float tensor or array) as a uint8 (C, H, W) array, converted and resized
-    by the rules in the module docstring: shorter side to ``resize`` (default ``image_size``), centre crop
-    ``image_size``. ``channels`` None keeps grey grey and colour RGB.
+    by the rules in the module docstring: shorter side to ``resize`` (default ``image_size``) with the PIL
+    filter ``interpolation`` (default bilinear), centre crop ``image_size``. ``channels`` None keeps grey grey
+    and colour RGB.
     Raises :class:`BadImage` for a corrupt or too large image, :class:`DataError` for an unusable object."""
     img = as_pil(image)
+    resample = resampling(interpolation)
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if limit is not None and img.width * img.height > limit:
         raise BadImage(f"{img.width}×{img.height} pixels is above the limit of {limit} (decompression-bomb guard)")
@@ -55,18 +71,19 @@ def to_uint8(
         elif channels == 3 and img.mode != "RGB":
             img = img.convert("RGB")
         if image_size is not None:
-            img = _resize_crop(img, image_size, image_size if resize is None else resize)
+            img = _resize_crop(img, image_size, image_size if resize is None else resize, resample)
         arr = np.asarray(img, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # truncated, corrupt
         raise BadImage(f"cannot decode: {' '.join(str(e).split()) or type(e).__name__}") from e
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _resize_crop(img: Image.Image, crop: int, shorter: int) -> Image.Image:
-    """torchvision's ``Resize(shorter) + CenterCrop(crop)`` on a PIL image (same size, filter and offsets)."""
+def _resize_crop(img: Image.Image, crop: int, shorter: int, resample: Image.Resampling) -> Image.Image:
+    """torchvision's ``Resize(shorter, resample) + CenterCrop(crop)`` on a PIL image (same size, filter and
+    offsets; PIL's resize antialiases, as torchvision's PIL path does)."""
     new_w, new_h = resize_shape(img.width, img.height, shorter)
     if (new_w, new_h) != img.size:
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        img = img.resize((new_w, new_h), resample)
     top = int(round((new_h - crop) / 2.0))
     left = int(round((new_w - crop) / 2.0))
     if (left, top, crop, crop) != (0, 0, new_w, new_h):

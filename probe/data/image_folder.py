@@ -178,6 +178,7 @@ def load_image_folder(
     *,
     image_size: int | None = None,
     resize: int | None = None,
+    interpolation: str | None = None,
     channels: int | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -191,12 +192,12 @@ def load_image_folder(
 
     ``path`` holds ``train/`` and ``test/`` (or ``val/``) with one subfolder per class, or directly one
     subfolder per class (then split per class: ``test_fraction`` of each class, seeded by ``seed``).
-    ``image_size`` S resizes as ``Resize(R)+CenterCrop(S)``, R = ``resize`` (default S); None keeps the native
-    size (all images equal).
+    ``image_size`` S resizes as ``Resize(R)+CenterCrop(S)``, R = ``resize`` (default S), with the PIL filter
+    ``interpolation`` (default bilinear); None keeps the native size (all images equal).
     ``channels`` None: 1 if every image is grey, else 3. ``workers`` threads decode (forked processes with
     ``processes=True``); ``progress(done, total)`` is called after every chunk.
     """
-    check_size(image_size, channels, resize)
+    check_size(image_size, channels, resize, interpolation)
     workers = workers_of(workers)
     root, subdirs, test_name = _layout(path)
     split_meta: dict[str, Any]
@@ -234,7 +235,7 @@ def load_image_folder(
         "split": split_meta,
         "files": {g: f for g, (f, _) in groups.items()},
         "image_size": image_size,
-        **resize_basis(image_size, resize),
+        **resize_basis(image_size, resize, interpolation),
         "channels": channels,
         "max_pixels": max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS,
     }
@@ -311,6 +312,7 @@ def load_image_folder(
         shape=(chans, side[0], side[1]),
         image_size=image_size,
         resize=resize,
+        interpolation=interpolation,
         channels=chans,
         class_names=classes,
         meta=meta,

@@ -86,6 +86,7 @@ def load_dataset_pair(
     class_names: Sequence[str] | None = None,
     image_size: int | None = None,
     resize: int | None = None,
+    interpolation: str | None = None,
     channels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = 0,
@@ -103,7 +104,7 @@ def load_dataset_pair(
     ``class_names`` default: the train dataset's ``classes`` attribute, else '0'..'K-1'.
     Channels and native size are taken from up to 16 items spread over the data (grey only if all are).
     """
-    check_size(image_size, channels, resize)
+    check_size(image_size, channels, resize, interpolation)
     workers = workers_of(workers)
     for split, ds in (("train", train), ("test", test)):
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
@@ -127,7 +128,7 @@ def load_dataset_pair(
             "kind": "dataset",
             "key": basis,
             "image_size": image_size,
-            **resize_basis(image_size, resize),
+            **resize_basis(image_size, resize, interpolation),
             "channels": channels,
             "names": names,
         }
@@ -158,6 +159,7 @@ def load_dataset_pair(
         shape=(chans, *side),
         image_size=image_size,
         resize=resize,
+        interpolation=interpolation,
         channels=chans,
         class_names=class_names_of,
         meta=data_meta,
@@ -191,6 +193,7 @@ def load_tensors(
     class_names: Sequence[str] | None = None,
     image_size: int | None = None,
     resize: int | None = None,
+    interpolation: str | None = None,
     channels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
@@ -217,6 +220,7 @@ def load_tensors(
         class_names=class_names,
         image_size=image_size,
         resize=resize,
+        interpolation=interpolation,
         channels=channels,
         cache_dir=cache_dir,
         workers=0,

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import DataError, SettingsError
+from .image_convert import DEFAULT_INTERPOLATION, resampling
 
 Progress = Callable[[int, int], None]
 
@@ -24,7 +25,10 @@ def workers_of(workers: int | None) -> int:
     return int(workers)
 
 
-def check_size(image_size: int | None, channels: int | None, resize: int | None = None) -> None:
+def check_size(
+    image_size: int | None, channels: int | None, resize: int | None = None, interpolation: str | None = None
+) -> None:
+    resampling(interpolation)  # a SettingsError for a name that is no PIL filter
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise SettingsError(f"image_size={image_size!r} is invalid; give a positive number of pixels, e.g. 224")
     if resize is not None and (image_size is None or not isinstance(resize, int) or resize < image_size):
@@ -36,10 +40,15 @@ def check_size(image_size: int | None, channels: int | None, resize: int | None 
         raise SettingsError(f"channels={channels!r} is invalid; use 1 (grey), 3 (RGB) or None (from the data)")
 
 
-def resize_basis(image_size: int | None, resize: int | None) -> dict[str, int]:
-    """The resize's part of a cache key: empty when the shorter side goes to the crop size (Resize(S)), so
-    entries made before ``resize`` existed stay valid; ``{"resize": R}`` for any other R."""
-    return {"resize": resize} if resize is not None and resize != image_size else {}
+def resize_basis(image_size: int | None, resize: int | None, interpolation: str | None = None) -> dict[str, int | str]:
+    """The resize's part of a cache key: empty for Resize(S) with the bilinear filter, so entries made before
+    ``resize`` and ``interpolation`` existed stay valid; ``resize`` R for any other R, ``interpolation`` for
+    any other filter (when images are resized at all)."""
+    basis: dict[str, int | str] = {"resize": resize} if resize is not None and resize != image_size else {}
+    name = (interpolation or DEFAULT_INTERPOLATION).lower()
+    if image_size is not None and name != DEFAULT_INTERPOLATION:
+        basis["interpolation"] = name
+    return basis
 
 
 def too_many_bad(bad: int, total: int, what: str = "images", example: str = "") -> str | None:

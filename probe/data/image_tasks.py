@@ -3,7 +3,8 @@
 :func:`load_image_task` reads a folder, ``tv:NAME`` or ``hf:NAME`` spec (or a Dataset pair / ``(x, y)``
 tensors, :func:`task_from_images`) once into the memory-mapped uint8 cache and wraps it without a copy: the
 splits hold the uint8 arrays with the normalisation, and the trainer converts each batch where it gathers it.
-A :class:`Preprocess` says how the images are prepared: the size (``Resize(R)+CenterCrop(S)``), the channels
+A :class:`Preprocess` says how the images are prepared: the size and filter (``Resize(R)+CenterCrop(S)``,
+bilinear unless the model's eval transform names another), the channels
 (grey replicated to 3 for a model that takes colour), the mean/std (a pretrained model's own, else the
 data's train split) and, for Hugging Face data, the columns to read. What was done goes into ``TaskData.meta``
 (results.json).
@@ -24,6 +25,7 @@ import torch
 from ..errors import DataError, SettingsError
 from .augment import AugmentConfig
 from .image_cache import ImageData
+from .image_convert import DEFAULT_INTERPOLATION
 from .image_rules import Progress
 from .images import is_hf_folder, load_images
 from .spec import DatasetSpec, parse_spec
@@ -54,6 +56,7 @@ class Preprocess:
     std: tuple[float, ...] | None = None
     origin: str = ""  # where these values come from, e.g. "timm pretrained_cfg of resnet18"
     resize: int | None = None  # R, the shorter side before the crop (a pretrained eval transform's); None: S
+    interpolation: str | None = None  # PIL filter of the resize (a pretrained eval transform's); None: bilinear
     image_column: str | None = None  # Hugging Face data only: the image column to read (None: the Image one)
     label_column: str | None = None  # Hugging Face data only: the label column (None: the ClassLabel one)
 
@@ -62,10 +65,16 @@ class Preprocess:
         """R: the shorter side images are resized to before the centre crop (None without a size)."""
         return None if self.image_size is None else (self.resize or self.image_size)
 
+    @property
+    def resize_filter(self) -> str | None:
+        """The PIL filter name of the resize (None without a size)."""
+        return None if self.image_size is None else (self.interpolation or DEFAULT_INTERPOLATION)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_size": self.image_size,
             "resize": self.resize_size,
+            "interpolation": self.resize_filter,
             "channels": self.channels,
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,
@@ -117,7 +126,7 @@ def for_spec(pre: Preprocess | None, spec: DatasetSpec) -> Preprocess | None:
     return None if bare == Preprocess() else bare
 
 
-# In-process memo of tv: and hf: data: (source, data_dir, size, resize, channels) -> ImageData (mapped, no copy).
+# In-process memo of tv: and hf: data: (source, data_dir, size, resize, filter, channels) -> ImageData (mapped).
 # Folders are looked up in the cache on every call (a stat of each file), so an edited folder is read again.
 _IMAGES: dict[tuple, ImageData] = {}
 
@@ -138,7 +147,8 @@ def read_images(
     """The images of ``spec`` (a folder, tv: or hf: spec), read once per process and once into the cache."""
     pre = for_spec(preprocess, spec) or Preprocess()
     columns = pre.columns()
-    key = (_source_key(spec, data_dir), pre.image_size, pre.resize_size, pre.channels, *sorted(columns.items()))
+    sizes = (pre.image_size, pre.resize_size, pre.resize_filter, pre.channels)
+    key = (_source_key(spec, data_dir), *sizes, *sorted(columns.items()))
     cached = _IMAGES.get(key) if spec.kind != "folder" else None  # a folder is re-checked: its files may change
     if cached is not None:
         return cached
@@ -151,8 +161,13 @@ def read_images(
 
 
 def _sizes(pre: Preprocess) -> dict[str, Any]:
-    """The loaders' size options of ``pre``: image_size S, resize R, channels."""
-    return {"image_size": pre.image_size, "resize": pre.resize_size, "channels": pre.channels}
+    """The loaders' size options of ``pre``: image_size S, resize R, interpolation, channels."""
+    return {
+        "image_size": pre.image_size,
+        "resize": pre.resize_size,
+        "interpolation": pre.resize_filter,
+        "channels": pre.channels,
+    }
 
 
 def load_image_task(
@@ -234,7 +249,8 @@ def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> d
     """What results.json records about images from anywhere: source, split, skipped files, preprocessing."""
     meta = {k: v for k, v in images.meta.items() if k != "pixel_stats"}
     c, h, w = images.train_x.shape[1:]
-    resized = f"Resize({pre.resize_size})+CenterCrop({pre.image_size}) → " if pre.image_size is not None else ""
+    size = pre.image_size
+    resized = f"Resize({pre.resize_size}, {pre.resize_filter})+CenterCrop({size}) → " if size is not None else ""
     meta["preprocessing"] = {
         **pre.to_dict(),
         "applied": f"{resized}{w}×{h}, {c} channel(s); {normalisation}",

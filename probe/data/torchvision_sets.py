@@ -118,6 +118,7 @@ def load_torchvision(
     download: bool = False,
     image_size: int | None = None,
     resize: int | None = None,
+    interpolation: str | None = None,
     channels: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int | None = 0,
@@ -127,7 +128,7 @@ def load_torchvision(
     ``data_dir``, its train and test splits per the dataset's own split argument (:data:`TORCHVISION_SPLITS`;
     Flowers102 and DTD train on train+val), decoded once into the cache. ``download=True`` uses torchvision's
     downloader (10 s socket timeout). Cached under the dataset's files' paths, sizes and mtimes."""
-    check_size(image_size, channels, resize)
+    check_size(image_size, channels, resize, interpolation)
     name = name[3:] if name.lower().startswith("tv:") else name
     real, cls = _tv_class(name)
     arg, train_values, test_value = _tv_splits(real, cls)
@@ -181,6 +182,7 @@ def load_torchvision(
         class_names=[str(c) for c in names] if isinstance(names, (list, tuple)) else None,
         image_size=image_size,
         resize=resize,
+        interpolation=interpolation,
         channels=channels,
         cache_dir=cache_dir,
         workers=workers,

@@ -6,7 +6,7 @@ timm downloads through the Hugging Face hub and torchvision through torch hub, i
 unless ``HF_HUB_OFFLINE`` is set or the host cannot be reached within 3 seconds: then a
 :class:`CheckpointError` says at once, in one line, what was looked for and how to provide it. A local file
 of weights for a named architecture works too (:func:`local_weights_overlay`).
-:func:`pretrained_input_config` reads the input size and mean/std the weights were trained with.
+:func:`pretrained_input_config` reads the input size, resize filter and mean/std of the weights' eval transform.
 """
 
 from __future__ import annotations
@@ -160,11 +160,23 @@ def pretrained_file(arch: str) -> str:
     )
 
 
+def pil_filter(name: str) -> tuple[str, str | None]:
+    """``name`` as a PIL resampling filter name (``bicubic``, ...) and None; timm's ``random`` (a training-time
+    choice) or an unknown name as ``bilinear`` and the reason."""
+    from PIL import Image
+
+    if name.upper() in Image.Resampling.__members__:
+        return name.lower(), None
+    why = "a training-time random choice" if name == "random" else "not a PIL filter"
+    return "bilinear", f"interpolation {name!r} ({why}) read as bilinear"
+
+
 def pretrained_input_config(arch: str) -> dict[str, Any]:
     """The input the pretrained weights of ``arch`` expect, read without loading them: ``image_size`` (the
-    crop), ``resize`` (the shorter side their eval transform resizes to first), ``channels``, ``mean``/``std``
-    (0..1 units) and ``origin``; timm's ``pretrained_cfg`` (as ``resolve_data_config``), torchvision's
-    ``weights.transforms()``."""
+    crop), ``resize`` (the shorter side their eval transform resizes to first), ``interpolation`` (its PIL
+    filter name) and ``interpolation_note`` (why it differs from the model's, else None), ``channels``,
+    ``mean``/``std`` (0..1 units) and ``origin``; timm's ``pretrained_cfg`` (as ``resolve_data_config``),
+    torchvision's ``weights.transforms()``."""
     prefix, _, name = get_arch(arch).name.partition(":")
     if prefix == "timm":
         import timm
@@ -174,9 +186,12 @@ def pretrained_input_config(arch: str) -> dict[str, Any]:
             raise CheckpointError(f"timm has no pretrained weights for '{name}'; drop pretrained=True")
         chans, height, _ = cfg.input_size
         crop = float(cfg.crop_pct or 1.0)
+        interpolation, note = pil_filter(cfg.interpolation or "bicubic")  # resolve_data_config's default
         return {
             "image_size": int(height),
             "resize": int(height / crop),
+            "interpolation": interpolation,
+            "interpolation_note": note,
             "channels": int(chans),
             "mean": tuple(float(v) for v in cfg.mean),
             "std": tuple(float(v) for v in cfg.std),
@@ -189,10 +204,17 @@ def pretrained_input_config(arch: str) -> dict[str, Any]:
             weights = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"torchvision has no pretrained weights for '{name}'; drop pretrained=True") from exc
+        from PIL import Image
+        from torchvision.transforms.functional import pil_modes_mapping
+
         transform = weights.transforms()
+        # the PIL filter torchvision's own PIL path uses for this mode (NEAREST_EXACT is PIL's NEAREST there)
+        interpolation = Image.Resampling(pil_modes_mapping[transform.interpolation]).name.lower()
         return {
             "image_size": int(transform.crop_size[0]),
             "resize": int(transform.resize_size[0]),
+            "interpolation": interpolation,
+            "interpolation_note": None,
             "channels": 3,
             "mean": tuple(float(v) for v in transform.mean),
             "std": tuple(float(v) for v in transform.std),
