@@ -1,6 +1,6 @@
 """Which protocol makes λS a measurement? The experiment that chooses the digits defaults (issue 12).
 
-One resumable command runs four stages and appends one JSON line per training run to ``--out``:
+One resumable command runs five stages and appends one JSON line per training run to ``--out``:
 
 * ``coarse``: halves split (digits[0-4] → digits[5-9], control digits[0-4]), layers conv1, conv4, fc, seeds 0-1,
   12 epochs: the target's learning rate × the gate's learning rate × the gate's optimiser (Adam, as in the paper,
@@ -11,7 +11,9 @@ One resumable command runs four stages and appends one JSON line per training ru
 * ``rule``: the best final protocol with 3× the epochs, once with the gate's learning rate divided by 3 (the
   rule: ``gate_lr × steps`` constant) and once unchanged, halves, fc, seeds 0-1.
 * ``schedule``: the chosen final protocol with a cosine schedule on both learning rates (:func:`schedule_protocols`),
-  as the final stage: all 7 layers, both splits, seeds 0-2, Yosinski and the target alone.
+  as the final stage: all 7 layers, seeds 0-2, Yosinski and the target alone (``--splits``: halves was run).
+* ``schedule-rule``: the chosen schedule protocol (gate peak 0.1) with 3× the epochs, once with the gate's peak lr
+  divided by 3 (the budget rule) and once unchanged, halves, fc, seeds 0-1.
 
     python experiments/protocol.py                 # all stages, 2 worker processes of 1 thread each
     python experiments/protocol.py --stage coarse  # one stage
@@ -179,11 +181,17 @@ def record_key(record: dict) -> tuple:
     return (record["stage"], record["protocol"], record["split"], record["kind"], record["layer"])
 
 
+def training_key(p: dict) -> tuple:
+    """What the target's own training depends on: the target alone and Yosinski's runs (no gate) share it."""
+    return (p["lr"], p["augment"], p["epochs"], schedule_of(p))
+
+
 def units_for(stage: str, protocols: list[dict], splits, layers, seeds: int, yosinski: bool) -> list[dict]:
-    alone = {(p["lr"], p["augment"], p["epochs"], schedule_of(p)): p for p in protocols}
+    """The stage's units: QUANTA per protocol; the target alone and Yosinski once per training (not per gate)."""
+    trainings = {training_key(p): p for p in protocols}
     units = [
         dict(stage=stage, protocol=p, split=split, kind="alone", layer=None, seeds=seeds)
-        for p in alone.values()
+        for p in trainings.values()
         for split in splits
     ]
     for p in protocols:
@@ -191,12 +199,19 @@ def units_for(stage: str, protocols: list[dict], splits, layers, seeds: int, yos
             units += [
                 dict(stage=stage, protocol=p, split=split, kind="quanta", layer=layer, seeds=seeds) for layer in layers
             ]
-            if yosinski:
-                units += [
-                    dict(stage=stage, protocol=p, split=split, kind="yosinski", layer=layer, seeds=seeds)
-                    for layer in layers[:-1]
-                ]
+    for p in trainings.values() if yosinski else ():
+        for split in splits:
+            units += [
+                dict(stage=stage, protocol=p, split=split, kind="yosinski", layer=layer, seeds=seeds)
+                for layer in layers[:-1]
+            ]
     return units
+
+
+def trained_alike(records: list[dict], p: dict, stage: str, split: str, kind: str, **match) -> list[dict]:
+    """The ``kind`` ("alone", "yosinski") records of ``stage`` and ``split`` whose training is ``p``'s."""
+    found = _by(records, stage=stage, split=split, kind=kind, **match)
+    return [r for r in found if training_key(r) == training_key(p)]
 
 
 def load(path: Path) -> list[dict]:
@@ -255,28 +270,16 @@ def evaluate_protocol(records: list[dict], stage: str, name: str, split: str, la
         layer: max(settled_drift(r["trajectory"], last_epochs) for r in _by(quanta, layer=layer)) for layer in layers
     }
     p = quanta[0]
-    alone = [
-        r
-        for r in records
-        if r["kind"] == "alone"
-        and r["split"] == split
-        and r["lr"] == p["lr"]
-        and r["augment"] == p["augment"]
-        and r["epochs"] == p["epochs"]
-        and schedule_of(r) == schedule_of(p)
-        and r["stage"] == stage
-    ]
+    alone = trained_alike(records, p, stage, split, "alone")
     alone_top1 = statistics.fmean(r["top1"] for r in alone if r["task"] == "AnB") if alone else math.nan
     quanta_top1 = [
         statistics.fmean(_tail_mean(r["top1_trajectory"], last_epochs) for r in _by(quanta, layer=layer, task="AnB"))
         for layer in layers
     ]
     yos = {
-        layer: statistics.fmean(
-            r["top1"] for r in _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
-        )
+        layer: statistics.fmean(r["top1"] for r in found)
         for layer in layers
-        if _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
+        if (found := trained_alike(records, p, stage, split, "yosinski", layer=layer))
     }
     anb_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnB"].items()}
     ana_mean = {layer: statistics.fmean(v) for layer, v in per_task["AnA"].items()}
@@ -385,7 +388,7 @@ def layer_table(records: list[dict], stage: str, name: str, split: str, last_epo
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.3f} ± {sd:.3f}")
         sep = q["separation"][layer]
-        yos = _by(records, stage=stage, protocol=name, split=split, kind="yosinski", layer=layer)
+        yos = trained_alike(records, quanta[0], stage, split, "yosinski", layer=layer)
         yos_cell = f"{statistics.fmean(r['top1'] for r in yos):.3f}" if yos else "—"
         top1 = statistics.fmean(
             _tail_mean(r["top1_trajectory"], last_epochs) for r in _by(quanta, layer=layer, task="AnB")
@@ -427,7 +430,9 @@ def best_protocols(records: list[dict], stage: str, n: int, splits=("halves",)) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("protocol.jsonl"))
-    parser.add_argument("--stage", choices=("all", "coarse", "final", "rule", "schedule"), default="all")
+    parser.add_argument(
+        "--stage", choices=("all", "coarse", "final", "rule", "schedule", "schedule-rule"), default="all"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one thread each")
     parser.add_argument("--summary", action="store_true", help="print the tables from --out and stop")
     parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
@@ -442,7 +447,7 @@ def main() -> None:
     if not args.summary:
         for split in SPLITS:  # train (or find) the sources once, before the workers need them
             _source(split)
-    stages = ("coarse", "final", "rule", "schedule") if args.stage == "all" else (args.stage,)
+    stages = ("coarse", "final", "rule", "schedule", "schedule-rule") if args.stage == "all" else (args.stage,)
     for stage in stages:
         records = load(args.out)
         if stage == "coarse":
@@ -454,6 +459,10 @@ def main() -> None:
             units = units_for("final", finalists, args.splits.split(","), ALL_LAYERS, 3, yosinski=True)
         elif stage == "schedule":
             units = units_for("schedule", schedule_protocols(), args.splits.split(","), ALL_LAYERS, 3, yosinski=True)
+        elif stage == "schedule-rule":
+            chosen = dict(schedule_protocols()[0], epochs=36)
+            rule = [dict(chosen, gate_lr=chosen["gate_lr"] / 3), chosen]
+            units = units_for("schedule-rule", rule, ["halves"], ("fc",), 2, yosinski=False)
         else:
             best = best_protocols(records, "final", 1, splits=tuple(SPLITS))[0]
             longer = dict(best, epochs=best["epochs"] * 3)

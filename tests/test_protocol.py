@@ -51,7 +51,7 @@ def test_gate_lr_wins_over_the_budget_and_lr_is_the_paper_fallback():
 
 
 def test_a_run_records_the_gate_lr_of_the_budget_rule(tiny_source):
-    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=5.0, device="cpu", jobs=1)
+    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=5.0, lr_schedule="constant", device="cpu", jobs=1)
     run = result.runs[0]
     assert run.steps == 2 * math.ceil(len(load_task("digits[5-9]").train) / 32)
     assert run.gate_lr == pytest.approx(5.0 / run.steps)
@@ -163,7 +163,17 @@ def test_other_data_get_the_paper_protocol_with_the_budget_rule():
     assert (settings.lr, settings.epochs, settings.augment, settings.gate_lr) == (1e-4, 60, True, None)
     steps = settings.steps_per_run(50_000)
     assert steps == 60 * 1563
-    assert settings.gate_lr_for(steps) * steps == pytest.approx(GATE_BUDGET)
+    assert settings.lr_schedule == "cosine" and settings.last_epochs == 10  # the paper's window, of 60 epochs
+    assert settings.gate_lr_for(steps) * (steps + 1) / 2 == pytest.approx(GATE_BUDGET)  # Σ of the cosine rates
+
+
+def test_the_digits_preset_averages_the_settled_end_of_a_cosine_run():
+    settings = api.scan_settings("digits[5-9]", jobs=1)
+    assert (settings.lr_schedule, settings.last_epochs, settings.epochs) == ("cosine", 3, 12)
+    steps = settings.steps_per_run(717)
+    assert settings.gate_lr_for(steps) == pytest.approx(0.1, rel=1e-3)  # the peak the experiment chose
+    averaged_from = (settings.epochs - settings.last_epochs) * steps // settings.epochs
+    assert lr_scale("cosine", averaged_from, steps) < 0.15  # every averaged epoch runs below 15 % of the peak
 
 
 def test_an_unknown_preset_is_one_line_and_exit_2(tmp_path):

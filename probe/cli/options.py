@@ -153,8 +153,9 @@ GateBudgetOption = Annotated[
     float | None,
     typer.Option(
         "--gate-budget",
-        help="The gate's travel, gate_lr × steps: the gate lr becomes BUDGET / steps for any run length "
-        f"(ignored with --gate-lr). \\[default: {GATE_BUDGET}; --preset paper: none (gate lr = --lr)]",
+        help="The gate's travel, its learning rate summed over the run's steps: the gate lr becomes BUDGET / steps "
+        "(its peak: BUDGET / ((steps + 1) / 2) under cosine) for any run length (ignored with --gate-lr). "
+        f"\\[default: {GATE_BUDGET}; --preset paper: none (gate lr = --lr)]",
     ),
 ]
 GateOptimizerOption = Annotated[
@@ -166,7 +167,7 @@ LrScheduleOption = Annotated[
     typer.Option(
         "--lr-schedule",
         help="constant (as the paper) or cosine (both learning rates decay to ~0 by the last step; the gate lr "
-        "from --gate-budget is then its peak). \\[default: constant]",
+        "from --gate-budget is then its peak). \\[default: cosine; --preset paper: constant]",
     ),
 ]
 ControlOption = Annotated[

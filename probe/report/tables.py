@@ -88,7 +88,12 @@ def caption(measurement: Measurement) -> str:
     if finite(top1):
         parts.append(f"source test top-1 {top1:.3f}")
     gate_lrs = sorted({round(r.gate_lr, 12) for r in measurement.runs})
-    gate_lr = f"gate_lr {gate_lrs[0]:.3g} × steps" if len(gate_lrs) == 1 else "gate_lr × steps"
+    schedules = {r.lr_schedule for r in measurement.runs}
+    if schedules == {"cosine"}:
+        peak = f"peak {gate_lrs[0]:.3g}, " if len(gate_lrs) == 1 else ""
+        gate_lr = f"gate lr {peak}cosine, summed over the steps"
+    else:
+        gate_lr = f"gate_lr {gate_lrs[0]:.3g} × steps" if len(gate_lrs) == 1 else "gate_lr × steps"
     parts.append(f"gate budget ({gate_lr}) {_budgets(measurement)}")
     runs = settings.get("runs", 1)
     last = settings.get("last_epochs")
