@@ -258,7 +258,9 @@ def test_same_seed_same_trajectory_different_seed_different(tiny_source):
 
 
 def test_measure_end_to_end_final_is_the_mean_of_the_last_ten_epochs(tiny_source):
-    result = probe.measure(tiny_source, "conv5", epochs=11, runs=2, lr=1e-3, gate_lr=0.03)
+    result = probe.measure(
+        tiny_source, "conv5", epochs=11, runs=2, lr=1e-3, gate_lr=0.03, last_epochs=10, lr_schedule="constant"
+    )
     assert result.target == "digits[5-9]"
     assert len(result.runs) == 2 and [r.spec.seed for r in result.runs] == [0, 1]
     for run in result.runs:
