@@ -18,7 +18,7 @@ from probe.cli import app
 from probe.core.gate import QuantaGate
 from probe.data import load_task
 from probe.errors import SettingsError
-from probe.report.tables import quality_line, results_table
+from probe.report.tables import caption, quality_line, results_table
 from probe.results import Measurement, RunResult, RunSpec
 from probe.results.assessment import assess, results_document
 from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, GATE_BUDGET, RunSettings, lr_scale, lr_scale_sum
@@ -128,6 +128,9 @@ def test_a_cosine_run_records_its_budget_as_the_sum_of_its_rates(tiny_source):
     assert run.gate_lr == pytest.approx(5.0 / ((run.steps + 1) / 2))
     assert run.gate_budget == pytest.approx(5.0)
     assert RunResult.from_dict(json.loads(json.dumps(run.to_dict()))).gate_budget == pytest.approx(5.0)
+    assert f"gate budget (gate lr peak {run.gate_lr:.3g}, cosine, summed over the steps) 5 " in caption(result)
+    constant = probe.measure(tiny_source, "fc", epochs=1, gate_lr=0.1, lr_schedule="constant", device="cpu", jobs=1)
+    assert f"gate budget (gate_lr 0.1 × steps) {0.1 * constant.runs[0].steps:.3g} " in caption(constant)
 
 
 # --------------------------------------------------------------------------------------------------
