@@ -325,7 +325,8 @@ def plan_scan(
         trained = source_training_settings(source_data, preset=preset, **given)
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
     if model is None and arch is not None and image_size is None and source_data is not None:
-        preprocess, note = _upscaled(arch, options, source_data, layers, data_dir, preprocess) or (preprocess, None)
+        upscaled = _upscaled(arch, options, source_data, layers, data_dir, preprocess, download=download)
+        preprocess, note = upscaled or (preprocess, None)
         notes += [note] if note else []
     if download:
         for spec in dict.fromkeys(s for s in (target, source_data) if s is not None):
@@ -357,15 +358,18 @@ def _upscaled(
     layers: str | Sequence[str] | None,
     data_dir: str | os.PathLike | None,
     pre: Preprocess | None = None,
+    *,
+    download: bool = False,
 ) -> tuple[Preprocess, str] | None:
     """For a model trained here: the input size that keeps the deepest probed layer's maps at least 2×2 when
-    the data's own size would give 1×1 maps (e.g. resnet18 on 8×8 digits), and the line that says so."""
+    the data's own size would give 1×1 maps (e.g. resnet18 on 8×8 digits), and the line that says so.
+    ``download`` fetches the data when missing (it is read here, before the plan's own downloads)."""
     spec = parse_spec(data)
     if spec.kind == "builtin":
         shape = input_shape(spec)
         classes = spec.num_classes
     else:
-        task = load_task(spec, data_dir=data_dir, preprocess=pre)
+        task = load_task(spec, data_dir=data_dir, download=download, preprocess=pre)
         shape, classes = (task.in_chans, *task.input_size), task.num_classes
     model = create_model(arch, num_classes=classes, in_chans=shape[0], input_size=shape[1:], **options)
     size = smallest_input_size(model, layers, shape)

@@ -50,11 +50,11 @@ def offline() -> bool:
     return env_flag("HF_HUB_OFFLINE")
 
 
-def _can_download(host: str) -> str | None:
-    """None when a download from ``host`` may start; else why not (one phrase)."""
+def _can_download(host: str, port: int = 443) -> str | None:
+    """None when a download from ``host`` (at ``port``) may start; else why not (one phrase)."""
     if offline():
         return "HF_HUB_OFFLINE is set"
-    if not reachable(host):
+    if not reachable(host, port=port):
         return f"{host} cannot be reached"
     return None
 
@@ -96,7 +96,7 @@ def timm_pretrained_overlay(name: str) -> dict:
         if cached.is_file():
             return {"file": str(cached)}
         looked.append(str(cached))
-    why = _can_download("huggingface.co") if cfg.hf_hub_id else _can_download(_host(cfg.url))
+    why = _can_download("huggingface.co") if cfg.hf_hub_id else _can_download(*_address(cfg.url))
     if why is None:
         return {}  # timm downloads through its own mechanism into the caches above
     raise CheckpointError(
@@ -105,11 +105,12 @@ def timm_pretrained_overlay(name: str) -> dict:
     )
 
 
-def _host(url: Any) -> str:
+def _address(url: Any) -> tuple[str, int]:
+    """The host and port a download of ``url`` connects to (the URL's port, else 80 for http, else 443)."""
     from urllib.parse import urlparse
 
-    url = url if isinstance(url, str) else (url[0] if url else "")
-    return urlparse(url).hostname or "download.pytorch.org"
+    parts = urlparse(url if isinstance(url, str) else (url[0] if url else ""))
+    return parts.hostname or "download.pytorch.org", parts.port or (80 if parts.scheme == "http" else 443)
 
 
 def torchvision_weights(name: str, tag: bool | str = True):
@@ -127,7 +128,7 @@ def torchvision_weights(name: str, tag: bool | str = True):
             f"torchvision '{name}' has no weights '{tag}': use one of {', '.join(w.name for w in enum)}"
         ) from exc
     cached = torch_hub_checkpoints() / os.path.basename(weights.url)
-    why = None if cached.is_file() else _can_download(_host(weights.url))
+    why = None if cached.is_file() else _can_download(*_address(weights.url))
     if why is not None:  # otherwise torchvision downloads into the torch hub cache
         raise CheckpointError(
             f"no cached pretrained weights for torchvision '{name}' and {why} (looked for {cached}); "
@@ -136,6 +137,24 @@ def torchvision_weights(name: str, tag: bool | str = True):
             )
         )
     return weights
+
+
+def fetch_torchvision_weights(name: str, weights) -> None:
+    """Download ``weights`` into the torch hub cache unless cached, with torchvision's own call (torch.hub, its
+    sha256 file-name check), so that a failed download is a one-line CheckpointError, not a model-building error."""
+    cached = torch_hub_checkpoints() / os.path.basename(weights.url)
+    if cached.is_file():
+        return
+    try:
+        weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise CheckpointError(
+            f"could not download pretrained weights for torchvision '{name}' from {weights.url} ({reason}); "
+            + _fetch_hint(
+                f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\""
+            )
+        ) from exc
 
 
 def pretrained_file(arch: str) -> str:

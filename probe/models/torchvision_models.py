@@ -18,7 +18,7 @@ from ..core.default_points import adapter_defaults
 from ..core.input_size import build_checked
 from ..core.surgery import replace_head
 from ..errors import ArchitectureError
-from .pretrained import torchvision_weights
+from .pretrained import fetch_torchvision_weights, torchvision_weights
 from .registry import ArchSpec, register_namespace
 
 GREY_NOTE = "grey images repeated to 3 channels"
@@ -85,6 +85,7 @@ def build_torchvision(
     weights = None
     if pretrained:
         weights = torchvision_weights(name, pretrained)
+        fetch_torchvision_weights(name, weights)  # a failed download is said as one, before the model is built
 
     def make(size: tuple[int, int]) -> nn.Module:
         return _with_grey(_create(name, num_classes, size, None, options), in_chans)

@@ -14,8 +14,8 @@ def env_flag(*names: str) -> bool:
     return any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
 
 
-def reachable(host: str, timeout: float = 3.0) -> bool:
-    """Whether ``host``:443 accepts a connection within ``timeout`` seconds (name lookup included).
+def reachable(host: str, timeout: float = 3.0, port: int = 443) -> bool:
+    """Whether ``host``:``port`` accepts a connection within ``timeout`` seconds (name lookup included).
 
     The attempt runs in a daemon thread, so a name lookup that hangs cannot hold the caller past ``timeout``.
     """
@@ -23,7 +23,7 @@ def reachable(host: str, timeout: float = 3.0) -> bool:
 
     def attempt() -> None:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             result.append(True)
         except OSError:
             result.append(False)
