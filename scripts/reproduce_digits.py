@@ -284,6 +284,15 @@ def fmt(entry, digits: int = 3) -> str:
     return f"{entry:.{digits}f}" if isinstance(entry, (int, float)) and math.isfinite(entry) else "—"
 
 
+def _gate(settings: dict) -> str:
+    """How the gate's learning rate was set: given, from the gate budget, or = lr (the paper)."""
+    if settings.get("gate_lr"):
+        return f"gate lr {settings['gate_lr']:g}"
+    if settings.get("gate_budget"):
+        return f"gate budget {settings['gate_budget']:g}"
+    return f"gate lr = lr {settings['lr']:g}"
+
+
 def markdown(summaries: list[dict]) -> str:
     lines = ["# QUANTA on digits: reproduction summary", ""]
     for s in summaries:
@@ -297,7 +306,8 @@ def markdown(summaries: list[dict]) -> str:
             "",
             f"paper-cnn, source test top-1 {fmt(s['source_test_top1'], 4)}; {settings['runs']} runs × "
             f"{settings['epochs']} epochs "
-            f"(lr {settings['lr']:g}, gate lr {settings['gate_lr'] or settings['lr']:g}), finals = mean of the last "
+            f"(lr {settings['lr']:g}, {settings.get('lr_schedule', 'constant')}, {_gate(settings)}), "
+            "finals = mean of the last "
             f"{settings['last_epochs']} epochs; "
             f"{s['seconds'] / 60:.0f} min.",
             "",
