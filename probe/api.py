@@ -70,6 +70,8 @@ __all__ = [
 # pair, ((x_train, y_train), (x_test, y_test)) or (x, y) tensors.
 Target = str | DatasetSpec | TaskData | tuple
 
+TRAINED_AT = "the size the source was trained at"  # why a checkpoint's images are resized
+
 
 # --------------------------------------------------------------------------------------------------
 # Policy
@@ -312,7 +314,7 @@ def plan_scan(
     )
     trained_at = (recorded_info(model).settings or {}).get("image_size") if model is not None else None
     if trained_at is not None and not pretrained and image_size is None:  # a checkpoint trained on resized images
-        preprocess = _sized(preprocess, trained_at, "the size the source was trained at")
+        preprocess = _sized(preprocess, trained_at, TRAINED_AT)
     if target is None:
         if source_data is None:
             raise SettingsError(
@@ -481,7 +483,7 @@ def scan(
         size = image_size if image_size is not None else trained_at
         preprocess, more = preprocessing_for(target, arch=info.arch, pretrained=pretrained, image_size=size)
         if trained_at is not None and preprocess is None and image_size is None:  # a built-in target
-            preprocess, more = Preprocess(image_size=trained_at, origin="the size the source was trained at"), []
+            preprocess, more = _sized(None, trained_at, TRAINED_AT), []
         notes += [n for n in more if n not in notes]
     preprocess = with_columns(preprocess, (target, source_data), image_column, label_column)
     settings = scan_settings(target, settings, preset=preset, **overrides)

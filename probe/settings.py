@@ -112,12 +112,8 @@ class RunSettings:
         if self.gate_lr is not None:
             return self.gate_lr
         if self.gate_budget is not None:
-            return self.gate_budget / max(self.lr_scale_sum(steps), 1e-12)
+            return self.gate_budget / lr_scale_sum(self.lr_schedule, steps)  # ≥ 1: at least one step
         return self.lr
-
-    def lr_scale_sum(self, steps: int) -> float:
-        """Σ of :func:`lr_scale` over a run of ``steps`` steps (:func:`lr_scale_sum` for this schedule)."""
-        return lr_scale_sum(self.lr_schedule, steps)
 
     def with_(self, **changes) -> RunSettings:
         """A copy with ``changes`` applied (validated); unknown names are a SettingsError."""

@@ -560,7 +560,9 @@ def test_baselines_on_images_read_the_cache_a_batch_at_a_time(tmp_path, monkeypa
     source, target = _folder_source_and_target(tmp_path)
     split = load_task(target).train
     whole = split.x  # the reference: every image converted at once
-    assert torch.equal(layer_features(source, "conv2", split, batch_size=3), layer_features(source, "conv2", whole))
+    batched = layer_features(source, "conv2", split, batch_size=3)
+    assert torch.equal(batched, layer_features(source, "conv2", whole))
+    assert not batched.requires_grad  # features only: no autograd graph kept over the whole split
 
     def no_whole_copy(self):
         raise AssertionError("Split.x converted a whole split of uint8 images")

@@ -145,12 +145,12 @@ def h_score(features: torch.Tensor, labels: torch.Tensor, shrinkage: bool = Fals
     return score(f, y, rcond=rcond)
 
 
-@torch.no_grad()
 def batch_of(x: torch.Tensor | Split, start: int, stop: int) -> torch.Tensor:
     """Inputs [start, stop) of a tensor, or of a split (uint8 images converted for this batch only)."""
     return x.rows(start, stop) if isinstance(x, Split) else x[start:stop]
 
 
+@torch.no_grad()
 def layer_features(model: nn.Module, layer: str, x: torch.Tensor | Split, batch_size: int = 256) -> torch.Tensor:
     """The model's pooled (:func:`pool_features`) float32 tensors at ``layer`` for inputs ``x`` (a tensor or a
     split, read a batch at a time, so a split of uint8 images is never converted whole), (N, D), on the

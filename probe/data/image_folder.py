@@ -153,6 +153,18 @@ def _layout(path: str | os.PathLike[str]) -> tuple[pathlib.Path, set[str], str |
     return root, subdirs, "test" if "test" in subdirs else "val" if "val" in subdirs else None
 
 
+def _require_same_classes(root: pathlib.Path, test_name: str, classes: list[str], t_classes: list[str]) -> None:
+    """A DataError naming the classes only one of train/ and ``test_name``/ has, when they differ."""
+    if t_classes != classes:
+        only_train = sorted(set(classes) - set(t_classes))
+        only_test = sorted(set(t_classes) - set(classes))
+        raise DataError(
+            f"train/ and {test_name}/ in {root} have different classes (only in train/: "
+            f"{', '.join(only_train) or 'none'}; only in {test_name}/: {', '.join(only_test) or 'none'}); "
+            "give both the same class subfolders"
+        )
+
+
 def check_image_folder(path: str | os.PathLike[str]) -> list[str]:
     """The class names of an image folder, after the checks that need no decoding: the folder exists, has class
     subfolders (at least 2, none empty), and train/ and test/ (or val/) have the same classes."""
@@ -161,14 +173,7 @@ def check_image_folder(path: str | os.PathLike[str]) -> list[str]:
         classes = _scan_split(root / "train", root, str(root / "train"))[0]
         if test_name:
             t_classes = _scan_split(root / test_name, root, str(root / test_name))[0]
-            if t_classes != classes:
-                only_train = sorted(set(classes) - set(t_classes))
-                only_test = sorted(set(t_classes) - set(classes))
-                raise DataError(
-                    f"train/ and {test_name}/ in {root} have different classes (only in train/: "
-                    f"{', '.join(only_train) or 'none'}; only in {test_name}/: {', '.join(only_test) or 'none'}); "
-                    "give both the same class subfolders"
-                )
+            _require_same_classes(root, test_name, classes, t_classes)
         return classes
     return _scan_split(root, root, str(root))[0]
 
@@ -207,14 +212,7 @@ def load_image_folder(
         if test_name:
             t_classes, t_files, t_labels, t_ignored = _scan_split(root / test_name, root, f"{root / test_name}")
             ignored += t_ignored
-            if t_classes != classes:
-                only_train = sorted(set(classes) - set(t_classes))
-                only_test = sorted(set(t_classes) - set(classes))
-                raise DataError(
-                    f"train/ and {test_name}/ in {root} have different classes (only in train/: "
-                    f"{', '.join(only_train) or 'none'}; only in {test_name}/: {', '.join(only_test) or 'none'}); "
-                    "give both the same class subfolders"
-                )
+            _require_same_classes(root, test_name, classes, t_classes)
             groups["test"] = (t_files, t_labels)
             split_meta = {"layout": f"train/ and {test_name}/ folders"}
         else:

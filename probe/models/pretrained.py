@@ -127,22 +127,29 @@ def torchvision_weights(name: str, tag: bool | str = True):
         raise CheckpointError(
             f"torchvision '{name}' has no weights '{tag}': use one of {', '.join(w.name for w in enum)}"
         ) from exc
-    cached = torch_hub_checkpoints() / os.path.basename(weights.url)
+    cached = _hub_file(weights)
     why = None if cached.is_file() else _can_download(*_address(weights.url))
     if why is not None:  # otherwise torchvision downloads into the torch hub cache
         raise CheckpointError(
             f"no cached pretrained weights for torchvision '{name}' and {why} (looked for {cached}); "
-            + _fetch_hint(
-                f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\""
-            )
+            + _torchvision_hint(name)
         )
     return weights
+
+
+def _hub_file(weights) -> Path:
+    """Where torch hub keeps (or will keep) the file of torchvision ``weights``."""
+    return torch_hub_checkpoints() / os.path.basename(weights.url)
+
+
+def _torchvision_hint(name: str) -> str:
+    return _fetch_hint(f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\"")
 
 
 def fetch_torchvision_weights(name: str, weights) -> None:
     """Download ``weights`` into the torch hub cache unless cached, with torchvision's own call (torch.hub, its
     sha256 file-name check), so that a failed download is a one-line CheckpointError, not a model-building error."""
-    cached = torch_hub_checkpoints() / os.path.basename(weights.url)
+    cached = _hub_file(weights)
     if cached.is_file():
         return
     try:
@@ -151,9 +158,7 @@ def fetch_torchvision_weights(name: str, weights) -> None:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise CheckpointError(
             f"could not download pretrained weights for torchvision '{name}' from {weights.url} ({reason}); "
-            + _fetch_hint(
-                f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\""
-            )
+            + _torchvision_hint(name)
         ) from exc
 
 
@@ -163,7 +168,7 @@ def pretrained_file(arch: str) -> str:
     prefix, _, name = get_arch(arch).name.partition(":")
     if prefix == "tv":
         weights = torchvision_weights(name)
-        cached = torch_hub_checkpoints() / os.path.basename(weights.url)
+        cached = _hub_file(weights)
         return str(cached) if cached.is_file() else weights.url
     if prefix == "timm":
         overlay = timm_pretrained_overlay(name)
