@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import probe
-import probe.api
+import probe.api.scanning
 from probe.api import prepare
 from probe.baselines import BASELINES, cka_after_run, lenses, train_alone
 from probe.baselines import compare as compare_module
@@ -44,7 +44,7 @@ def lens_scan(tiny_source, tmp_path_factory):
     out = tmp_path_factory.mktemp("lens-scan") / "scan"
     calls: Counter = Counter()
     forwards = Counter()
-    original_features, original_run = compare_module.layer_features, probe.api.run_baselines
+    original_features, original_run = compare_module.layer_features, probe.api.scanning.run_baselines
     state = {"baselines": False}
 
     def counting_features(model, layer, x, *args, **kwargs):
@@ -63,7 +63,7 @@ def lens_scan(tiny_source, tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(compare_module, "layer_features", counting_features)
-    mp.setattr(probe.api, "run_baselines", counting_run)
+    mp.setattr(probe.api.scanning, "run_baselines", counting_run)
     try:
         m = probe.scan(
             tiny_source, layers=LAYERS, epochs=1, runs=1, lr=1e-3, baselines=LENSES, out=out, device="cpu", jobs=1
