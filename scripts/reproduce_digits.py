@@ -16,7 +16,9 @@ Each split gets a results folder in the layout of ``probe scan --out`` (``probe 
     python scripts/reproduce_digits.py --smoke --out /tmp/smoke              # a check that it runs (a minute)
 
 An interrupted run resumes where it stopped when started again with the same options (the QUANTA runs;
-the baselines are recomputed). See docs/reproduction.md.
+the baselines are recomputed). The baselines do not depend on λS's init: to add inits to a finished run, run
+them with ``--baselines none --baselines-from EARLIER_OUT`` (checked: same source, layers, seeds, settings).
+See docs/reproduction.md.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--baselines", default="yosinski,logme,hscore", help="comma-separated, or 'none' (default: %(default)s)"
     )
+    parser.add_argument(
+        "--baselines-from",
+        type=Path,
+        help="take the baselines and the target alone from an earlier run's --out folder (same source, layers, "
+        "seeds and training settings; the inits may differ, the baselines do not depend on them) instead of "
+        "training them again; use with --baselines none",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument(
         "--threads",
@@ -100,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.baselines = (
         [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     )
+    if args.baselines_from is not None and args.baselines:
+        parser.error("--baselines-from replaces the baselines: add --baselines none")
     args.inits = tuple(float(v) for v in args.inits.split(","))
     args.layers = [v.strip() for v in args.layers.split(",")] if args.layers else None
     return args
@@ -142,6 +153,33 @@ class Printer:
         )
 
 
+# What the baselines depend on: everything of the QUANTA settings but the gate and λS's inits.
+BASELINE_SETTINGS = (
+    "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "runs", "seed", "augment", "last_epochs",
+)  # fmt: skip
+
+
+def borrowed_baselines(folder: Path, name: str, settings, layers: list[str]) -> dict:
+    """The baselines (``alone`` included) of split ``name`` in an earlier run's ``folder``, after checking that
+    they were computed with the same layers and training settings; SystemExit with one line otherwise."""
+    from probe.errors import ProbeError
+    from probe.results.reading import load_folder
+
+    try:
+        earlier, _ = load_folder(folder / name)
+    except ProbeError as error:
+        raise SystemExit(f"--baselines-from {folder}: {error}") from None
+    baselines = (earlier.extras or {}).get("baselines") or {}
+    mine = settings.to_dict()
+    differ = [k for k in BASELINE_SETTINGS if earlier.settings.get(k) != mine[k]]
+    if earlier.layers != layers:
+        differ.append("layers")
+    if differ or not baselines.get("alone"):
+        why = f"other {', '.join(differ)}" if differ else "no baselines there"
+        raise SystemExit(f"--baselines-from {folder / name}: {why}; run the baselines here instead")
+    return {"baselines": baselines, "source_sha256": earlier.source.get("sha256"), "folder": str(folder / name)}
+
+
 def run_split(name: str, args: argparse.Namespace) -> dict:
     """Source, scan with baselines, figures and the target alone for one split; returns its summary."""
     import torch
@@ -170,11 +208,12 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
     trained_with = source_settings(settings.with_(**DIGITS_SOURCE_PRESET))
     trained_with = trained_with.with_(epochs=args.source_epochs or args.epochs, seed=args.source_seed)
     layers = args.layers or ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
+    borrowed = borrowed_baselines(args.baselines_from, name, settings, layers) if args.baselines_from else None
     tasks = 2  # AnB and the AnA control
     yosinski = "yosinski" in args.baselines
     per_run = len(layers) * tasks * settings.runs
     total_epochs = settings.epochs * (
-        per_run * len(settings.init) + (2 * per_run if yosinski else 0) + tasks * settings.runs
+        per_run * len(settings.init) + (2 * per_run if yosinski else 0) + (0 if borrowed else tasks * settings.runs)
     )
     printer = Printer(name, total_epochs + trained_with.epochs)
     started = time.perf_counter()
@@ -187,6 +226,8 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
         "paper-cnn", task_a, settings=trained_with, arch_options={"width": args.width}, progress=printer
     )
     info = source_info(source)
+    if borrowed and borrowed["source_sha256"] != info.sha256:
+        raise SystemExit(f"--baselines-from {borrowed['folder']}: another source (seed or epochs differ); drop it")
     print(f"[{name}] source {'reused' if reused else 'trained'}: test top-1 {info.test_top1:.4f}", flush=True)
     sources = args.out / "sources"
     sources.mkdir(parents=True, exist_ok=True)
@@ -205,6 +246,8 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
         baselines=args.baselines,
         progress=printer,
     )
+    if borrowed:  # for the figures and the summary (results.json, already written, keeps this run's own)
+        measurement.extras["baselines"] = borrowed["baselines"]
     try:
         from probe.report.figures import write_figures
 
@@ -228,6 +271,8 @@ def run_split(name: str, args: argparse.Namespace) -> dict:
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
             alone[task] = {"mean": mean, "std": std, "runs": len(values), "values": values}
     summary = summarise(name, measurement, alone, time.perf_counter() - started)
+    if borrowed:
+        summary["baselines_from"] = borrowed["folder"]
     write_json(args.out / f"{name}.summary.json", summary)
     return summary
 
@@ -323,6 +368,9 @@ def markdown(summaries: list[dict]) -> str:
                 row.append(fmt(cells.get(first, {}).get(layer, {}).get("top1")))
             row += [fmt(per_layer.get(layer, {}).get(k)) for k in keys]
             lines.append("| " + " | ".join(row) + " |")
+        if s.get("baselines_from"):
+            origin = s["baselines_from"]
+            lines += ["", f"Baselines and the target alone from `{origin}` (same source, seeds and settings)."]
         lines += [
             "",
             "Target trained alone (no transfer): " + ", ".join(f"{t} {fmt(v)}" for t, v in s["alone"].items()),

@@ -340,3 +340,30 @@ def test_the_digits_reproduction_script_runs_in_smoke_mode(tmp_path):
     )
     assert (tmp_path / "halves" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert "TO BE FILLED" not in (tmp_path / "summary.md").read_text()
+
+    # More inits later, the baselines taken from the first run (checked, not trained again).
+    more = tmp_path / "more"
+    common = ["--smoke", "--layers", "conv1,conv6,fc", "--splits", "halves", "--workers", "1", "--baselines", "none"]
+    with pytest.raises(SystemExit, match="other epochs"):
+        script.main([*common, "--epochs", "2", "--baselines-from", str(tmp_path), "--out", str(more)])
+    assert not (more / "halves").exists()  # refused before any training
+    assert script.main([*common, "--inits", "0.9,0.5", "--baselines-from", str(tmp_path), "--out", str(more)]) == 0
+    merged = json.loads((more / "summary.json").read_text())[0]
+    assert merged["baselines"] == summary["baselines"] and merged["alone"] == summary["alone"]
+    assert merged["baselines_from"] == str(tmp_path / "halves")
+    assert set(merged["quanta"]["AnB"]) == {"0.9", "0.5"}
+    assert merged["quanta"]["AnB"]["0.9"] == summary["quanta"]["AnB"]["0.9"]  # the same runs, same seeds
+    assert "Baselines and the target alone from" in (more / "summary.md").read_text()
+
+
+def test_the_reproduction_script_wants_baselines_none_with_baselines_from(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_digits.py"
+    spec = importlib.util.spec_from_file_location("reproduce_digits", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--baselines-from", str(tmp_path)])
+    assert exit_info.value.code == 2 and "add --baselines none" in capsys.readouterr().err
