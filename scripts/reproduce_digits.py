@@ -309,7 +309,8 @@ def summarise(name: str, measurement, alone: dict, seconds: float) -> dict:
         "alone": alone,
         "question1": question1,
         "baselines": {k: v for k, v in measurement.extras.get("baselines", {}).items() if k != "alone"},
-        "seconds": seconds,
+        "seconds": seconds,  # this invocation's wall time (short when it resumed finished runs)
+        "quanta_run_seconds": sum(run.seconds for run in measurement.runs),  # every QUANTA run's own time
     }
 
 
@@ -354,7 +355,7 @@ def markdown(summaries: list[dict]) -> str:
             f"(lr {settings['lr']:g}, {settings.get('lr_schedule', 'constant')}, {_gate(settings)}), "
             "finals = mean of the last "
             f"{settings['last_epochs']} epochs; "
-            f"{s['seconds'] / 60:.0f} min.",
+            f"QUANTA runs {s.get('quanta_run_seconds', s['seconds']) / 60:.0f} core-min.",
             "",
         ]
         header = ["layer"] + [f"λS AnB {i}" for i in inits] + [f"top-1 AnB {first}"]
