@@ -16,12 +16,7 @@ from ..data.image_tasks import Preprocess
 from ..data.spec import input_shape
 from ..engine.progress import Progress
 from ..engine.selection import smallest_input_size
-from ..engine.sources import (
-    cached_source,
-    load_source,
-    pretrained_source,
-    source_settings,
-)
+from ..engine.sources import cached_source, load_source, pretrained_source, source_settings
 from ..errors import SettingsError
 from ..models.checkpoint import recorded_info
 from ..models.registry import create_model

@@ -15,9 +15,7 @@ from ..baselines import check_baselines
 from ..data import DatasetSpec, TaskData, check_available, parse_spec
 from ..data.image_tasks import Preprocess, with_columns
 from ..engine.selection import check_layer_list
-from ..engine.sources import (
-    source_settings,
-)
+from ..engine.sources import source_settings
 from ..errors import SettingsError
 from ..models.pretrained import pretrained_input_config
 from ..settings import RunSettings, preset_for, source_preset_for

@@ -20,9 +20,7 @@ from ..engine.prepare import default_target_of, prepare
 from ..engine.progress import Progress
 from ..engine.record import environment, fingerprint
 from ..engine.selection import choose_layers
-from ..engine.sources import (
-    load_source,
-)
+from ..engine.sources import load_source
 from ..errors import ProbeError
 from ..models.checkpoint import SourceInfo, source_info
 from ..results.schema import Measurement, RunResult, RunSpec, run_grid
