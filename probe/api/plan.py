@@ -64,8 +64,6 @@ def _planned_source(
 
     ``source`` with ``pretrained`` is a local file of pretrained weights for ``arch``.
     """
-    if source is not None and pretrained and arch is None:
-        raise SettingsError("a weights file with --pretrained needs --arch NAME (the architecture it is for)")
     if source is not None and not pretrained:
         columns = columns_only(preprocess)  # how a plain state_dict's source data is read
         model = load_source(source, arch=arch, data=source_data, data_dir=data_dir, preprocess=columns, **arch_options)
@@ -85,8 +83,7 @@ def _planned_source(
                 "pretrained weights record no task of this toolkit, so there is no default target: "
                 "give --target (e.g. cifar10)"
             )
-        check_available(target, data_dir, download)
-        if download:
+        if download:  # (plan_scan has checked the target's folder before this)
             load_task(target, data_dir=data_dir, download=True, preprocess=preprocess)
         model = pretrained_source(
             arch, target, data_dir=data_dir, weights=source, preprocess=preprocess, **arch_options
