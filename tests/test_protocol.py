@@ -242,6 +242,30 @@ def test_assess_gives_separation_in_spread_units():
     assert "repeatability" not in quality  # two layers: no ranking to repeat
 
 
+def _with_yosinski(frozen: dict[str, list[float]]) -> Measurement:
+    measurement = _measurement()
+    measurement.layers = list(frozen)
+    per_layer = {layer: {"AnB_frozen": {"values": values}} for layer, values in frozen.items()}
+    measurement.extras = {"baselines": {"per_layer": per_layer, "correlations": {"AnB_frozen": {"spearman": 0.5}}}}
+    return measurement
+
+
+def test_the_reference_repeatability_stands_beside_the_agreement():
+    # even-indexed runs rank conv1 > conv2 > fc, odd-indexed ones the reverse: the reference contradicts itself
+    contradicting = _with_yosinski({"conv1": [0.9, 0.5, 0.9], "conv2": [0.8, 0.6, 0.8], "fc": [0.7, 0.7, 0.7]})
+    quality = assess(contradicting)
+    assert quality["agreement_yosinski"] == 0.5
+    assert quality["yosinski_repeatability"] == pytest.approx(-1.0)
+    assert "ρ(λS, Yosinski AnB frozen) 0.50 (Yosinski's own ranking over disjoint seeds ρ -1.00)" in quality_line(
+        contradicting
+    )
+    consistent = _with_yosinski({"conv1": [0.9, 0.91], "conv2": [0.8, 0.79], "fc": [0.5, 0.52]})
+    assert assess(consistent)["yosinski_repeatability"] == pytest.approx(1.0)
+    one_run = _with_yosinski({"conv1": [0.9], "conv2": [0.8], "fc": [0.5]})
+    assert "yosinski_repeatability" not in assess(one_run)  # one run: no disjoint seeds to compare
+    assert "ρ(λS, Yosinski AnB frozen) 0.50 ·" in quality_line(one_run)
+
+
 # --------------------------------------------------------------------------------------------------
 # The defaults measure something (real training: minutes)
 

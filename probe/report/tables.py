@@ -125,7 +125,11 @@ def quality_line(measurement: Measurement) -> str:
     if "repeatability" in quality:
         parts.append(f"layer ranking over disjoint seeds ρ {quality['repeatability']:.2f}")
     if finite(quality.get("agreement_yosinski")):
-        parts.append(f"ρ(λS, Yosinski AnB frozen) {quality['agreement_yosinski']:.2f}")
+        reference = quality.get("yosinski_repeatability")
+        parts.append(
+            f"ρ(λS, Yosinski AnB frozen) {quality['agreement_yosinski']:.2f}"
+            + (f" (Yosinski's own ranking over disjoint seeds ρ {reference:.2f})" if finite(reference) else "")
+        )
     if finite(quality.get("impairment")):
         parts.append(f"top-1 lost to the gate vs the target alone {quality['impairment']:+.3f}")
     unsettled = quality["unsettled"]

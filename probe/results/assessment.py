@@ -3,8 +3,9 @@
 :func:`assess` is what ``results.json`` records under ``quality`` and what the report prints under the table:
 the layers whose λS was still moving over the averaged epochs, AnA − AnB λS per layer (with the control),
 the repeatability of the layer profile over disjoint seeds (with 2+ runs and 3+ layers), and, with the
-Yosinski baselines, the agreement of λS with frozen transfer accuracy and the QUANTA target's top-1 against
-the target trained alone (the paper's question 1: does the gate impair learning?).
+Yosinski baselines, the agreement of λS with frozen transfer accuracy, the repeatability of that reference's
+own layer profile (an agreement cannot be read more finely than the reference repeats), and the QUANTA target's
+top-1 against the target trained alone (the paper's question 1: does the gate impair learning?).
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def assess(measurement: Measurement) -> dict[str, Any]:
     agreement = (baselines.get("correlations") or {}).get("AnB_frozen", {}).get("spearman")
     if agreement is not None:
         quality["agreement_yosinski"] = agreement
+    # how well the reference ranks the layers over its own disjoint seeds: agreement cannot be read past it
+    frozen = {
+        layer: lenses["AnB_frozen"]["values"]
+        for layer, lenses in (baselines.get("per_layer") or {}).items()
+        if "AnB_frozen" in lenses
+    }
+    reference_rho = repeatability(frozen)
+    if not math.isnan(reference_rho):
+        quality["yosinski_repeatability"] = reference_rho
     alone = ((baselines.get("alone") or {}).get("AnB") or {}).get("mean")
     top1 = [statistics.fmean(v) for v in _finals(measurement, "AnB", init, "top1").values()]
     if alone is not None and top1:
