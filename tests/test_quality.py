@@ -87,3 +87,36 @@ def test_impairment_is_alone_minus_the_mean_over_layers():
     assert impairment([0.99, math.nan], 0.98) == pytest.approx(-0.01)
     assert math.isnan(impairment([], 0.9))
     assert math.isnan(impairment([0.9], math.nan))
+
+
+def _agreement_experiment():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "agreement.py"
+    spec = importlib.util.spec_from_file_location("agreement_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_agreement_experiment_bounds_rho_by_what_the_reference_allows():
+    layers = ["conv1", "conv2", "conv3", "fc"]
+    record = dict(
+        layers=layers,
+        lambda_source={"conv1": [1.0, 1.0], "conv2": [0.99, 0.99], "conv3": [0.9, 0.92], "fc": [0.5, 0.6]},
+        frozen={"conv1": [0.95, 0.95], "conv2": [0.976, 0.976], "conv3": [0.973, 0.973], "fc": [0.6, 0.6]},
+        top1={layer: [0.9, 0.9] for layer in layers},
+        alone=[0.92, 0.92],
+    )
+    found = _agreement_experiment().analyse(record)
+    # the reference puts conv1 below conv2 and conv3: a λS falling with depth ranks 4 3 2 1 against 2 4 3 1
+    assert found["ceiling_falling"] == pytest.approx(spearman([4, 3, 2, 1], [2, 4, 3, 1]))
+    # with conv1 and conv2 tied at the top, the best order of the rest (conv3 > fc) is the one λS has
+    assert found["ceiling_first_two_kept"] == pytest.approx(spearman([3, 3, 2, 1], [2, 4, 3, 1]))
+    assert found["rho"] == pytest.approx(spearman([1.0, 0.99, 0.91, 0.55], [0.95, 0.976, 0.973, 0.6]))
+    assert found["reference_repeatability"] == pytest.approx(1.0)
+    assert found["impairment"] == pytest.approx(0.02)
+    # conv2 and conv3 differ by less than one test image (0.003): tied, so λS's order of the two is not judged
+    assert found["rho_ties"] == pytest.approx(spearman([1.0, 0.99, 0.91, 0.55], [0.95, 0.9745, 0.9745, 0.6]))
+    assert _agreement_experiment().tied_below([0.5, 0.9, 0.903, 0.906, 0.7], 0.005) == [0.5, 0.903, 0.903, 0.903, 0.7]
