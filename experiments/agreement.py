@@ -10,7 +10,8 @@ and records, per (split, seed), the per-run λS, QUANTA top-1 and Yosinski froze
 ``--out`` (JSONL), then prints, per source, the agreement ρ and what bounds it: how well the reference repeats over
 its own runs, the highest ρ any λS profile could reach against that reference if it falls with depth, or keeps
 conv1 and conv2 whole as every measured profile does (λS ≥ 0.98 there), and ρ with the reference's differences
-below one test image read as ties.
+below one test image read as ties. Last, it trains Yosinski's frozen conv1 and conv2 again on the default halves
+source at 12 and at 36 epochs (is the reference's conv1 < conv2 a matter of training length?).
 
     python experiments/agreement.py                           # run what is missing (resumable), record, print
     python experiments/agreement.py --summary --markdown      # the table of docs/protocol.md from the JSONL
@@ -101,8 +102,13 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def sources(records: list[dict]) -> list[dict]:
+    """The per-source scan records (the longer-reference check's records have a ``kind``)."""
+    return [r for r in records if "kind" not in r]
+
+
 def run_all(results: Path, out: Path, seeds: list[int], splits: list[str], jobs: int) -> None:
-    done = {(r["split"], r["seed"]) for r in load(out)}
+    done = {(r["split"], r["seed"]) for r in sources(load(out))}
     todo = [(split, seed) for seed in seeds for split in splits if (split, seed) not in done]
     print(f"{len(seeds) * len(splits) - len(todo)} sources already recorded; scanning {len(todo)}", flush=True)
     results.mkdir(parents=True, exist_ok=True)
@@ -113,6 +119,39 @@ def run_all(results: Path, out: Path, seeds: list[int], splits: list[str], jobs:
             with out.open("a") as handle:
                 handle.write(json.dumps(record_of(document, split, int(seed))) + "\n")
             print(f"recorded {finished}", flush=True)
+
+
+LONGER = dict(split="halves", seed=0, layers=("conv1", "conv2"), epochs=(12, 36))
+
+
+def longer_reference(results: Path, out: Path) -> None:
+    """Is the reference's frozen conv1 < conv2 a matter of training length? Yosinski frozen AnB at conv1 and conv2 on
+    the CLI's default halves source, trained as the scan trains them, at 12 epochs (the scan's own values again) and
+    at 36."""
+    import torch
+
+    from probe.api import scan_settings
+    from probe.baselines.transfer import train_transfer
+    from probe.engine.prepare import prepare
+    from probe.engine.sources import load_source
+
+    done = {(r["epochs"], r["layer"]) for r in load(out) if r.get("kind") == "frozen_epochs"}
+    document = complete(folder_of(results, str(LONGER["split"]), int(LONGER["seed"])))
+    if document is None:
+        raise SystemExit("the longer-reference check reads the halves seed-0 scan: run the scans first")
+    torch.set_num_threads(1)
+    source = load_source(document["source"]["checkpoint"])
+    for epochs in LONGER["epochs"]:
+        settings = scan_settings(document["target"], epochs=epochs, runs=RUNS, jobs=1, device="cpu")
+        context = prepare(source, document["target"], settings=settings).context
+        for layer in LONGER["layers"]:
+            if (epochs, layer) in done:
+                continue
+            frozen = [train_transfer(context, layer, "AnB", seed, frozen=True).top1 for seed in range(RUNS)]
+            found = dict(kind="frozen_epochs", split=LONGER["split"], seed=LONGER["seed"], epochs=epochs, layer=layer)
+            with out.open("a") as handle:
+                handle.write(json.dumps(dict(found, source_sha256=document["source"]["sha256"], frozen=frozen)) + "\n")
+            print(f"recorded Yosinski frozen {layer} at {epochs} epochs", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,6 +203,8 @@ def analyse(record: dict) -> dict:
 
 def summary(records: list[dict], markdown: bool) -> None:
     rows = []
+    longer = [r for r in records if r.get("kind") == "frozen_epochs"]
+    records = sources(records)
     for record in sorted(records, key=lambda r: (r["split"], r["seed"])):
         a = analyse(record)
         rows.append(
@@ -206,6 +247,10 @@ def summary(records: list[dict], markdown: bool) -> None:
             rhos = [a[key] for a in found]
             middle = f"median {statistics.median(rhos):.2f}, mean {statistics.fmean(rhos):.2f}"
             print(f"{split}: {what} {middle}; ≥ 0.8 for {sum(rho >= 0.8 for rho in rhos)} of {len(rhos)} sources")
+    for r in longer:
+        values = " ".join(f"{v:.4f}" for v in r["frozen"])
+        print(f"{r['split']} seed {r['seed']}: Yosinski frozen {r['layer']} at {r['epochs']} epochs {values}", end="")
+        print(f" (mean {statistics.fmean(r['frozen']):.4f})")
 
 
 def main() -> None:
@@ -220,6 +265,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.summary:
         run_all(args.results, args.out, args.seeds, args.splits, args.jobs)
+        longer_reference(args.results, args.out)
     summary(load(args.out), args.markdown)
 
 
