@@ -58,7 +58,7 @@ def complete(folder: Path) -> dict | None:
     return document
 
 
-def scan(results: Path, split: str, seed: int) -> str:
+def scan(results: Path, split: str, seed: int) -> tuple[str, int]:
     """Run (or resume) the default scan of one source in a subprocess of one thread, as each default worker has."""
     folder = folder_of(results, split, seed)
     if complete(folder) is None:
@@ -69,7 +69,7 @@ def scan(results: Path, split: str, seed: int) -> str:
             subprocess.run(
                 command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")
             )
-    return f"{split} seed {seed}"
+    return split, seed
 
 
 def record_of(document: dict, split: str, seed: int) -> dict:
@@ -113,12 +113,11 @@ def run_all(results: Path, out: Path, seeds: list[int], splits: list[str], jobs:
     print(f"{len(seeds) * len(splits) - len(todo)} sources already recorded; scanning {len(todo)}", flush=True)
     results.mkdir(parents=True, exist_ok=True)
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for finished in pool.map(lambda job: scan(results, *job), todo):
-            split, _, seed = finished.split()
-            document = complete(folder_of(results, split, int(seed)))
+        for split, seed in pool.map(lambda job: scan(results, *job), todo):
+            document = complete(folder_of(results, split, seed))
             with out.open("a") as handle:
-                handle.write(json.dumps(record_of(document, split, int(seed))) + "\n")
-            print(f"recorded {finished}", flush=True)
+                handle.write(json.dumps(record_of(document, split, seed)) + "\n")
+            print(f"recorded {split} seed {seed}", flush=True)
 
 
 LONGER = dict(split="halves", seed=0, layers=("conv1", "conv2"), epochs=(12, 36))
@@ -169,8 +168,9 @@ def tied_below(values: list[float], gap: float) -> list[float]:
             groups.append([i])
     tied = list(values)
     for group in groups:
+        mean = statistics.fmean(values[i] for i in group)
         for i in group:
-            tied[i] = statistics.fmean(values[j] for j in group)
+            tied[i] = mean
     return tied
 
 
@@ -204,9 +204,8 @@ def analyse(record: dict) -> dict:
 def summary(records: list[dict], markdown: bool) -> None:
     rows = []
     longer = [r for r in records if r.get("kind") == "frozen_epochs"]
-    records = sources(records)
-    for record in sorted(records, key=lambda r: (r["split"], r["seed"])):
-        a = analyse(record)
+    analysed = [(record, analyse(record)) for record in sorted(sources(records), key=lambda r: (r["split"], r["seed"]))]
+    for record, a in analysed:
         rows.append(
             [
                 record["split"],
@@ -241,8 +240,8 @@ def summary(records: list[dict], markdown: bool) -> None:
     else:
         for row in rows:
             print("  ".join(row))
-    for split in sorted({r["split"] for r in records}):
-        found = [analyse(r) for r in records if r["split"] == split]
+    for split in sorted({record["split"] for record, _ in analysed}):
+        found = [a for record, a in analysed if record["split"] == split]
         for key, what in (("rho", "ρ"), ("rho_ties", "ρ with ties")):
             rhos = [a[key] for a in found]
             middle = f"median {statistics.median(rhos):.2f}, mean {statistics.fmean(rhos):.2f}"
