@@ -1,5 +1,7 @@
+import importlib.util
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +26,17 @@ def tiny_source():
     import probe
 
     return probe.train_source("paper-cnn", "digits[0-4]", epochs=1, lr=1e-3, arch_options={"width": 0.25}, seed=0)
+
+
+@pytest.fixture
+def repo_script():
+    """Load a script of this repository (``scripts/…``, ``experiments/…``) as a module, by its path from the root."""
+
+    def load(relative: str):
+        path = Path(__file__).resolve().parent.parent / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

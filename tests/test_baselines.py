@@ -313,14 +313,8 @@ def test_correlations_with_three_layers_compare_lambda_and_each_baseline(tiny_so
 
 
 @pytest.mark.slow
-def test_the_digits_reproduction_script_runs_in_smoke_mode(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_digits.py"
-    spec = importlib.util.spec_from_file_location("reproduce_digits", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_the_digits_reproduction_script_runs_in_smoke_mode(tmp_path, repo_script):
+    script = repo_script("scripts/reproduce_digits.py")
     argv = ["--smoke", "--layers", "conv1,conv6,fc", "--splits", "halves", "--workers", "1", "--out", str(tmp_path)]
     assert script.main(argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())[0]
@@ -356,14 +350,8 @@ def test_the_digits_reproduction_script_runs_in_smoke_mode(tmp_path):
     assert "Baselines and the target alone from" in (more / "summary.md").read_text()
 
 
-def test_the_reproduction_script_wants_baselines_none_with_baselines_from(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_digits.py"
-    spec = importlib.util.spec_from_file_location("reproduce_digits", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_the_reproduction_script_wants_baselines_none_with_baselines_from(tmp_path, capsys, repo_script):
+    script = repo_script("scripts/reproduce_digits.py")
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--baselines-from", str(tmp_path)])
     assert exit_info.value.code == 2 and "add --baselines none" in capsys.readouterr().err

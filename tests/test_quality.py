@@ -89,18 +89,8 @@ def test_impairment_is_alone_minus_the_mean_over_layers():
     assert math.isnan(impairment([0.9], math.nan))
 
 
-def _agreement_experiment():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "experiments" / "agreement.py"
-    spec = importlib.util.spec_from_file_location("agreement_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_agreement_experiment_bounds_rho_by_what_the_reference_allows():
+def test_the_agreement_experiment_bounds_rho_by_what_the_reference_allows(repo_script):
+    experiment = repo_script("experiments/agreement.py")
     layers = ["conv1", "conv2", "conv3", "fc"]
     record = dict(
         layers=layers,
@@ -109,7 +99,7 @@ def test_the_agreement_experiment_bounds_rho_by_what_the_reference_allows():
         top1={layer: [0.9, 0.9] for layer in layers},
         alone=[0.92, 0.92],
     )
-    found = _agreement_experiment().analyse(record)
+    found = experiment.analyse(record)
     # the reference puts conv1 below conv2 and conv3: a λS falling with depth ranks 4 3 2 1 against 2 4 3 1
     assert found["ceiling_falling"] == pytest.approx(spearman([4, 3, 2, 1], [2, 4, 3, 1]))
     # with conv1 and conv2 tied at the top, the best order of the rest (conv3 > fc) is the one λS has
@@ -119,4 +109,4 @@ def test_the_agreement_experiment_bounds_rho_by_what_the_reference_allows():
     assert found["impairment"] == pytest.approx(0.02)
     # conv2 and conv3 differ by less than one test image (0.003): tied, so λS's order of the two is not judged
     assert found["rho_ties"] == pytest.approx(spearman([1.0, 0.99, 0.91, 0.55], [0.95, 0.9745, 0.9745, 0.6]))
-    assert _agreement_experiment().tied_below([0.5, 0.9, 0.903, 0.906, 0.7], 0.005) == [0.5, 0.903, 0.903, 0.903, 0.7]
+    assert experiment.tied_below([0.5, 0.9, 0.903, 0.906, 0.7], 0.005) == [0.5, 0.903, 0.903, 0.903, 0.7]
