@@ -43,6 +43,9 @@ class RunSettings:
 
     epochs: int = 60
     batch_size: int = 32
+    # At most this many training images per class (None: all): a fixed stratified subset of the training split
+    # (probe.data.task.limit_per_class), the same images for the same task and N, the test split untouched.
+    train_size: int | None = None
     lr: float = 1e-4
     weight_decay: float = 1e-6
     gate_lr: float | None = None
@@ -75,6 +78,10 @@ class RunSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        if self.train_size is not None and (
+            not isinstance(self.train_size, int) or isinstance(self.train_size, bool) or self.train_size < 1
+        ):
+            raise SettingsError(f"train_size must be a whole number of images per class ≥ 1, got {self.train_size!r}")
         for name in ("lr", "gate_lr", "gate_budget"):
             value = getattr(self, name)
             if value is None and name != "lr":
@@ -168,20 +175,18 @@ PRESETS: dict[str, dict] = {"default": DEFAULT_PRESET, "paper": PAPER_PRESET, "d
 SOURCE_PRESETS: dict[str, dict] = {"default": PAPER_PRESET, "paper": PAPER_PRESET, "digits": DIGITS_SOURCE_PRESET}
 
 
-def preset_name_for(dataset: str, preset: str | None = None) -> str:
-    """The preset a request uses: ``preset`` when named, else the dataset's own (digits), else ``default``."""
-    if preset is None:
-        return dataset if dataset in PRESETS and dataset not in ("default", "paper") else "default"
+def check_preset(preset: str) -> str:
+    """``preset`` when it names a preset, else a one-line SettingsError."""
     if preset not in PRESETS:
         raise SettingsError(f"unknown preset '{preset}': use {', '.join(PRESETS)}")
     return preset
 
 
-def preset_for(dataset: str, preset: str | None = None) -> dict:
-    """The run settings of a preset (see :func:`preset_name_for`)."""
-    return dict(PRESETS[preset_name_for(dataset, preset)])
+def preset_settings(preset: str) -> dict:
+    """The run settings of the preset named ``preset``."""
+    return dict(PRESETS[check_preset(preset)])
 
 
-def source_preset_for(dataset: str, preset: str | None = None) -> dict:
-    """The settings a source of that preset is trained with."""
-    return dict(SOURCE_PRESETS[preset_name_for(dataset, preset)])
+def source_preset_settings(preset: str) -> dict:
+    """The settings a source of the preset named ``preset`` is trained with."""
+    return dict(SOURCE_PRESETS[check_preset(preset)])

@@ -14,11 +14,12 @@ from ..backends import check_backend, default_jobs
 from ..baselines import check_baselines
 from ..data import DatasetSpec, TaskData, check_available, parse_spec
 from ..data.image_tasks import Preprocess, with_columns
+from ..data.registry import get_dataset
 from ..engine.selection import check_layer_list
 from ..engine.sources import source_settings
 from ..errors import SettingsError
 from ..models.pretrained import pretrained_input_config
-from ..settings import RunSettings, preset_for, source_preset_for
+from ..settings import RunSettings, check_preset, preset_settings, source_preset_settings
 from ..util.device import resolve_device
 from ..util.files import check_writable
 
@@ -29,10 +30,17 @@ Target = str | DatasetSpec | TaskData | tuple
 TRAINED_AT = "the size the source was trained at"  # why a checkpoint's images are resized
 
 
-def _dataset_name(data: Target) -> str:
+def preset_name_for(data: Target | None, preset: str | None = None) -> str:
+    """The preset a request on ``data`` starts from: ``preset`` when named, else the built-in data set's own
+    (digits: ``digits``), else ``default``."""
+    if preset is not None:
+        return check_preset(preset)
     if isinstance(data, TaskData):
-        return data.spec.name
-    return "python" if isinstance(data, (tuple, list)) else parse_spec(data).name
+        data = data.spec
+    if data is None or isinstance(data, (tuple, list)):
+        return "default"
+    spec = parse_spec(data)
+    return get_dataset(spec.name).preset if spec.kind == "builtin" else "default"
 
 
 def _is_spec(data: Target | None) -> bool:
@@ -54,9 +62,10 @@ def preprocessing_for(
     With pretrained weights: the model's own eval transform, ``Resize(R) + CenterCrop(S)`` with its resize
     filter (``image_size`` overrides S and keeps the model's ratio R/S, as timm's crop_pct), 3 channels and
     mean/std; else the data's native size (or ``image_size``, with R = S, bilinear) and its own statistics.
-    Built-in datasets (digits, CIFAR) keep their native format and statistics. ``image_column`` /
-    ``label_column`` apply to every Hugging Face spec of ``target`` and ``source_data`` (a SettingsError when
-    there is none).
+    Built-in datasets (digits, CIFAR, Fashion-MNIST) keep their native format and statistics unless
+    ``image_size`` is given (e.g. digits at Fashion-MNIST's 28×28, for a source of one and a target of the
+    other). ``image_column`` / ``label_column`` apply to every Hugging Face spec of ``target`` and
+    ``source_data`` (a SettingsError when there is none).
     """
     pre, notes = _model_preprocessing(target, arch, pretrained, image_size)
     return with_columns(pre, (target, source_data), image_column, label_column), notes
@@ -72,9 +81,7 @@ def _model_preprocessing(
     if not (pretrained and arch):
         if image_size is None:
             return None, []
-        if builtin:
-            return None, [f"--image-size applies to images from anywhere; {target} keeps its native size"]
-        return Preprocess(image_size=image_size, origin="--image-size"), []
+        return Preprocess(image_size=image_size, origin="--image-size"), []  # built-in data too: a common input
     cfg = pretrained_input_config(arch)
     if builtin:
         return None, [
@@ -110,7 +117,7 @@ def scan_settings(
     given = {name: value for name, value in given.items() if value is not None}
     if settings is not None:
         return settings.with_(**given)
-    base = preset_for(_dataset_name(target) if target is not None else "", preset)
+    base = preset_settings(preset_name_for(target, preset))
     chosen = RunSettings().with_(**{**base, **given})
     return chosen if "jobs" in given else chosen.with_(jobs=default_jobs(device=chosen.device))
 
@@ -119,7 +126,7 @@ def source_training_settings(data: Target, *, preset: str | None = None, **given
     """The settings a source for ``data`` is trained with (``probe train``, and the scan's own source): the
     preset's source settings, then ``given`` (values of None count as not given)."""
     given = {name: value for name, value in given.items() if value is not None}
-    base = source_preset_for(_dataset_name(data), preset)
+    base = source_preset_settings(preset_name_for(data, preset))
     return source_settings(RunSettings().with_(**{**base, **given}))
 
 

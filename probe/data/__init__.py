@@ -1,14 +1,14 @@
-"""Data: the spec language, datasets as tensors, batch augmentation; one module per source of data (digits,
-CIFAR, the CIFAR download; image folders, torchvision and Hugging Face datasets through a uint8 cache)."""
+"""Data: the spec language, datasets as tensors, batch augmentation; the registry of built-in data sets, one module
+each (digits, CIFAR, Fashion-MNIST); image folders, torchvision and Hugging Face datasets through a uint8 cache."""
 
-from .augment import AugmentConfig, augment_batch, default_augment
-from .spec import INPUT_SHAPES, KNOWN_DATASETS, DatasetSpec, default_target, parse_spec
+from .augment import AugmentConfig, augment_batch
+from .registry import DatasetInfo, default_augment, get_dataset, list_datasets, register_dataset
+from .spec import DatasetSpec, default_target, parse_spec
 from .tensors import Split, TaskData, check_available, load_task, resolve_data_dir
 
 __all__ = [
-    "INPUT_SHAPES",
-    "KNOWN_DATASETS",
     "AugmentConfig",
+    "DatasetInfo",
     "DatasetSpec",
     "Split",
     "TaskData",
@@ -16,7 +16,10 @@ __all__ = [
     "check_available",
     "default_augment",
     "default_target",
+    "get_dataset",
+    "list_datasets",
     "load_task",
     "parse_spec",
+    "register_dataset",
     "resolve_data_dir",
 ]

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, SettingsError
-from .spec import parse_spec
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,9 @@ class AugmentConfig:
         return bool(self.shift or self.rotation or self.zoom)
 
 
-def default_augment(name: str) -> AugmentConfig:
-    """The default augmentation of a dataset (a name or a spec such as ``'digits[0-4]'``).
-
-    Digits are not mirror-symmetric, so they get no flips; CIFAR gets the paper's rotation, shift,
-    crop (= shift + zoom), zoom and flip.
-    """
-    base = parse_spec(name).name
-    if base == "digits":
-        return AugmentConfig(shift=0.125, rotation=10.0, zoom=0.1, flip=False)
-    return AugmentConfig(shift=0.125, rotation=10.0, zoom=0.1, flip=True)
+# The paper's augmentation of natural images: rotation, shift, crop (= shift + zoom), zoom and horizontal flip.
+# A data set that is not mirror-symmetric (digits) registers its own (probe.data.registry).
+NATURAL_AUGMENT = AugmentConfig(shift=0.125, rotation=10.0, zoom=0.1, flip=True)
 
 
 def augment_batch(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import DataError
 from .base import BaseData, make_base
 from .download import download_archive, extract_archive
-from .spec import KNOWN_DATASETS
+from .registry import DatasetInfo, get_dataset, register_dataset
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def load_cifar(name: str, root: pathlib.Path, download: bool) -> BaseData:
                 f"{layout.title} is incomplete: {folder / file} is missing; delete {folder} and pass "
                 f"download=True (CLI: --download), or put torchvision's {layout.archive} in {root}"
             )
-    n = KNOWN_DATASETS[name]
+    n = get_dataset(name).num_classes
     parts = [_read_batch(folder / f, layout, n) for f in layout.train_files]
     test_x, test_y = _read_batch(folder / layout.test_file, layout, n)
     meta = _read_pickle(folder / layout.meta_file)
@@ -170,4 +170,37 @@ def check_cifar_present(name: str, root: pathlib.Path, download: bool) -> None:
         f"{layout.title} not found: {folder} does not exist; pass download=True (CLI: --download), "
         f"put torchvision's {layout.archive} or its extracted {layout.folder} folder in {root}, "
         "or set PROBE_DATA to the folder that holds it"
+    )
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can
+    castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant
+    flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree
+    motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate
+    poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider
+    squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
+    wardrobe whale willow_tree wolf woman worm""".split()
+)
+
+
+def _loader(name: str):
+    return lambda root, download: load_cifar(name, root, download)
+
+
+def _checker(name: str):
+    return lambda root, download: check_cifar_present(name, root, download)
+
+
+for _name, _classes, _pair in (("cifar10", CIFAR10_CLASSES, "cifar100"), ("cifar100", CIFAR100_CLASSES, None)):
+    register_dataset(
+        DatasetInfo(
+            name=_name,
+            class_names=_classes,
+            input_shape=(3, 32, 32),
+            load=_loader(_name),
+            check=_checker(_name),
+            default_target=_pair,  # the paper's AnB: CIFAR-10 -> CIFAR-100
+        )
     )

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, SettingsError
-from .augment import AugmentConfig
+from .augment import NATURAL_AUGMENT
 from .image_cache import ImageData
 from .image_convert import DEFAULT_INTERPOLATION
 from .image_rules import Progress
@@ -240,7 +240,7 @@ def task_from_images(images: ImageData, spec: DatasetSpec, preprocess: Preproces
         in_chans=images.in_chans,
         input_size=images.input_size,
         class_names=[images.class_names[i] for i in classes],
-        augment=AugmentConfig(shift=0.125, rotation=10.0, zoom=0.1, flip=True),  # as CIFAR: natural images
+        augment=NATURAL_AUGMENT,
         meta=meta,
     )
 
@@ -330,8 +330,8 @@ def resized_builtin(spec: DatasetSpec, key: tuple, base: Any, preprocess: Prepro
     own statistics (digits keep their 0..16 pixel range) and its default augmentation."""
     from dataclasses import replace
 
-    from .augment import default_augment
     from .image_pairs import load_tensors
+    from .registry import default_augment
 
     own = Preprocess(image_size=preprocess.image_size, channels=preprocess.channels, origin=preprocess.origin)
     memo = ("builtin", *key, own.image_size, own.channels)

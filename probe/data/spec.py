@@ -8,17 +8,12 @@ only once the data is read, so their subsets are range-checked when loaded.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass
 
 from ..errors import DataError
-
-# name -> number of classes
-KNOWN_DATASETS: dict[str, int] = {"digits": 10, "cifar10": 10, "cifar100": 100}
-# Input shape (C, H, W) of each dataset, known without reading it (so `probe layers` needs no data on disk).
-INPUT_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+from .registry import get_dataset, is_builtin
 
 
 @dataclass(frozen=True)
@@ -40,20 +35,15 @@ class DatasetSpec:
                 raise DataError(f"'{name}' names no dataset; write e.g. 'tv:FashionMNIST' or 'hf:beans'")
             if external in ("tv", "hf"):
                 name = name[:3].lower() + name[3:]
-        elif name not in KNOWN_DATASETS:
-            close = difflib.get_close_matches(name, KNOWN_DATASETS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DataError(
-                f"unknown dataset '{self.name}'{hint}; known datasets: {', '.join(KNOWN_DATASETS)}, "
-                "or an image folder path (e.g. ./flowers), tv:NAME (torchvision) or hf:NAME (Hugging Face)"
-            )
+        else:
+            name = get_dataset(name).name  # an alias becomes the data set's own name; unknown: a DataError
         object.__setattr__(self, "name", name)
         if self.classes is None:
             return
         classes = tuple(int(c) for c in self.classes)
         if not classes:
             raise DataError(f"empty class subset for '{name}'; list at least one class, e.g. '{name}[0-4]'")
-        n = KNOWN_DATASETS[name] if not external else None
+        n = get_dataset(name).num_classes if not external else None
         for c in classes:
             if c < 0 or (n is not None and c >= n):
                 if n is None:
@@ -82,7 +72,8 @@ class DatasetSpec:
 
     @property
     def kind(self) -> str:
-        """``builtin`` (digits, CIFAR), ``folder``, ``tv``, ``hf`` or ``python`` (data given in Python)."""
+        """``builtin`` (a registered data set: digits, CIFAR, Fashion-MNIST), ``folder``, ``tv``, ``hf`` or
+        ``python`` (data given in Python)."""
         return source_kind(self.name) or "builtin"
 
     @property
@@ -92,7 +83,7 @@ class DatasetSpec:
             return len(self.classes)
         if self.kind != "builtin":
             raise DataError(f"the number of classes of '{self.name}' is known only once it is read (load_task)")
-        return KNOWN_DATASETS[self.name]
+        return get_dataset(self.name).num_classes
 
 
 def source_kind(name: str) -> str | None:
@@ -101,7 +92,7 @@ def source_kind(name: str) -> str | None:
     A name with a path separator, starting with ``.`` or ``~``, or naming an existing folder is a folder.
     """
     lowered = name.strip().lower()
-    if lowered in KNOWN_DATASETS:
+    if is_builtin(lowered):
         return None
     if lowered.startswith(("tv:", "hf:")):
         return lowered[:2]
@@ -160,14 +151,15 @@ def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
 
 
 def default_target(source: str | DatasetSpec) -> DatasetSpec:
-    """The paper-style target of ``source``: the complement subset, or ``cifar100`` for ``cifar10``."""
+    """The paper-style target of ``source``: the complement subset, or the data set's registered pair for a
+    whole data set (``cifar100`` for ``cifar10``)."""
     spec = parse_spec(source)
     if spec.classes is not None and spec.kind == "builtin":
-        rest = tuple(c for c in range(KNOWN_DATASETS[spec.name]) if c not in set(spec.classes))
+        rest = tuple(c for c in range(get_dataset(spec.name).num_classes) if c not in set(spec.classes))
         if rest:
             return DatasetSpec(spec.name, rest)
-    elif spec.name == "cifar10":
-        return DatasetSpec("cifar100", None)
+    elif spec.kind == "builtin" and get_dataset(spec.name).default_target is not None:
+        return DatasetSpec(str(get_dataset(spec.name).default_target), None)
     raise DataError(
         f"no default target for source '{spec}'; "
         "give a target explicitly, e.g. source 'digits[0-4]' with target 'digits[5-9]'"
@@ -179,4 +171,4 @@ def input_shape(spec: str | DatasetSpec) -> tuple[int, int, int]:
     parsed = parse_spec(spec)
     if parsed.kind != "builtin":
         raise DataError(f"the image format of '{parsed.name}' is known only once it is read (load_task)")
-    return INPUT_SHAPES[parsed.name]
+    return get_dataset(parsed.name).input_shape

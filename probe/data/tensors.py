@@ -4,13 +4,10 @@ In the spirit of airbench94 there is no ``DataLoader``: :func:`load_task` return
 float tensor (move it to the GPU once with :meth:`Split.to`), and :func:`augment_batch` transforms a
 whole batch on its device with one affine grid and one flip mask, with no Python loop over samples.
 
-Datasets are named by a small spec language (:func:`parse_spec`): ``digits``, ``cifar10`` and
-``cifar100``, optionally restricted to a class subset, e.g. ``digits[0-4]`` or ``cifar100[0-49]``.
-
-* ``digits``: scikit-learn's 1,797 8×8 grey images (shipped with scikit-learn, no download), split
-  once, deterministically and stratified, into train and test (20 % of every class).
-* ``cifar10`` / ``cifar100``: read from torchvision's folder layout under :func:`resolve_data_dir`,
-  with a restricted unpickler that only rebuilds numpy arrays, so a malicious file cannot run code.
+Datasets are named by a small spec language (:func:`parse_spec`): a built-in data set of
+:mod:`probe.data.registry` (``digits``, ``cifar10``, ``cifar100``, ``fashion``), optionally restricted to a
+class subset, e.g. ``digits[0-4]`` or ``cifar100[0-49]``, or images from anywhere (a folder, ``tv:``, ``hf:``).
+Each built-in data set's module says where its files are read from (under :func:`resolve_data_dir`).
 
 Every split is normalised with the per-channel mean/std of the *full* train split of its base dataset,
 so two subsets of one dataset (source and target) see identical pixel values for the same image.
@@ -26,10 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .augment import default_augment
 from .base import BaseData
-from .cifar import check_cifar_present, load_cifar
-from .digits import load_digits
+from .registry import get_dataset
 from .spec import DatasetSpec, parse_spec
 from .task import Split, TaskData
 
@@ -58,12 +53,12 @@ def load_task(
 ) -> TaskData:
     """Load a dataset or class subset as tensors (on the CPU; see :meth:`TaskData.to`).
 
-    Built-in datasets (digits, CIFAR) are read once per (name, folder), cached in memory and normalised up
-    front; every call returns new tensors (with ``preprocess.image_size`` they are resized once into the
+    Built-in datasets (digits, CIFAR, Fashion-MNIST) are read once per (name, folder), cached in memory and
+    normalised up front; every call returns new tensors (with ``preprocess.image_size`` they are resized once into the
     uint8 cache, like images from anywhere, and keep their own statistics). Images from anywhere (a folder,
     ``tv:NAME``, ``hf:NAME``) are decoded once into the uint8 cache on disk and stay uint8 (memory-mapped),
     converted per batch, prepared as ``preprocess`` says (see :mod:`probe.data.image_tasks`).
-    ``download=True`` fetches a missing CIFAR archive or torchvision dataset with torchvision (digits needs
+    ``download=True`` fetches a missing built-in data set or torchvision dataset with torchvision (digits needs
     no download).
     """
     spec = parse_spec(spec)
@@ -71,15 +66,13 @@ def load_task(
         from .image_tasks import load_image_task
 
         return load_image_task(spec, resolve_data_dir(data_dir), download, preprocess, progress)
-    if spec.name == "digits":
-        key = ("digits", "")
-    else:
-        key = (spec.name, str(resolve_data_dir(data_dir)))
+    info = get_dataset(spec.name)
+    key = (spec.name, "" if info.embedded else str(resolve_data_dir(data_dir)))
     base = _CACHE.get(key)
     if base is None:
-        base = load_digits() if spec.name == "digits" else load_cifar(spec.name, pathlib.Path(key[1]), download)
+        base = info.load(pathlib.Path(key[1]), download)
         _CACHE[key] = base
-    if preprocess is not None and preprocess.image_size is not None:
+    if preprocess is not None and preprocess.image_size is not None and not _is_native(info.input_shape, preprocess):
         from .image_tasks import resized_builtin
 
         return resized_builtin(spec, key, base, preprocess)
@@ -93,8 +86,14 @@ def load_task(
         in_chans=c,
         input_size=(h, w),
         class_names=[base.class_names[i] for i in classes],
-        augment=default_augment(spec.name),
+        augment=info.augment,
     )
+
+
+def _is_native(shape: tuple[int, int, int], preprocess: Preprocess) -> bool:
+    """Whether ``preprocess`` asks for the data set's own format (then its images are used as they are)."""
+    channels, height, width = shape
+    return preprocess.image_size == height == width and preprocess.channels in (None, channels)
 
 
 def _select(x: torch.Tensor, y: torch.Tensor, base: BaseData, classes: tuple[int, ...] | None) -> Split:
@@ -124,5 +123,6 @@ def check_available(
 
         check_image_spec(spec, resolve_data_dir(data_dir))
         return
-    if spec.name != "digits" and (spec.name, str(resolve_data_dir(data_dir))) not in _CACHE:
-        check_cifar_present(spec.name, resolve_data_dir(data_dir), download)
+    info = get_dataset(spec.name)
+    if not info.embedded and (spec.name, str(resolve_data_dir(data_dir))) not in _CACHE:
+        info.check(resolve_data_dir(data_dir), download)
