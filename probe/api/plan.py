@@ -151,7 +151,8 @@ def plan_scan(
     settings = scan_settings(target, preset=preset, **given)
     trained = None
     if model is None and source_data is not None:  # the source is trained here: with its preset's settings
-        trained = source_training_settings(source_data, preset=preset, **given)
+        # --train-size limits the scan's tasks; the source is trained on its whole task (probe train limits it)
+        trained = source_training_settings(source_data, preset=preset, **{**given, "train_size": None})
     check_request(target=target, source_data=source_data, settings=settings, data_dir=data_dir, download=download)
     if model is None and arch is not None and image_size is None and source_data is not None:
         upscaled = _upscaled(arch, options, source_data, layers, data_dir, preprocess, download=download)

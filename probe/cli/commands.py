@@ -69,6 +69,7 @@ from .options import (
     SourceDataOption,
     SourceOption,
     TargetOption,
+    TrainSizeOption,
     WidthOption,
 )
 from .progress import LiveProgress, live_progress
@@ -84,6 +85,7 @@ def train(
     epochs: EpochsOption = None,
     batch_size: BatchOption = None,
     lr: LrOption = None,
+    train_size: TrainSizeOption = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
@@ -101,7 +103,9 @@ def train(
     Example: [bold]probe train --arch paper-cnn --data cifar10 --out cifar10.pt --download[/bold]
     """
     options = arch_options_of(arch or "paper-cnn", width)
-    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=augment)
+    given = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=augment, train_size=train_size
+    )
     settings = api.source_training_settings(data, preset=preset, **given)
     preprocess, _ = api.preprocessing_for(
         data, image_size=image_size, image_column=image_column, label_column=label_column
@@ -139,6 +143,7 @@ def scan(
     gate_optimizer: GateOptimizerOption = None,
     lr_schedule: LrScheduleOption = None,
     preset: PresetOption = None,
+    train_size: TrainSizeOption = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
     data_dir: DataDirOption = None,
@@ -173,6 +178,7 @@ def scan(
         epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, gate_budget=gate_budget,
         gate_optimizer=gate_optimizer, lr_schedule=lr_schedule, runs=runs, seed=seed, device=device, jobs=jobs,
         init=tuple(inits) if (inits := parse_floats(init, "--init")) else None, augment=augment,
+        train_size=train_size,
     )  # fmt: skip
     backend_options = {
         k: v

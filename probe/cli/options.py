@@ -34,6 +34,16 @@ LrOption = Annotated[
     float | None,
     typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_PRESET['lr']:g}]"),
 ]
+TrainSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--train-size",
+        min=1,
+        help="At most N training images per class: a fixed stratified subset of the training split (the same images "
+        "for the same task and N; the test split untouched). probe scan: the target's (and AnA's); probe train: the "
+        "source's. \\[default: every image]",
+    ),
+]
 SeedOption = Annotated[
     int | None, typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from .augment import AugmentConfig
@@ -102,6 +103,14 @@ class Split:
         path = self.path if data.device.type == "cpu" else None
         return Split(data, self.y.to(device), move(self.mean), move(self.std), move(self.index), path)
 
+    def subset(self, positions: torch.Tensor) -> Split:
+        """The examples at ``positions`` (int64, on this split's device), in that order; no image is copied for
+        uint8 data (the subset is an index into the cache)."""
+        if self.raw:
+            index = positions if self.index is None else self.index.index_select(0, positions)
+            return Split(self.data, self.y.index_select(0, positions), self.mean, self.std, index, self.path)
+        return Split(self.data.index_select(0, positions), self.y.index_select(0, positions))
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
@@ -123,3 +132,34 @@ class TaskData:
     def to(self, device: torch.device | str) -> TaskData:
         """This task with both splits on ``device``."""
         return replace(self, train=self.train.to(device), test=self.test.to(device))
+
+
+# The fixed seed of the per-class subsets: the same task and N give the same images everywhere (a source trained with
+# --train-size N and the AnA control of a scan with --train-size N see the same ones), and a smaller N's images are
+# among a larger N's.
+SUBSET_SEED = 0
+
+
+def per_class_positions(labels: torch.Tensor, per_class: int, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """Positions of at most ``per_class`` examples of each class of ``labels`` (0..K-1), ascending.
+
+    Per class, in class order, ``RandomState(seed)`` permutes the class's positions and the first ``per_class``
+    are kept; so the subsets for growing ``per_class`` are nested.
+    """
+    y = labels.detach().cpu().numpy()
+    rng = np.random.RandomState(seed)
+    kept = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(int(y.max()) + 1 if len(y) else 0)]
+    chosen = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(chosen.astype(np.int64)).to(labels.device)
+
+
+def limit_per_class(task: TaskData, per_class: int | None, seed: int = SUBSET_SEED) -> TaskData:
+    """``task`` with at most ``per_class`` training examples per class (:func:`per_class_positions`); the test
+    split untouched. None, or a limit no class reaches, returns ``task`` itself."""
+    if per_class is None:
+        return task
+    counts = torch.bincount(task.train.y.cpu(), minlength=task.num_classes)
+    if int(counts.max()) <= per_class:
+        return task
+    positions = per_class_positions(task.train.y, per_class, seed)
+    return replace(task, train=task.train.subset(positions))

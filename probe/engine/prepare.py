@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data.image_tasks import Preprocess, task_from_python
 from ..data.spec import default_target
+from ..data.task import limit_per_class
 from ..data.tensors import TaskData, load_task
 from ..errors import DataError, ProbeError
 from ..models.checkpoint import SourceInfo, source_info
@@ -64,7 +65,8 @@ def prepare(
     """Resolve model, tasks, device and target factory for a measurement.
 
     ``preprocess`` says how images from anywhere are prepared (size, channels, mean/std: a pretrained
-    model's own, see :func:`probe.api.plan_scan`); built-in datasets ignore it.
+    model's own, see :func:`probe.api.plan_scan`); built-in datasets ignore it. ``settings.train_size`` limits
+    every task's training split (AnB and AnA alike) to that many images per class.
     """
     if isinstance(model, (str, os.PathLike)):
         model = load_source(model, data=source_data, data_dir=data_dir)
@@ -103,7 +105,7 @@ def prepare(
         else:
             given = task_from_python(source_task_spec, preprocess)
             tasks["AnA"] = given or load_task(source_task_spec, data_dir=data_dir, preprocess=preprocess)
-    tasks = {name: task.to(device) for name, task in tasks.items()}
+    tasks = {name: limit_per_class(task, settings.train_size).to(device) for name, task in tasks.items()}
     # The source is never modified: a copy goes to another device, the original stays where it is.
     source = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
     factory = TargetFactory(info.arch, dict(info.arch_options)) if info.arch else TargetFactory(template=model)

@@ -14,6 +14,7 @@ from torch import nn
 from ..core.surgery import require_head
 from ..data.image_tasks import Preprocess, for_spec, with_columns
 from ..data.spec import DatasetSpec, parse_spec
+from ..data.task import limit_per_class
 from ..data.tensors import load_task
 from ..errors import ArchitectureError, CheckpointError, ProbeError, ResultsError
 from ..models.checkpoint import SourceInfo, attach_info, load_raw, load_state_into, save_checkpoint
@@ -28,7 +29,7 @@ from .progress import Progress, epoch_reporter
 
 # How a source is trained: the training settings of the scan it serves, without the gate's. The first ones
 # change its weights and key the source cache; the performance knobs never change a result on CPU.
-SOURCE_TRAINING = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment")
+SOURCE_TRAINING = ("epochs", "batch_size", "lr", "weight_decay", "seed", "augment", "train_size")
 SOURCE_PERFORMANCE = ("device", "amp", "channels_last")
 
 
@@ -74,6 +75,7 @@ def train_source(
         check_checkpoint_path(out)
     device = resolve_device(settings.device)
     task = load_task(data, data_dir=data_dir, download=download, preprocess=preprocess)
+    task = limit_per_class(task, settings.train_size)
     arch_options = dict(arch_options or {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed("source", settings.seed))
@@ -191,7 +193,8 @@ def cached_source(
     Returns ``(model, reused)``. The cache key covers architecture, options, data and training settings.
     """
     settings = settings or RunSettings()
-    trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING}
+    # A setting left at None (train_size: every image) is left out, so the keys of earlier sources still match.
+    trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING and v is not None}
     spec = parse_spec(data)
     preprocess = for_spec(preprocess, spec)  # a Hugging Face target's columns do not change a digits source
     key_data = {"arch": arch, "options": arch_options or {}, "data": str(spec), "settings": trained_with}
