@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -132,6 +132,7 @@ class TransferRun:
     top1: float
     failure: str | None
     model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)  # the test metrics after each epoch
 
 
 def _train(
@@ -152,7 +153,7 @@ def _train(
         if outcome.history
         else math.nan
     )
-    return TransferRun(math.nan if outcome.failure else top1, outcome.failure, target)
+    return TransferRun(math.nan if outcome.failure else top1, outcome.failure, target, outcome.history)
 
 
 def transfer_target(

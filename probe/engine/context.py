@@ -35,26 +35,29 @@ class ProbeContext:
     _cache: dict | None = field(default=None, repr=False)
 
     def source_tensors(self, layer: str, task_name: str) -> dict[str, torch.Tensor] | None:
-        """Source tensors at ``layer`` for every train and test example, when they can be reused.
+        """Source tensors at ``layer`` for the examples of each split that can reuse them, by split name.
 
-        Only without augmentation (then they are the same every epoch) and within the memory budget;
-        None means: recompute them for every batch.
+        The test split is never augmented, so its tensors are the same every epoch; the train split's are too
+        when there is no augmentation. Within the memory budget only; None (or a split missing from the dict)
+        means: recompute them for every batch.
         """
         task = self.tasks[task_name]
-        if not self.settings.cache_source or (self.settings.augment and task.augment.enabled):
+        if not self.settings.cache_source:
             return None
-        key = (layer, task_name)
+        augmented = self.settings.augment and task.augment.enabled
+        key = (layer, task_name, augmented)
         if self._cache_key == key:
             return self._cache
         self._cache_key, self._cache = None, None  # release the previous layer's tensors first
         point = resolve_layer(self.source, layer)
         with autocast_for(self.device, self.settings):
             probe = source_forward(self.source, point, task.train.rows(0, 1))
-        examples = len(task.train) + len(task.test)
+        splits = (("test", task.test),) if augmented else (("train", task.train), ("test", task.test))
+        examples = sum(len(split) for _, split in splits)
         if probe.element_size() * probe[0].numel() * examples > self.settings.cache_budget_mb * 2**20:
             return None
         cache = {}
-        for split_name, split in (("train", task.train), ("test", task.test)):
+        for split_name, split in splits:
             parts = []
             for start in range(0, len(split), 256):
                 with autocast_for(self.device, self.settings):

@@ -32,8 +32,10 @@ def run_one(context: ProbeContext, spec: RunSpec, on_epoch: Callable[[EpochEvent
         cache = context.source_tensors(spec.layer, spec.task)
         if cache is None:
             forward = lambda x, idx, split: wiring(x)  # noqa: E731
-        else:
-            forward = lambda x, idx, split: wiring(x, z_source=cache[split].index_select(0, idx))  # noqa: E731
+        else:  # an augmented train split is not cached: its source tensors change every batch
+            forward = lambda x, idx, split: wiring(  # noqa: E731
+                x, z_source=cache[split].index_select(0, idx) if split in cache else None
+            )
         outcome = fit(
             forward=forward,
             trainable=target,
