@@ -142,16 +142,26 @@ def _worker(payload: tuple[str, bytes], threads: int, conn: Connection) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT for the duration of the block (main thread only: elsewhere Python cannot change it)."""
+def _interrupts_held() -> Iterator[None]:
+    """Hold interrupts while a worker starts (main thread only: elsewhere Python cannot change handlers).
+
+    SIGINT is ignored, and the worker inherits that through exec: a Ctrl-C while it imports torch cannot hit it.
+    A SIGTERM (a scheduler's stop, turned into KeyboardInterrupt by the CLI) is kept until the worker has received
+    all of its start-up data, then delivered: cut off mid-way, the worker would print a traceback of its own.
+    """
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield  # (None: a handler installed outside Python, which could not be put back)
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    held: list[int] = []
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda number, frame: held.append(number))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+        if held:
+            signal.raise_signal(signal.SIGTERM)
 
 
 @dataclasses.dataclass
@@ -216,7 +226,7 @@ def _start_workers(context: ProbeContext, jobs: int, threads: int, workers: list
         process = spawn.Process(
             target=_worker, args=(payload, threads, child_end), name=f"probe-worker-{number}", daemon=True
         )
-        with _sigint_ignored():  # inherited through exec: a Ctrl-C while it imports torch cannot hit it
+        with _interrupts_held():
             process.start()
         child_end.close()  # the worker holds the only other end: its death reads as EOF here
         workers.append(_Worker(process, parent_end))
