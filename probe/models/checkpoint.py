@@ -18,8 +18,20 @@ FORMAT = "quanta-probe/checkpoint/1"
 
 
 @dataclass
+class PretrainedWeights:
+    """Where a pretrained source's weights come from (it was not trained by the toolkit, so it has no task)."""
+
+    weights: str  # the weights file (timm's or torchvision's cache, or the user's)
+    images: str | None = None  # the data whose image format the source was built for
+
+
+@dataclass
 class SourceInfo:
-    """How a source model was made: enough to rebuild it and to pick its paper-style target."""
+    """How a source model was made: enough to rebuild it and to pick its paper-style target.
+
+    A source is either trained by the toolkit (``dataset`` and the training ``settings``, with ``image_size``
+    when its images were resized) or ``pretrained`` (the weights it came from; no dataset).
+    """
 
     arch: str | None = None
     arch_options: dict = field(default_factory=dict)
@@ -31,6 +43,12 @@ class SourceInfo:
     test_top1: float | None = None
     checkpoint: str | None = None
     sha256: str | None = None
+    pretrained: PretrainedWeights | None = None
+
+    @property
+    def trained_at(self) -> int | None:
+        """The image size a source trained by the toolkit was trained at, when its images were resized."""
+        return None if self.pretrained is not None else (self.settings or {}).get("image_size")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -43,6 +61,12 @@ class SourceInfo:
         data = {k: v for k, v in data.items() if k in known}
         if data.get("input_size") is not None:
             data["input_size"] = tuple(data["input_size"])
+        settings = dict(data.get("settings") or {})
+        if "pretrained" in settings:  # written before PretrainedWeights: the marker was a key of the settings
+            data["pretrained"] = {"weights": settings.pop("pretrained"), "images": settings.pop("images", None)}
+            data["settings"] = settings
+        if isinstance(data.get("pretrained"), dict):
+            data["pretrained"] = PretrainedWeights(**data["pretrained"])
         return cls(**data)
 
 
