@@ -153,6 +153,10 @@ def init_seed(role: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"quanta-probe/{role}/{seed}".encode()).digest()[:7], "big")
 
 
+# What `probe scan` does without options: a paper-cnn source trained on digits 0-4 (the embedded demo).
+DEFAULT_ARCH = "paper-cnn"
+DEFAULT_SOURCE_DATA = "digits[0-4]"
+
 # Presets: the values a request starts from before the user's own settings (one home for each default).
 # experiments/protocol.py chose them (docs/protocol.md). GATE_BUDGET is the gate's travel, the sum of its learning
 # rate over the run's steps, that made λS a measurement on digits: a cosine schedule from gate lr 0.1 over the 276

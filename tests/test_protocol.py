@@ -138,7 +138,7 @@ def test_a_cosine_run_records_its_budget_as_the_sum_of_its_rates(tiny_source):
 
 
 def test_the_digits_preset_trains_runs_and_source_differently():
-    plan = api.plan_scan(target="digits[5-9]")
+    plan = api.plan_scan(api.ScanRequest(target="digits[5-9]"))
     assert plan.settings.lr == DIGITS_PRESET["lr"] and plan.settings.gate_budget == DIGITS_PRESET["gate_budget"]
     assert plan.settings.augment is DIGITS_PRESET["augment"]
     assert plan.source_settings is not None

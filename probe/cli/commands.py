@@ -20,6 +20,7 @@ from ..models.checkpoint import recorded_info
 from ..report.figures import write_figures
 from ..report.tables import correlations_table, quality_line, results_table
 from ..results.assessment import results_document
+from ..settings import DEFAULT_ARCH, DEFAULT_SOURCE_DATA
 from ..util.interrupt import graceful_interrupts, resume_hint
 from .app import (
     app,
@@ -81,7 +82,9 @@ EXIT_INTERRUPTED = 130
 def train(
     out: Annotated[Path, typer.Option("--out", help="Where to write the checkpoint (.pt).")],
     arch: ArchOption = None,
-    data: Annotated[str, typer.Option("--data", help="The source task, e.g. digits[0-4], cifar10.")] = "digits[0-4]",
+    data: Annotated[
+        str, typer.Option("--data", help="The source task, e.g. digits[0-4], cifar10, fashion[0-4].")
+    ] = DEFAULT_SOURCE_DATA,
     epochs: EpochsOption = None,
     batch_size: BatchOption = None,
     lr: LrOption = None,
@@ -102,7 +105,7 @@ def train(
 
     Example: [bold]probe train --arch paper-cnn --data cifar10 --out cifar10.pt --download[/bold]
     """
-    options = arch_options_of(arch or "paper-cnn", width)
+    options = arch_options_of(arch or DEFAULT_ARCH, width)
     given = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, augment=augment, train_size=train_size
     )
@@ -114,10 +117,10 @@ def train(
     api.check_request(source_data=data, data_dir=data_dir, download=download)
     err = stderr_console(quiet)
     plan = f"{settings.epochs} epochs (lr {settings.lr:g}, batch {settings.batch_size})"
-    err.print(escape(f"training {arch or 'paper-cnn'} on {data} for {plan}"))
+    err.print(escape(f"training {arch or DEFAULT_ARCH} on {data} for {plan}"))
     with live_progress(quiet) as live:
         model = api.train_source(
-            arch or "paper-cnn", data, settings=settings, out=out, arch_options=options, data_dir=data_dir,
+            arch or DEFAULT_ARCH, data, settings=settings, out=out, arch_options=options, data_dir=data_dir,
             download=download, progress=live.phase("source"), preprocess=preprocess,
         )  # fmt: skip
     info = recorded_info(model)
@@ -163,6 +166,14 @@ def scan(
     image_size: ImageSizeOption = None,
     image_column: ImageColumnOption = None,
     label_column: LabelColumnOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (source, target, layers, runs, steps per run, estimated time on this machine) and "
+            "exit without training.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -185,24 +196,25 @@ def scan(
         for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items()
         if v is not None
     }
-    plan = api.plan_scan(
-        source, arch=arch, pretrained=pretrained, arch_options=arch_options_of(arch or "paper-cnn", width),
-        source_data=source_data, target=target, layers=_layer_list(layers), baselines=split_values(baselines),
-        backend=backend.value, backend_options=backend_options or None, out=out, data_dir=data_dir,
-        download=download, image_size=image_size, preset=preset, image_column=image_column,
-        label_column=label_column, **given,
+    request = api.ScanRequest(
+        source=source, target=target, layers=_layer_list(layers), arch=arch, pretrained=pretrained,
+        arch_options=arch_options_of(arch or DEFAULT_ARCH, width), source_data=source_data, control=control,
+        baselines=split_values(baselines), preset=preset, overrides=given, out=out, fresh=fresh,
+        backend=backend.value, backend_options=backend_options or None, data_dir=data_dir, download=download,
+        image_size=image_size, image_column=image_column, label_column=label_column,
     )  # fmt: skip
+    plan = api.plan_scan(request)
     err = stderr_console(quiet)
-    with live_progress(quiet) as live:
+    estimate = api.estimate_duration(plan)
+    if dry_run:
+        _render_plan(plan, estimate, json_output)
+        return
+    err.print(escape(f"estimated time: {estimate.describe()}"))
+    with live_progress(quiet, estimate=estimate.seconds - estimate.source_seconds) as live:
         try:
             with graceful_interrupts():  # SIGTERM stops the scan like Ctrl-C
                 model = _source(plan, live, err)
-                measurement = api.scan(
-                    model, _layer_list(layers), plan.target, settings=plan.settings, control=control,
-                    source_data=plan.source_data, data_dir=data_dir, progress=live.phase("scan"), out=out,
-                    fresh=fresh, backend=backend.value, backend_options=backend_options or None,
-                    baselines=plan.baselines, preprocess=plan.preprocess, notes=plan.notes,
-                )  # fmt: skip
+                measurement = api.run(plan, progress=live.phase("scan"), source=model)
         except KeyboardInterrupt:
             live.__exit__(None, None, None)
             _interrupted(out, (ctx.obj or {}).get("argv", []), len(live.finished_runs))
@@ -211,12 +223,23 @@ def scan(
 
 
 def _print_data_lines(measurement) -> None:
-    """Under the table: how images from anywhere were prepared, and the notes of the request (one line each)."""
+    """Under the table: how images from anywhere were prepared, which of their classes were used, the files
+    skipped, and the notes of the request (one line each)."""
     console = stdout_console()
-    applied = (measurement.extras.get("preprocessing") or {}).get("applied")
+    extras = measurement.extras
+    applied = (extras.get("preprocessing") or {}).get("applied")
     if applied:
         console.print(escape(f"images: {applied}"))
-    for note in measurement.extras.get("notes", []):
+    for task, meta in (extras.get("data") or {}).items():
+        names = (extras.get("class_names") or {}).get(task)
+        if names:  # a subset of images from anywhere indexes classes by their sorted names: say which they are
+            console.print(escape(f"classes: {task} {extras['tasks'][task]} = {', '.join(names)}"))
+        skipped = (meta.get("skipped") or {}).get("files") or []
+        if skipped:
+            shown = "; ".join(f"{item['item']} ({item['reason']})" for item in skipped[:3])
+            more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            console.print(escape(f"skipped: {task} {len(skipped)} file(s): {shown}{more} (all in results.json)"))
+    for note in extras.get("notes", []):
         console.print(escape(f"note: {note}"))
 
 
@@ -234,6 +257,24 @@ def _source(plan: api.ScanPlan, live: LiveProgress, err: Console):
         where = f" ({info.checkpoint})" if info.checkpoint else ""
         err.print(escape(f"source: {verb} {plan.arch} on {info.dataset}, test top-1 {info.test_top1:.3f}{where}"))
     return model
+
+
+def _render_plan(plan: api.ScanPlan, estimate: api.Estimate, json_output: bool) -> None:
+    """``--dry-run``: what the scan would do and how long it would take, on stdout; nothing trained."""
+    described = api.describe_plan(plan, estimate)
+    if json_output:
+        write_json(described)
+        return
+    console = stdout_console()
+    console.print("[bold]plan[/bold] (--dry-run: nothing trained)")
+    for key, value in described.items():
+        if isinstance(value, dict):
+            value = "; ".join(f"{name} {item}" for name, item in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
+        if key != "estimate":
+            console.print(escape(f"  {key}: {value}"))
+    console.print(escape(f"  estimated time: {estimate.describe()}"))
 
 
 def _interrupted(out: Path | None, argv: list[str], finished: int) -> None:
@@ -292,17 +333,28 @@ def layers(
         ),
     ] = None,
     width: WidthOption = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", help="List the layers for square inputs of this size (the data's channels)."),
+    ] = None,
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained", help="List --arch at its pretrained weights' own input size (no weights are read)."
+        ),
+    ] = False,
     image_column: ImageColumnOption = None,
     label_column: LabelColumnOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """List the probeable layers in forward order with their output shapes; mark the ones scan probes by default.
 
-    Example: [bold]probe layers --arch resnet18 --data cifar10[/bold]
+    Examples: [bold]probe layers --arch resnet18 --data cifar10[/bold];
+    [bold]probe layers --arch vit_tiny_patch16_224 --pretrained[/bold]
     """
     listing = api.layer_listing(
-        arch, source=source, data=data, arch_options=arch_options_of(arch or "paper-cnn", width),
-        image_column=image_column, label_column=label_column,
+        arch, source=source, data=data, arch_options=arch_options_of(arch or DEFAULT_ARCH, width),
+        image_column=image_column, label_column=label_column, image_size=image_size, pretrained=pretrained,
     )  # fmt: skip
     rows = [
         {

@@ -11,6 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
+from ..api.estimate import duration
+
 
 class LiveProgress:
     """A rich progress display on stderr fed by ProgressEvents; silent when stderr is no terminal.
@@ -19,18 +21,21 @@ class LiveProgress:
     the whole scan; the description shows the latest run, epoch, λS and top-1.
     """
 
-    def __init__(self, enabled: bool, console: Console | None = None) -> None:
+    def __init__(self, enabled: bool, console: Console | None = None, estimate: float | None = None) -> None:
         self.enabled = enabled
         self.finished_runs: set[int] = set()
         self._tasks: dict[Any, Any] = {}
         self._done: dict[Any, dict[int, int]] = {}
         self._base: dict[Any, int] = {}
-        # Bar, percentage and times first: on a narrow terminal only the description's tail is cut.
+        # Bar, percentage and times first: on a narrow terminal only the description's tail is cut. Before rich has
+        # a rate to extrapolate, the scan's estimate (measured before it started) says what to expect.
+        expected = [TextColumn(f"of ~{duration(estimate)}")] if estimate else []
         self._progress = Progress(
             SpinnerColumn(),
             BarColumn(bar_width=20),
             TextColumn("{task.percentage:>3.0f}%"),
             TimeElapsedColumn(),
+            *expected,
             TextColumn("ETA"),
             TimeRemainingColumn(),
             TextColumn(
@@ -86,5 +91,6 @@ class LiveProgress:
         self._progress.update(self._tasks[key], completed=completed, description=" · ".join(parts))
 
 
-def live_progress(quiet: bool) -> LiveProgress:
-    return LiveProgress(enabled=not quiet and sys.stderr.isatty())
+def live_progress(quiet: bool, estimate: float | None = None) -> LiveProgress:
+    """The display of a command: on stderr when it is a terminal; ``estimate`` (seconds) shown beside the time."""
+    return LiveProgress(enabled=not quiet and sys.stderr.isatty(), estimate=estimate)

@@ -14,14 +14,14 @@ from torch import nn
 from ..core.surgery import require_head
 from ..data.image_tasks import Preprocess, for_spec, with_columns
 from ..data.spec import DatasetSpec, parse_spec
-from ..data.task import limit_per_class
+from ..data.task import TaskData, limit_per_class
 from ..data.tensors import load_task
 from ..errors import ArchitectureError, CheckpointError, ProbeError, ResultsError
-from ..models.checkpoint import SourceInfo, attach_info, load_raw, load_state_into, save_checkpoint
+from ..models.checkpoint import PretrainedWeights, SourceInfo, attach_info, load_raw, load_state_into, save_checkpoint
 from ..models.pretrained import pretrained_file
 from ..models.registry import create_model
 from ..results.schema import final_figures
-from ..settings import RunSettings, init_seed
+from ..settings import DEFAULT_ARCH, DEFAULT_SOURCE_DATA, RunSettings, init_seed
 from ..training.trainer import fit, make_optimizer
 from ..util.device import resolve_device
 from ..util.files import check_writable, file_sha256
@@ -47,8 +47,8 @@ def check_checkpoint_path(out: str | os.PathLike) -> None:
 
 
 def train_source(
-    arch: str = "paper-cnn",
-    data: str | DatasetSpec = "digits[0-4]",
+    arch: str = DEFAULT_ARCH,
+    data: str | DatasetSpec | TaskData = DEFAULT_SOURCE_DATA,
     *,
     settings: RunSettings | None = None,
     out: str | os.PathLike | None = None,
@@ -61,20 +61,26 @@ def train_source(
     label_column: str | None = None,
     **overrides,
 ) -> nn.Module:
-    """Train a source model of ``arch`` on task ``data``; save a checkpoint to ``out`` when given.
+    """Train a source model of ``arch`` on task ``data`` (a spec, or a task already loaded); save a checkpoint to
+    ``out`` when given.
 
-    ``out`` is checked to be writable before anything else; ``download`` fetches missing CIFAR data;
-    ``image_column`` / ``label_column`` name the columns of Hugging Face ``data``.
+    ``out`` is checked to be writable before anything else; ``download`` fetches missing data;
+    ``image_column`` / ``label_column`` name the columns of Hugging Face ``data``. The checkpoint records an
+    image folder by its absolute path, so it can be used from any directory.
 
     The returned model carries a :class:`SourceInfo` (architecture, options, data, settings, test top-1)
     that :func:`measure` and :func:`scan` use to pick the paper-style target task.
     """
-    preprocess = with_columns(preprocess, (data,), image_column, label_column)
+    spec = data.spec if isinstance(data, TaskData) else data
+    preprocess = with_columns(preprocess, (spec,), image_column, label_column)
     settings = (settings or RunSettings()).with_(**overrides)
     if out is not None:
         check_checkpoint_path(out)
     device = resolve_device(settings.device)
-    task = load_task(data, data_dir=data_dir, download=download, preprocess=preprocess)
+    if isinstance(data, TaskData):
+        task = data
+    else:
+        task = load_task(data, data_dir=data_dir, download=download, preprocess=preprocess)
     task = limit_per_class(task, settings.train_size)
     arch_options = dict(arch_options or {})
     with torch.random.fork_rng(devices=[]):
@@ -104,7 +110,7 @@ def train_source(
         num_classes=task.num_classes,
         in_chans=task.in_chans,
         input_size=task.input_size,
-        dataset=str(task.spec),
+        dataset=recorded_name(task.spec),
         settings={**settings.to_dict(), **_preprocess_record(preprocess)},
         test_top1=final_figures(outcome.history, 1)["top1"],
     )
@@ -113,6 +119,13 @@ def train_source(
         save_checkpoint(model, info, out)
         info.checkpoint, info.sha256 = str(out), file_sha256(out)
     return model
+
+
+def recorded_name(spec: DatasetSpec) -> str:
+    """How a checkpoint records its task: the spec, an image folder by its absolute path."""
+    if spec.kind != "folder":
+        return str(spec)
+    return str(DatasetSpec(str(Path(spec.name).expanduser().resolve()), spec.classes))
 
 
 def _preprocess_record(pre: Preprocess | None) -> dict:
@@ -178,9 +191,35 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "quanta-probe"))
 
 
+def source_cache_path(
+    arch: str,
+    data: str | DatasetSpec | TaskData,
+    *,
+    settings: RunSettings,
+    arch_options: dict | None = None,
+    data_dir: str | os.PathLike | None = None,
+    preprocess: Preprocess | None = None,
+) -> Path:
+    """Where :func:`cached_source` keeps the source of these arguments; the key covers architecture, options, data
+    (for images from anywhere: their cache entry) and training settings."""
+    # A setting left at None (train_size: every image) is left out, so the keys of earlier sources still match.
+    trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING and v is not None}
+    spec = data.spec if isinstance(data, TaskData) else parse_spec(data)
+    preprocess = for_spec(preprocess, spec)  # a Hugging Face target's columns do not change a digits source
+    key_data = {"arch": arch, "options": arch_options or {}, "data": str(spec), "settings": trained_with}
+    if preprocess is not None:
+        key_data["preprocess"] = preprocess.to_dict()
+    if spec.kind != "builtin":  # images from anywhere: their cache entry names their content and preprocessing
+        task = data if isinstance(data, TaskData) else load_task(spec, data_dir=data_dir, preprocess=preprocess)
+        key_data["images"] = {"cache": task.meta.get("cache"), "preprocessing": task.meta.get("preprocessing")}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{arch}-{spec}").strip("_")[-60:]
+    return _cache_dir() / "sources" / f"{label}-{key}.pt"
+
+
 def cached_source(
-    arch: str = "paper-cnn",
-    data: str = "digits[0-4]",
+    arch: str = DEFAULT_ARCH,
+    data: str | DatasetSpec | TaskData = DEFAULT_SOURCE_DATA,
     *,
     settings: RunSettings | None = None,
     arch_options: dict | None = None,
@@ -188,24 +227,14 @@ def cached_source(
     progress: Progress | None = None,
     preprocess: Preprocess | None = None,
 ) -> tuple[nn.Module, bool]:
-    """A source trained on ``data``, reused from the cache when one with the same settings exists.
-
-    Returns ``(model, reused)``. The cache key covers architecture, options, data and training settings.
-    """
+    """A source trained on ``data`` (a spec, or a task already loaded), reused from the cache when one with the same
+    settings exists (:func:`source_cache_path`). Returns ``(model, reused)``."""
     settings = settings or RunSettings()
-    # A setting left at None (train_size: every image) is left out, so the keys of earlier sources still match.
-    trained_with = {k: v for k, v in settings.to_dict().items() if k in SOURCE_TRAINING and v is not None}
-    spec = parse_spec(data)
-    preprocess = for_spec(preprocess, spec)  # a Hugging Face target's columns do not change a digits source
-    key_data = {"arch": arch, "options": arch_options or {}, "data": str(spec), "settings": trained_with}
-    if preprocess is not None:
-        key_data["preprocess"] = preprocess.to_dict()
-    if spec.kind != "builtin":  # images from anywhere: their cache entry names their content and preprocessing
-        task = load_task(spec, data_dir=data_dir, preprocess=preprocess)
-        key_data["images"] = {"cache": task.meta.get("cache"), "preprocessing": task.meta.get("preprocessing")}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{arch}-{spec}").strip("_")[-60:]
-    path = _cache_dir() / "sources" / f"{label}-{key}.pt"
+    spec = data.spec if isinstance(data, TaskData) else parse_spec(data)
+    preprocess = for_spec(preprocess, spec)
+    path = source_cache_path(
+        arch, data, settings=settings, arch_options=arch_options, data_dir=data_dir, preprocess=preprocess
+    )
     if path.is_file():
         try:
             return load_source(path), True
@@ -236,13 +265,13 @@ def pretrained_source(
     :mod:`probe.models.pretrained`), or from the local file ``weights`` (a state_dict of ``arch``). The source
     keeps its pretrained head (e.g. 1000 classes); targets built from its SourceInfo get a fresh model with
     their own head (``pretrained`` is not recorded in ``arch_options``). ``data`` (a dataset spec, prepared
-    as ``preprocess`` says) or ``in_chans``/``input_size`` give the image format; grey images go to timm's
-    adapted first conv, or are repeated to 3 channels for torchvision models.
+    as ``preprocess`` says, or a task already loaded) or ``in_chans``/``input_size`` give the image format; grey
+    images go to timm's adapted first conv, or are repeated to 3 channels for torchvision models.
     """
     dataset = None
     chans, size = (3 if in_chans is None else in_chans), ((224, 224) if input_size is None else input_size)
     if data is not None:
-        task = load_task(data, data_dir=data_dir, preprocess=preprocess)
+        task = data if isinstance(data, TaskData) else load_task(data, data_dir=data_dir, preprocess=preprocess)
         chans, size, dataset = task.in_chans, task.input_size, str(task.spec)
     options.pop("pretrained", None)
     if weights is not None:
@@ -261,7 +290,7 @@ def pretrained_source(
         in_chans=chans,
         input_size=(size[0], size[1]),
         dataset=None,
-        settings={"pretrained": source, "images": dataset},
+        pretrained=PretrainedWeights(source, dataset),
         checkpoint=source,
         sha256=file_sha256(source) if Path(source).is_file() else None,
     )
@@ -285,6 +314,8 @@ __all__ = [
     "check_checkpoint_path",
     "load_source",
     "pretrained_source",
+    "recorded_name",
+    "source_cache_path",
     "source_settings",
     "train_source",
 ]
