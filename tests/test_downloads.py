@@ -26,7 +26,9 @@ import torchvision
 from typer.testing import CliRunner
 
 from probe.cli import app
+from probe.data import fashion as fashion_module
 from probe.engine.sources import pretrained_source
+from probe.errors import DataError
 from probe.models import create_model
 from probe.models.checkpoint import source_info
 
@@ -225,3 +227,40 @@ def test_tv_pretrained_weights_that_fail_to_download_are_one_line_and_not_cached
     assert requests == [f"/{name}"]
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- fashion (built in)
+
+
+@pytest.fixture
+def no_debian(tmp_path, monkeypatch) -> Path:
+    """Debian's Fashion-MNIST folder moved to one that does not exist: only the data folder (and downloads) count."""
+    folder = tmp_path / "debian-fashion-mnist"
+    monkeypatch.setattr(fashion_module, "DEBIAN_FOLDER", folder)
+    return folder
+
+
+@pytest.mark.parametrize("there", ["data folder", "raw folder"])
+def test_a_fashion_download_that_fails_half_way_can_be_retried(server, tmp_path, monkeypatch, no_debian, there):
+    url, served, requests = server
+    resources = _idx_archives(served)
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [url])
+    broken = [resources[0], *((name, "0" * 32) for name, _ in resources[1:])]  # the first file comes, then md5 fails
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", broken)
+    data = tmp_path / "data"
+    raw = data / "FashionMNIST" / "raw"
+    (raw if there == "raw folder" else data).mkdir(parents=True)
+    if there == "raw folder":
+        (raw / "README").write_text("mine")
+    with pytest.raises(DataError, match=r"could not download Fashion-MNIST into .*File not found or corrupted"):
+        fashion_module.load_fashion(data, download=True)
+    assert f"/{resources[1][0]}" in requests  # the first file was fetched, the second refused
+    # no half-fetched copy left to be taken for an incomplete Fashion-MNIST; what was there stays
+    if there == "raw folder":
+        assert [p.name for p in raw.iterdir()] == ["README"]
+    else:
+        assert list(data.iterdir()) == []
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", resources)
+    base = fashion_module.load_fashion(data, download=True)  # the retry downloads and reads all four
+    assert len(base.train_y) == 40 and len(base.test_y) == 20

@@ -110,18 +110,34 @@ def load_fashion(data_dir: pathlib.Path, download: bool = False) -> BaseData:
 
 
 def _download(data_dir: pathlib.Path) -> None:
-    """Fetch the four files into ``data_dir/FashionMNIST/raw`` with torchvision, failing fast when offline."""
+    """Fetch the four files into ``data_dir/FashionMNIST/raw`` with torchvision, failing fast when offline.
+
+    A failed download takes back what it wrote: the outermost folder it made, or (when ``FashionMNIST/raw`` was
+    there already) the files it added, so no half-fetched copy is later taken for an incomplete Fashion-MNIST.
+    """
     from torchvision.datasets import FashionMNIST
 
-    created = not data_dir.exists()
+    raw = data_dir / "FashionMNIST" / "raw"
+    made = None  # the outermost folder this download creates
+    for folder in (raw, *raw.parents):
+        if folder.exists():
+            break
+        made = folder
+    before = set(raw.iterdir()) if made is None else set()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         FashionMNIST(str(data_dir), train=True, download=True)
     except Exception as error:
-        if created:  # leave nothing behind: the folder was made for this download
-            shutil.rmtree(data_dir, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for path in set(raw.iterdir()) - before:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         raise DataError(
             f"could not download Fashion-MNIST into {data_dir} ({reason}); without network run {INSTALL_HINT} "
