@@ -177,6 +177,25 @@ def test_load_fashion_refuses_a_label_outside_its_ten_classes(tmp_path, debian):
     assert str(info.value) == f"{tmp_path / 'train-labels-idx1-ubyte'} has label 10, outside 0-9; replace the file"
 
 
+@pytest.mark.parametrize(
+    "part, shape, fragment",
+    [
+        ("test_images", (20, 27, 27), "t10k-images-idx3-ubyte.gz holds 27×27 images, not Fashion-MNIST's 28×28"),
+        ("train_images", (40, 28, 32), "train-images-idx3-ubyte.gz holds 28×32 images, not Fashion-MNIST's 28×28"),
+        ("train_images", (0, 28, 28), "train-images-idx3-ubyte.gz holds no images"),
+    ],
+    ids=["27x27 test images", "28x32 train images", "no train images"],
+)
+def test_load_fashion_refuses_images_that_are_not_fashion_mnist_s_format(tmp_path, debian, part, shape, fragment):
+    write_fashion(tmp_path)
+    if part == "train_images" and shape[0] == 0:
+        write_idx(tmp_path / FILES["train_labels"], idx_bytes(np.zeros(0, dtype=np.uint8)), gz=True)
+    write_idx(tmp_path / FILES[part], idx_bytes(np.zeros(shape, dtype=np.uint8)), gz=True)
+    with pytest.raises(DataError) as info:  # the model is built for the registry's 1×28×28 before any file is read
+        load_fashion(tmp_path)
+    assert str(info.value) == f"{tmp_path}/{fragment}; replace the file"
+
+
 def test_load_fashion_reads_the_arrays_as_written(tmp_path, debian):
     arrays = write_fashion(tmp_path / "data", train_per_class=3, test_per_class=1)
     base = load_fashion(tmp_path / "data")

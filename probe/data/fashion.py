@@ -30,6 +30,7 @@ FASHION_FILES = {
     "test_images": ("t10k-images-idx3-ubyte", 3),
     "test_labels": ("t10k-labels-idx1-ubyte", 1),
 }
+FASHION_SHAPE = (1, 28, 28)  # (C, H, W): what the registry promises before any file is read
 DEBIAN_FOLDER = pathlib.Path("/usr/share/datasets/fashion-mnist")
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 
@@ -90,6 +91,13 @@ def load_fashion(data_dir: pathlib.Path, download: bool = False) -> BaseData:
     arrays = {part: read_idx(files[part], FASHION_FILES[part][1]) for part in FASHION_FILES}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.shape[1:] != FASHION_SHAPE[1:]:  # the model is built for 28×28 before the files are read
+            raise DataError(
+                f"{files[f'{split}_images']} holds {images.shape[1]}×{images.shape[2]} images, not Fashion-MNIST's "
+                f"{FASHION_SHAPE[1]}×{FASHION_SHAPE[2]}; replace the file"
+            )
+        if not len(images):
+            raise DataError(f"{files[f'{split}_images']} holds no images; replace the file")
         if len(images) != len(labels):
             raise DataError(
                 f"{files[f'{split}_images']} holds {len(images)} images but {files[f'{split}_labels']} "
@@ -152,7 +160,7 @@ register_dataset(
         name="fashion",
         aliases=("fashion-mnist",),
         class_names=FASHION_CLASSES,
-        input_shape=(1, 28, 28),
+        input_shape=FASHION_SHAPE,
         load=load_fashion,
         check=check_fashion,
     )
