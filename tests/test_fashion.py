@@ -506,14 +506,25 @@ def test_train_size_is_recorded_and_a_folder_is_not_resumed_with_another(tiny_so
     assert json.loads((out / "fingerprint.json").read_text())["fingerprint"]["settings"]["train_size"] == 6
 
     again = probe.scan(tiny_source, ["fc"], "digits[5-9]", settings=settings.with_(train_size=6), out=out)
-    assert again.runs[0].history == first.runs[0].history  # the same scan: resumed, the run read back
+    assert again.environment["resumed_runs"] == 1  # the same scan: resumed, the run read back
+    assert again.runs[0].history == first.runs[0].history
     with pytest.raises(ResultsError) as info:
         probe.scan(tiny_source, ["fc"], "digits[5-9]", settings=settings.with_(train_size=7), out=out)
     assert "holds results of another scan (settings.train_size: 6 → 7)" in str(info.value)
     with pytest.raises(ResultsError, match=r"settings\.train_size: 6 → \(none\)"):
         probe.scan(tiny_source, ["fc"], "digits[5-9]", settings=settings, out=out)
-    whole = probe.scan(tiny_source, ["fc"], "digits[5-9]", settings=settings)
+    old = tmp_path / "before-train-size"
+    whole = probe.scan(tiny_source, ["fc"], "digits[5-9]", settings=settings, out=old)
     assert whole.settings["train_size"] is None and whole.runs[0].steps == 45  # 717 images / 16
+
+    # a folder written before --train-size existed (no train_size in its fingerprint) resumes without one only
+    document = json.loads((old / "fingerprint.json").read_text())
+    del document["fingerprint"]["settings"]["train_size"]
+    (old / "fingerprint.json").write_text(json.dumps(document))
+    resumed = probe.scan(tiny_source, ["fc"], "digits[5-9]", settings=settings, out=old)
+    assert resumed.environment["resumed_runs"] == 1 and resumed.runs[0].history == whole.runs[0].history
+    with pytest.raises(ResultsError, match=r"settings\.train_size: \(none\) → 6"):
+        probe.scan(tiny_source, ["fc"], "digits[5-9]", settings=settings.with_(train_size=6), out=old)
 
 
 def test_probe_train_trains_on_n_per_class_and_records_it(tmp_path, monkeypatch):
