@@ -126,22 +126,22 @@ _GOOD = idx_bytes(np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4))
 _GZIPPED = gzip.compress(_GOOD, mtime=0)
 
 
-@pytest.mark.parametrize(
-    "name, data, fragment",
-    [
-        ("magic", b"\x01" + _GOOD[1:], "is not an IDX file (wrong magic number)"),
-        ("empty", b"", "is not an IDX file (wrong magic number)"),
-        ("type", _GOOD[:2] + b"\x0d" + _GOOD[3:], "holds IDX type 0x0d with 3 dimensions, not unsigned bytes with 3"),
-        ("dims", _GOOD[:3] + b"\x02" + _GOOD[4:], "holds IDX type 0x08 with 2 dimensions, not unsigned bytes with 3"),
-        ("short header", _GOOD[:10], "is truncated (its header is incomplete)"),
-        ("truncated", _GOOD[:-1], "is truncated: 23 bytes of values for shape 2×3×4"),
-        ("extra bytes", _GOOD + b"\x00", "is longer than its header says: 25 bytes of values for shape 2×3×4"),
-        ("not gzip.gz", _GOOD, "(BadGzipFile: Not a gzipped file"),
-        ("cut gzip.gz", _GZIPPED[:-12], "(EOFError: Compressed file ended before the end-of-stream marker"),
-        ("crc.gz", _GZIPPED[:-8] + bytes([_GZIPPED[-8] ^ 1]) + _GZIPPED[-7:], "(BadGzipFile: CRC check failed"),
-        ("inflate.gz", _GZIPPED[:12] + b"\xff" * 4 + _GZIPPED[16:], "cannot read"),
-    ],
-)
+_BROKEN = [  # (file name, content, what the one line says)
+    ("magic", b"\x01" + _GOOD[1:], "is not an IDX file (wrong magic number)"),
+    ("empty", b"", "is not an IDX file (wrong magic number)"),
+    ("type", _GOOD[:2] + b"\x0d" + _GOOD[3:], "holds IDX type 0x0d with 3 dimensions, not unsigned bytes with 3"),
+    ("dims", _GOOD[:3] + b"\x02" + _GOOD[4:], "holds IDX type 0x08 with 2 dimensions, not unsigned bytes with 3"),
+    ("short header", _GOOD[:10], "is truncated (its header is incomplete)"),
+    ("truncated", _GOOD[:-1], "is truncated: 23 bytes of values for shape 2×3×4"),
+    ("extra bytes", _GOOD + b"\x00", "is longer than its header says: 25 bytes of values for shape 2×3×4"),
+    ("not gzip.gz", _GOOD, "(BadGzipFile: Not a gzipped file"),
+    ("cut gzip.gz", _GZIPPED[:-12], "(EOFError: Compressed file ended before the end-of-stream marker"),
+    ("crc.gz", _GZIPPED[:-8] + bytes([_GZIPPED[-8] ^ 1]) + _GZIPPED[-7:], "(BadGzipFile: CRC check failed"),
+    ("inflate.gz", _GZIPPED[:12] + b"\xff" * 4 + _GZIPPED[16:], "cannot read"),
+]
+
+
+@pytest.mark.parametrize("name, data, fragment", _BROKEN, ids=[case[0] for case in _BROKEN])
 def test_read_idx_refuses_a_broken_file_in_one_line_that_names_it(tmp_path, name, data, fragment):
     path = tmp_path / name.replace(" ", "-")
     path.write_bytes(data)
