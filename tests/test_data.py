@@ -126,6 +126,9 @@ def _normalised(raw: np.ndarray, train_raw: np.ndarray) -> torch.Tensor:
         (" digits [ 0 - 2 , 7 ] ", "digits[0-2,7]"),
         ("digits[7,1,2,3]", "digits[7,1-3]"),  # order is kept: it defines the label order
         ("digits[3,4]", "digits[3,4]"),
+        ("fashion[0-4]", "fashion[0-4]"),
+        ("Fashion-MNIST[0,2]", "fashion[0,2]"),  # an alias becomes the data set's own name
+        ("fashion-mnist", "fashion"),
     ],
 )
 def test_parse_spec_round_trips(text: str, canonical: str) -> None:
@@ -162,6 +165,9 @@ def test_parse_spec_values() -> None:
         ("cifar100[50-100]", r"class 100 is out of range: cifar100 has classes 0-99"),
         ("digits[1,1]", r"class 1 is listed twice"),
         ("digits[0-4,3]", r"class 3 is listed twice"),
+        ("fashion[10]", r"class 10 is out of range: fashion has classes 0-9"),
+        ("fashion-mnist[9-10]", r"class 10 is out of range: fashion has classes 0-9"),
+        ("fashon[0-4]", r"unknown dataset 'fashon' \(did you mean 'fashion'\?\)"),
     ],
 )
 def test_parse_spec_rejects(text: str, pattern: str) -> None:
@@ -184,13 +190,15 @@ def test_dataset_spec_validates_when_built_directly() -> None:
         ("cifar100[0-49]", "cifar100[50-99]"),
         ("digits[0,2,5-7]", "digits[1,3,4,8,9]"),
         ("cifar10", "cifar100"),
+        ("fashion[0-4]", "fashion[5-9]"),
+        ("fashion-mnist[0,2]", "fashion[1,3-9]"),
     ],
 )
 def test_default_target(source: str, target: str) -> None:
     assert str(default_target(source)) == target
 
 
-@pytest.mark.parametrize("source", ["digits", "cifar100", "digits[0-9]"])
+@pytest.mark.parametrize("source", ["digits", "cifar100", "digits[0-9]", "fashion", "fashion[0-9]"])
 def test_default_target_needs_explicit_target(source: str) -> None:
     with pytest.raises(DataError, match=r"no default target .*give a target explicitly, e\.g\."):
         default_target(source)

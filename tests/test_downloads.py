@@ -14,6 +14,7 @@ import hashlib
 import http.server
 import io
 import json
+import socket
 import struct
 import threading
 from functools import partial
@@ -25,8 +26,11 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
+import probe
 from probe.cli import app
+from probe.data import fashion as fashion_module
 from probe.engine.sources import pretrained_source
+from probe.errors import DataError
 from probe.models import create_model
 from probe.models.checkpoint import source_info
 
@@ -225,3 +229,120 @@ def test_tv_pretrained_weights_that_fail_to_download_are_one_line_and_not_cached
     assert requests == [f"/{name}"]
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- fashion (built in)
+
+
+@pytest.fixture
+def no_debian(tmp_path, monkeypatch) -> Path:
+    """Debian's Fashion-MNIST folder moved to one that does not exist: only the data folder (and downloads) count."""
+    folder = tmp_path / "debian-fashion-mnist"
+    monkeypatch.setattr(fashion_module, "DEBIAN_FOLDER", folder)
+    return folder
+
+
+def _fashion_scan(tmp_path: Path, data: Path, out: str, *extra) -> list:
+    return [
+        "scan", "--width", "0.25", "--device", "cpu", "--data-dir", data, "--source-data", "fashion[2-3]",
+        "--target", "fashion-mnist[0-1]", "--layers", "conv1", "--epochs", "1", "--runs", "1", "--init", "0.5",
+        "--jobs", "1", "--out", tmp_path / out, *extra,
+    ]  # fmt: skip
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_fashion_download_puts_the_four_files_in_fashionmnist_raw_then_reads_them(
+    server, tmp_path, monkeypatch, no_debian
+):
+    url, served, requests = server
+    resources = _idx_archives(served)
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [url])
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", resources)
+    data = tmp_path / "data"
+
+    missing = invoke(_fashion_scan(tmp_path, data, "none"))
+    assert missing.exit_code == 2, (missing.stdout, missing.stderr)
+    assert missing.stdout == "" and len(missing.stderr.strip().splitlines()) == 1
+    assert "apt-get install dataset-fashion-mnist, pass --download" in missing.stderr
+    assert requests == [] and not data.exists() and not (tmp_path / "none").exists()
+
+    first = invoke(_fashion_scan(tmp_path, data, "first", "--download", "--json"))
+    assert first.exit_code == 0, (first.stdout, first.stderr)
+    assert json.loads(first.stdout)["target"] == "fashion[0,1]"  # stdout is the JSON document, nothing else
+    raw = data / "FashionMNIST" / "raw"
+    for name, md5 in resources:
+        assert hashlib.md5((raw / name).read_bytes()).hexdigest() == md5
+        assert (raw / name[: -len(".gz")]).read_bytes() == gzip.decompress((served / name).read_bytes())
+    assert set(requests) == {f"/{name}" for name, _ in resources}
+    assert sorted(p.name for p in data.iterdir()) == ["FashionMNIST"]
+
+    requests.clear()
+    base = fashion_module.load_fashion(data)  # read from the files, no download
+    assert requests == []
+    assert base.class_names[:2] == ("T-shirt/top", "Trouser")
+    assert (tuple(base.train_x.shape), tuple(base.test_x.shape)) == ((40, 1, 28, 28), (20, 1, 28, 28))
+    assert base.train_y.tolist() == [i % 10 for i in range(40)]
+    task = probe.data.load_task("fashion[0-1]", data_dir=data, download=True)  # present: nothing fetched
+    assert requests == [] and task.class_names == ["T-shirt/top", "Trouser"] and len(task.train) == 8
+
+
+@pytest.mark.parametrize("fresh_folder", [True, False], ids=["new data folder", "existing data folder"])
+def test_fashion_download_offline_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch, no_debian, fresh_folder):
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{_closed_port()}/"])
+    data = tmp_path / "data"
+    if not fresh_folder:
+        (data / "cifar-10-batches-py").mkdir(parents=True)  # a data folder in use: it stays as it was
+    before = socket.getdefaulttimeout()
+    with pytest.raises(DataError) as info:
+        probe.data.load_task("fashion[0-4]", data_dir=data, download=True)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"could not download Fashion-MNIST into {data} (")
+    assert "Connection refused" in message
+    assert message.endswith(
+        "; without network run apt-get install dataset-fashion-mnist or put its four IDX files in --data-dir"
+    )
+    assert socket.getdefaulttimeout() == before
+    if fresh_folder:
+        assert not data.exists()  # made for the download: removed
+    else:
+        assert sorted(p.name for p in data.iterdir()) == ["cifar-10-batches-py"]
+
+    result = invoke(_fashion_scan(tmp_path, data, "out", "--download"))
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.output and result.stdout == ""
+    line = " ".join(result.stderr.split())
+    assert line.startswith(f"error: could not download Fashion-MNIST into {data} (") and "apt-get install" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("there", ["data folder", "raw folder"])
+def test_a_fashion_download_that_fails_half_way_can_be_retried(server, tmp_path, monkeypatch, no_debian, there):
+    url, served, requests = server
+    resources = _idx_archives(served)
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [url])
+    broken = [resources[0], *((name, "0" * 32) for name, _ in resources[1:])]  # the first file comes, then md5 fails
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", broken)
+    data = tmp_path / "data"
+    raw = data / "FashionMNIST" / "raw"
+    (raw if there == "raw folder" else data).mkdir(parents=True)
+    if there == "raw folder":
+        (raw / "README").write_text("mine")
+    with pytest.raises(DataError, match=r"could not download Fashion-MNIST into .*File not found or corrupted"):
+        fashion_module.load_fashion(data, download=True)
+    assert f"/{resources[1][0]}" in requests  # the first file was fetched, the second refused
+    # no half-fetched copy left to be taken for an incomplete Fashion-MNIST; what was there stays
+    if there == "raw folder":
+        assert [p.name for p in raw.iterdir()] == ["README"]
+    else:
+        assert list(data.iterdir()) == []
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", resources)
+    base = fashion_module.load_fashion(data, download=True)  # the retry downloads and reads all four
+    assert len(base.train_y) == 40 and len(base.test_y) == 20

@@ -89,6 +89,27 @@ def test_caching_the_source_tensors_changes_no_number(tiny_source):
         assert with_cache.steps == without.steps
 
 
+def test_caching_the_test_split_under_augmentation_changes_no_number(tiny_source):
+    settings = RunSettings(epochs=2, lr=1e-3, gate_lr=0.03, augment=True, train_size=20)
+    context = api.prepare(tiny_source, "digits[5-9]", settings=settings).context
+    assert context.tasks["AnB"].augment.enabled, "the train split must be augmented for this to mean anything"
+    cache = context.source_tensors("conv2", "AnB")
+    assert cache is not None and set(cache) == {"test"}  # the augmented train split is recomputed every batch
+    test = context.tasks["AnB"].test
+    assert cache["test"].shape[0] == len(test)
+    assert torch.equal(cache["test"][:7], source_forward(context.source, "conv2", test.rows(0, 7)))
+    assert context.source_tensors("conv2", "AnB") is cache  # kept for the next run of the layer
+
+    layers = ["conv2", "fc"]
+    cached = probe.scan(tiny_source, layers, "digits[5-9]", settings=settings.with_(cache_source=True))
+    recomputed = probe.scan(tiny_source, layers, "digits[5-9]", settings=settings.with_(cache_source=False))
+    for with_cache, without in zip(cached.runs, recomputed.runs, strict=True):
+        assert with_cache.spec == without.spec
+        assert with_cache.history == without.history  # every metric of every epoch, bit for bit
+        assert with_cache.steps == without.steps
+    assert len(cached.runs[0].history) == settings.epochs
+
+
 def test_the_trainer_reads_lambda_once_per_epoch_and_counts_every_step():
     task = load_task("digits[5-9]")
     settings = RunSettings(epochs=2, batch_size=64, lr=1e-3)

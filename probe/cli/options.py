@@ -52,18 +52,22 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Folder with the CIFAR and torchvision (tv:NAME) data. \\[default: $PROBE_DATA or "
-        "~/.cache/quanta-probe/data]",
+        help="Folder with the CIFAR, Fashion-MNIST and torchvision (tv:NAME) data (Fashion-MNIST also from Debian's "
+        "/usr/share/datasets/fashion-mnist). \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]",
     ),
 ]
 DownloadOption = Annotated[
-    bool, typer.Option("--download", help="Download CIFAR-10/100 or a tv:NAME dataset into --data-dir when missing.")
+    bool,
+    typer.Option(
+        "--download", help="Download CIFAR-10/100, Fashion-MNIST or a tv:NAME dataset into --data-dir when missing."
+    ),
 ]
 ImageSizeOption = Annotated[
     int | None,
     typer.Option(
         "--image-size",
-        help="Resize images from anywhere (folders, tv:, hf:) to this size: shorter side, then centre crop. "
+        help="Resize images to this size: shorter side, then centre crop; images from anywhere (folders, tv:, hf:) "
+        "and built-in data alike (e.g. 28: digits beside Fashion-MNIST). "
         "\\[default: a pretrained model's input size, else the images' own]",
     ),
 ]

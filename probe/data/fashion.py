@@ -30,6 +30,7 @@ FASHION_FILES = {
     "test_images": ("t10k-images-idx3-ubyte", 3),
     "test_labels": ("t10k-labels-idx1-ubyte", 1),
 }
+FASHION_SHAPE = (1, 28, 28)  # (C, H, W): what the registry promises before any file is read
 DEBIAN_FOLDER = pathlib.Path("/usr/share/datasets/fashion-mnist")
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 
@@ -90,6 +91,13 @@ def load_fashion(data_dir: pathlib.Path, download: bool = False) -> BaseData:
     arrays = {part: read_idx(files[part], FASHION_FILES[part][1]) for part in FASHION_FILES}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.shape[1:] != FASHION_SHAPE[1:]:  # the model is built for 28×28 before the files are read
+            raise DataError(
+                f"{files[f'{split}_images']} holds {images.shape[1]}×{images.shape[2]} images, not Fashion-MNIST's "
+                f"{FASHION_SHAPE[1]}×{FASHION_SHAPE[2]}; replace the file"
+            )
+        if not len(images):
+            raise DataError(f"{files[f'{split}_images']} holds no images; replace the file")
         if len(images) != len(labels):
             raise DataError(
                 f"{files[f'{split}_images']} holds {len(images)} images but {files[f'{split}_labels']} "
@@ -110,18 +118,34 @@ def load_fashion(data_dir: pathlib.Path, download: bool = False) -> BaseData:
 
 
 def _download(data_dir: pathlib.Path) -> None:
-    """Fetch the four files into ``data_dir/FashionMNIST/raw`` with torchvision, failing fast when offline."""
+    """Fetch the four files into ``data_dir/FashionMNIST/raw`` with torchvision, failing fast when offline.
+
+    A failed download takes back what it wrote: the outermost folder it made, or (when ``FashionMNIST/raw`` was
+    there already) the files it added, so no half-fetched copy is later taken for an incomplete Fashion-MNIST.
+    """
     from torchvision.datasets import FashionMNIST
 
-    created = not data_dir.exists()
+    raw = data_dir / "FashionMNIST" / "raw"
+    made = None  # the outermost folder this download creates
+    for folder in (raw, *raw.parents):
+        if folder.exists():
+            break
+        made = folder
+    before = set(raw.iterdir()) if made is None else set()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         FashionMNIST(str(data_dir), train=True, download=True)
     except Exception as error:
-        if created:  # leave nothing behind: the folder was made for this download
-            shutil.rmtree(data_dir, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for path in set(raw.iterdir()) - before:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         raise DataError(
             f"could not download Fashion-MNIST into {data_dir} ({reason}); without network run {INSTALL_HINT} "
@@ -136,7 +160,7 @@ register_dataset(
         name="fashion",
         aliases=("fashion-mnist",),
         class_names=FASHION_CLASSES,
-        input_shape=(1, 28, 28),
+        input_shape=FASHION_SHAPE,
         load=load_fashion,
         check=check_fashion,
     )
