@@ -16,7 +16,8 @@ from ..settings import lr_scale_sum
 from .quality import SETTLED_DRIFT, settled_drift
 
 SCHEMA = "quanta-probe/results/1"
-METRICS = ("lambda_source", "top1", "top3", "loss", "precision", "recall")
+TEST_METRICS = ("top1", "top3", "loss", "precision", "recall")  # what the trainer's evaluate measures
+METRICS = ("lambda_source", *TEST_METRICS)
 
 
 @dataclass(frozen=True)
