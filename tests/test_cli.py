@@ -198,6 +198,7 @@ def test_scan_reuses_the_cached_source_and_json_is_all_of_stdout(cache, scanned)
     result = invoke(["scan", *TINY, "--epochs", "2", "--layers", "fc", "--json"], env=cache)
     assert result.exit_code == 0, explain(result)
     assert "reused the cached paper-cnn" in result.stderr
+    assert list((Path(cache["PROBE_CACHE"]) / "sources").glob("paper-cnn-digits_0-4-*.pt"))  # under $PROBE_CACHE
     data = json.loads(result.stdout)  # nothing else on stdout
     assert data["schema"] == SCHEMA and data["layers"] == ["fc"]
     assert data["source"]["dataset"] == "digits[0-4]" and isinstance(data["source"]["test_top1"], float)

@@ -10,6 +10,7 @@ import typer
 
 from ..baselines import BASELINES
 from ..settings import DIGITS_PRESET, GATE_BUDGET
+from ..util.cache import DEFAULT_DATA_DIR
 
 
 class Backend(str, Enum):
@@ -52,8 +53,7 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Folder with the CIFAR and torchvision (tv:NAME) data. \\[default: $PROBE_DATA or "
-        "~/.cache/quanta-probe/data]",
+        help=f"Folder with the CIFAR and torchvision (tv:NAME) data. \\[default: $PROBE_DATA or {DEFAULT_DATA_DIR}]",
     ),
 ]
 DownloadOption = Annotated[

@@ -23,6 +23,7 @@ from ..models.registry import create_model
 from ..results.schema import final_figures
 from ..settings import RunSettings, init_seed
 from ..training.trainer import fit, make_optimizer
+from ..util.cache import cache_root
 from ..util.device import resolve_device
 from ..util.files import check_writable, file_sha256
 from .progress import Progress, epoch_reporter
@@ -174,10 +175,6 @@ def load_source(
     return attach_info(model, info)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "quanta-probe"))
-
-
 def cached_source(
     arch: str = "paper-cnn",
     data: str = "digits[0-4]",
@@ -205,7 +202,7 @@ def cached_source(
         key_data["images"] = {"cache": task.meta.get("cache"), "preprocessing": task.meta.get("preprocessing")}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{arch}-{spec}").strip("_")[-60:]
-    path = _cache_dir() / "sources" / f"{label}-{key}.pt"
+    path = cache_root() / "sources" / f"{label}-{key}.pt"
     if path.is_file():
         try:
             return load_source(path), True
