@@ -170,7 +170,7 @@ def run_baselines(
             "knn_k": lenses.KNN_K,
             "linear_l2_grid": list(lenses.DEFAULT_L2_GRID),
             "linear_seed": settings.seed,
-            "transrate_eps": 1e-4,
+            "transrate_eps": lenses.TRANSRATE_EPS,
             "n_train": len(train),
             "n_test": len(test),
         }

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 __all__ = [
     "DEFAULT_L2_GRID",
     "KNN_K",
+    "TRANSRATE_EPS",
     "LENSES",
     "h_score",
     "knn_accuracy",
@@ -68,6 +69,7 @@ LENSES: dict[str, str] = {
 }
 
 KNN_K = 20
+TRANSRATE_EPS = 1e-4  # the authors' default (see transrate)
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -334,14 +336,14 @@ def _coding_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
     return 0.5 * _logdet_identity_plus(z, 1.0 / (z.shape[0] * eps))
 
 
-def transrate(features: torch.Tensor, labels: torch.Tensor, *, eps: float = 1e-4) -> float:
+def transrate(features: torch.Tensor, labels: torch.Tensor, *, eps: float = TRANSRATE_EPS) -> float:
     """TransRate (Huang et al., ICML 2022): R(Z, eps) - R(Z, eps | Y), in nats.
 
     Z: the features centred (column means removed) and then scaled to unit L2 norm per example, as the
     authors' experiment code does (``pre_transrate(normalize=True)`` on centralised features), which makes
     the score independent of a layer's feature scale. Coding rate R(Z, eps) =
     1/2 log det(I_d + Z^T Z / (n eps)); this is the paper's 1/2 log det(I_d + d / (n eps'^2) Z^T Z) with
-    ``eps = eps'^2 / d``, the parametrisation of the authors' code, and eps = 1e-4 is their default.
+    ``eps = eps'^2 / d``, the parametrisation of the authors' code; the default eps, :data:`TRANSRATE_EPS`, is theirs.
     Class-conditional rate R(Z, eps | Y) = sum_y (n_y / n) R(Z_y, eps) with Z_y the n_y rows of class y
     (the weighting of the paper and of the authors' experiment code; their short demo averages the
     classes with 1/K instead, the same for balanced classes). Log-determinants use the smaller Gram
