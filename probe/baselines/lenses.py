@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..results.labels import KNN_K
+
 __all__ = [
     "DEFAULT_L2_GRID",
     "KNN_K",
@@ -68,7 +70,6 @@ LENSES: dict[str, str] = {
     "nce": "negative conditional entropy of target labels given the source head's labels (Tran et al., ICCV 2019)",
 }
 
-KNN_K = 20
 TRANSRATE_EPS = 1e-4  # the authors' default (see transrate)
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 

@@ -15,13 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..baselines.compare import BASELINE_LABELS
 from ..results.assessment import assess
+from ..results.labels import BASELINE_LABELS, METRIC_LABELS
 from ..results.quality import SETTLED_DRIFT
-from ..results.schema import METRICS, TEST_METRICS, Measurement, Summary, strict_json
+from ..results.schema import TEST_METRICS, Measurement, Summary, strict_json
 from .views import describe, finite, inits_of, layer_order, summary_index, tasks_of
-
-METRIC_LABELS = dict(zip(METRICS, ("λS", "top-1", "top-3", "loss", "precision", "recall"), strict=True))
 
 
 def format_mean_std(mean: float, std: float, ok_runs: int, digits: int = 3) -> str:
