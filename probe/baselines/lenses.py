@@ -8,7 +8,7 @@ values: they are mapped to 0..C-1 in sorted order). Scores that need it compute 
 computation stays on the tensors' device. Bad input raises ``ValueError`` / ``TypeError`` with one line
 that says what to do.
 
-Lenses (names as in :data:`LENSES`):
+Lenses, by their names in :data:`probe.baselines.compare.BASELINES`:
 
 * ``linear`` -- :func:`linear_probe_accuracy`: linear-probe test accuracy, Alain & Bengio, "Understanding
   intermediate layers using linear classifier probes", 2016 (arXiv:1610.01644).
@@ -48,7 +48,6 @@ __all__ = [
     "DEFAULT_L2_GRID",
     "KNN_K",
     "TRANSRATE_EPS",
-    "LENSES",
     "h_score",
     "knn_accuracy",
     "leep",
@@ -58,17 +57,6 @@ __all__ = [
     "regularized_h_score",
     "transrate",
 ]
-
-LENSES: dict[str, str] = {
-    "linear": "linear-probe test accuracy: L2 logistic regression on standardised features (Alain & Bengio 2016)",
-    "knn": "cosine k-NN test accuracy, k = 20, majority vote (Wu et al. 2018)",
-    "transrate": "TransRate: coding rate of the features less their class-conditional rate (Huang et al., ICML 2022)",
-    "hscore_plain": "H-score tr(cov(f)^+ cov(E[f|y])) (Bao et al., ICIP 2019)",
-    "hscore": "regularised H-score with a Ledoit-Wolf shrunk covariance (Ibrahim et al. 2022)",
-    "cka": "linear CKA between the source's and a trained target's activations (Kornblith et al., ICML 2019)",
-    "leep": "LEEP: log expected empirical prediction of the source head (Nguyen et al., ICML 2020)",
-    "nce": "negative conditional entropy of target labels given the source head's labels (Tran et al., ICCV 2019)",
-}
 
 TRANSRATE_EPS = 1e-4  # the authors' default (see transrate)
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)

@@ -85,7 +85,6 @@ def _resolve(name: str) -> ArchSpec | None:
         name=f"timm:{name}",
         builder=functools.partial(build_timm, name),
         default_layers=timm_default_layers,
-        description=f"timm {name} (pretrained=False unless pretrained=True and cached)",
     )
 
 

@@ -125,7 +125,6 @@ def _resolve(name: str) -> ArchSpec | None:
         name=f"tv:{name}",
         builder=functools.partial(build_torchvision, name),
         default_layers=adapter_defaults,
-        description=f"torchvision {name} (weights=None unless pretrained=True and cached)",
     )
 
 
