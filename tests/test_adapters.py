@@ -13,12 +13,12 @@ from torch import nn
 
 from probe.core.gate import QuantaGate
 from probe.core.hooks import quanta_hooks, resolve_layer, source_forward
-from probe.core.layers import check_layers, discover_layers, explain_shared
+from probe.core.layers import check_layers, discover_layers
 from probe.errors import ArchitectureError, LayerError
 from probe.models import create_model, default_layers, get_arch, list_archs
 from probe.models.checkpoint import SourceInfo, attach_info
 from probe.models.targets import TargetFactory
-from probe.models.torchvision_models import GREY_NOTE
+from probe.models.torchvision_models import GREY_NOTE, RESNET_SHARED_NOTE
 from probe.settings import RunSettings
 from probe.training.trainer import make_optimizer
 
@@ -247,8 +247,9 @@ def test_shared_torchvision_relu_is_a_clear_layer_error():
         LayerError, match=r"'layer1.0.relu' runs 2 times.*output of 'layer1.0.bn1'.*'layer1.0.bn2' changed in place"
     ):
         check_layers(model, ["layer1.0.relu"], (3, 16, 16))
-    assert "'layerN.M.act2:input'" in explain_shared(model, "layer1.0.relu:input", (3, 16, 16))
-    assert explain_shared(model, "layer1.0.bn1", (3, 16, 16)) is None
+    with pytest.raises(LayerError) as shared:  # the builder's note says where timm has these pre-activations
+        check_layers(model, ["layer1.0.relu:input"], (3, 16, 16))
+    assert str(shared.value).endswith(f"reaches; {RESNET_SHARED_NOTE}")
     check_layers(model, ["layer1.0.bn1", "layer1.0.bn2", "layer1.0.conv2:input"], (3, 16, 16))
     with pytest.raises(LayerError, match="'fc' is the classifier head"):
         check_layers(model, ["fc"], (3, 16, 16))

@@ -107,6 +107,19 @@ def test_no_module_imports_from_a_higher_layer():
     assert not upward, "\n".join(sorted(upward))
 
 
+def test_report_imports_no_computation():
+    """report/ renders a measurement: what it reads of one (labels, per-layer values) lives in results/."""
+    allowed = {"report", "results", *LAYERS[0]}
+    found = [
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        if _layer(module) == "report"
+        for target in targets
+        if _layer(target) not in allowed
+    ]
+    assert not found, "\n".join(sorted(found))
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan)."""
     index: dict[str, int] = {}

@@ -15,7 +15,6 @@ import probe
 from probe.api import prepare
 from probe.baselines import (
     kendall_tau_b,
-    layer_scores,
     modules_through,
     run_baselines,
     spearman,
@@ -23,8 +22,6 @@ from probe.baselines import (
     transfer_layers,
     transfer_target,
 )
-from probe.baselines.scores import h_score, logme, pool_features
-from probe.core.hooks import source_forward
 from probe.errors import LayerError, SettingsError, ShapeMismatchError
 from probe.models.paper_cnn import PaperCNN
 from probe.report.figures import comparison_figure
@@ -232,14 +229,6 @@ def test_unknown_baselines_list_the_valid_names(bn_context):
     measurement = Measurement(SETTINGS.to_dict(), {}, "digits[5-9]", ["conv1"])
     with pytest.raises(SettingsError, match="unknown baseline 'bogus'.*choose from yosinski, logme, hscore, .*knn"):
         run_baselines(bn_context, measurement, ["logme", "bogus"])
-
-
-def test_scores_use_the_target_training_split_and_labels(bn_context):
-    train = bn_context.tasks["AnB"].train
-    scores = layer_scores(bn_context.source, "bn2", train.x, train.y)
-    features = pool_features(source_forward(bn_context.source, "bn2", train.x))
-    assert scores["logme"] == pytest.approx(logme(features, train.y), rel=1e-9)
-    assert scores["hscore"] == pytest.approx(h_score(features, train.y, shrinkage=True), rel=1e-9)
 
 
 def test_selffer_bnb_uses_the_model_trained_on_b(bn_context):

@@ -7,6 +7,9 @@ import io
 import json
 import math
 import os
+import pty
+import re
+import select
 import shutil
 import signal
 import struct
@@ -17,10 +20,14 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from rich.text import Text
 from typer.main import get_command
 from typer.testing import CliRunner
 
 import probe
+import probe.baselines.transfer
+import probe.engine.run
+import probe.engine.sources
 from probe.cli import LiveProgress, app
 from probe.report.tables import format_mean_std, results_table, to_json
 from probe.results import SCHEMA, Measurement, RunSpec
@@ -198,6 +205,7 @@ def test_scan_reuses_the_cached_source_and_json_is_all_of_stdout(cache, scanned)
     result = invoke(["scan", *TINY, "--epochs", "2", "--layers", "fc", "--json"], env=cache)
     assert result.exit_code == 0, explain(result)
     assert "reused the cached paper-cnn" in result.stderr
+    assert list((Path(cache["PROBE_CACHE"]) / "sources").glob("paper-cnn-digits_0-4-*.pt"))  # under $PROBE_CACHE
     data = json.loads(result.stdout)  # nothing else on stdout
     assert data["schema"] == SCHEMA and data["layers"] == ["fc"]
     assert data["source"]["dataset"] == "digits[0-4]" and isinstance(data["source"]["test_top1"], float)
@@ -261,34 +269,45 @@ def test_interrupted_scan_says_how_to_resume_and_resumes(tmp_path, cache, scanne
 def test_sigterm_stops_a_scan_cleanly(tmp_path, checkpoint):
     source, _ = checkpoint
     out = tmp_path / "terminated"
-    env = {**os.environ, "PROBE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    # Long runs of a given source: the signal arrives while the first run trains.
-    command = [
-        sys.executable,
-        "-m",
-        "probe",
-        "scan",
-        "--source",
-        str(source),
-        "--epochs",
-        "500",
-        "--layers",
-        "conv1,fc",
-        "--out",
-        str(out),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # stderr is a terminal, so the live display shows each epoch: the signal follows the first one shown, seconds
+    # before the scan's 40 epochs (in this process: --jobs 1) would be done
+    env = {**os.environ, "PROBE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "COLUMNS": "1000"}
+    args = ["--source", source, "--epochs", 20, "--layers", "conv1,fc", "--jobs", 1, "--out", out]
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "probe", "scan", *map(str, args)], stdout=subprocess.PIPE, stderr=follower, env=env
+    )
+    os.close(follower)
+    shown = b""
+
+    def read_more(deadline: float) -> bool:
+        nonlocal shown
+        ready, _, _ = select.select([leader], [], [], max(0.0, deadline - time.monotonic()))
+        try:
+            chunk = os.read(leader, 65536) if ready else b""
+        except OSError:  # EIO: the scan closed the terminal
+            chunk = b""
+        shown += chunk
+        return bool(chunk)
+
     try:
-        deadline = time.monotonic() + 120
-        while not (out / "fingerprint.json").exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while not re.search(rb"epoch \d+/20", shown) and read_more(deadline):
+            pass
+        assert re.search(rb"epoch \d+/20", shown), shown.decode(errors="replace")[-2000:]
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
+        deadline = time.monotonic() + 60
+        while read_more(deadline):
+            pass
+        stdout = process.stdout.read()
+        process.wait(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
+        os.close(leader)
+    stderr = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))  # the display's codes out
     assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and stdout == ""
+    assert "Traceback" not in stderr and stdout == b""
     assert "resume with: python -m probe scan" in stderr
 
 
@@ -422,29 +441,36 @@ def test_cifar_target_without_data_is_a_one_line_error(tmp_path, checkpoint, cac
     assert_user_error(result)
 
 
-def _check_fails_fast_writing_nothing(args, tmp_path, fragment):
-    """``args`` fail in under 5 s with one line and exit 2, and nothing is written (no source trained or cached)."""
+def _check_fails_before_training(args, tmp_path, fragment, monkeypatch):
+    """``args`` fail with one line and exit 2 before any training starts, and nothing is written (no source cached)."""
+    trained: list[dict] = []
+
+    def no_training(**kwargs):
+        trained.append(kwargs)
+        raise RuntimeError("trained before the check")
+
+    for module in (probe.engine.sources, probe.engine.run, probe.baselines.transfer):  # every caller of fit
+        monkeypatch.setattr(module, "fit", no_training)
     env = {"PROBE_CACHE": str(tmp_path / "cache"), "PROBE_DATA": str(tmp_path / "data")}
     before = sorted(p.name for p in tmp_path.iterdir())
-    started = time.perf_counter()
     result = invoke(args, env=env)
-    seconds = time.perf_counter() - started
+    assert trained == [], "the check ran after training began"
     assert_user_error(result, fragment)
-    assert seconds < 5, f"{seconds:.1f} s: the check ran after expensive work"
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_a_cifar_target_without_the_data_fails_before_a_source_is_trained(tmp_path):
-    _check_fails_fast_writing_nothing(["scan", "--target", "cifar10", *TINY], tmp_path, "CIFAR-10 not found")
+def test_a_cifar_target_without_the_data_fails_before_a_source_is_trained(tmp_path, monkeypatch):
+    _check_fails_before_training(["scan", "--target", "cifar10", *TINY], tmp_path, "CIFAR-10 not found", monkeypatch)
 
 
-def test_a_checkpoint_that_cannot_be_written_fails_before_training(tmp_path):
-    _check_fails_fast_writing_nothing(["train", "--out", "/proc/ck.pt", *TINY], tmp_path, "cannot write the checkpoint")
+def test_a_checkpoint_that_cannot_be_written_fails_before_training(tmp_path, monkeypatch):
+    args = ["train", "--out", "/proc/ck.pt", *TINY]
+    _check_fails_before_training(args, tmp_path, "cannot write the checkpoint", monkeypatch)
 
 
-def test_an_empty_layer_list_is_an_error_not_every_layer(tmp_path):
+def test_an_empty_layer_list_is_an_error_not_every_layer(tmp_path, monkeypatch):
     args = ["scan", "--layers", "", *TINY, "--out", tmp_path / "out"]
-    _check_fails_fast_writing_nothing(args, tmp_path, "the layer list is empty")
+    _check_fails_before_training(args, tmp_path, "the layer list is empty", monkeypatch)
 
 
 def test_the_cli_and_the_api_record_the_same_settings_for_the_same_request(tmp_path, checkpoint, cache):
@@ -504,21 +530,24 @@ def test_table_shows_failed_runs_and_baseline_columns(scanned):
 def test_live_progress_tracks_the_whole_scan():
     from probe.engine.progress import ProgressEvent
 
-    buffer = io.StringIO()
-    live = LiveProgress(enabled=True, console=Console(file=buffer, force_terminal=True, width=200))
-    callback = live.phase("scan")
-    with live:
-        for index, layer in enumerate(("conv1", "fc")):
-            for epoch in (1, 2, 3):
-                callback(
-                    ProgressEvent(
-                        RunSpec(layer, 0.9, "AnB", 0), epoch, 3, {"lambda_source": 0.8, "top1": 0.5}, index, 2
-                    )
-                )
-        task = live._progress.tasks[0]
-        assert (task.completed, task.total) == (6, 6)
-        assert "run 2/2" in task.description and "fc" in task.description and "λS" in task.description
-    assert live.finished_runs == {0, 1}
+    def shown(layers: tuple[str, ...]) -> tuple[str, set[int]]:
+        """The display's last frame (drawn when it closes) after every epoch of a run per layer, of 2 runs."""
+        buffer = io.StringIO()
+        live = LiveProgress(enabled=True, console=Console(file=buffer, force_terminal=True, width=200))
+        callback = live.phase("scan")
+        with live:
+            for index, layer in enumerate(layers):
+                for epoch in (1, 2, 3):
+                    metrics = {"lambda_source": 0.8, "top1": 0.5}
+                    callback(ProgressEvent(RunSpec(layer, 0.9, "AnB", 0), epoch, 3, metrics, index, 2))
+        return Text.from_ansi(buffer.getvalue()).plain.strip(), live.finished_runs
+
+    half, finished = shown(("conv1",))  # one of two runs: half of the whole scan's epochs
+    assert " 50% " in half and half.endswith("run 1/2 · AnB conv1 init 0.9 seed 0 · epoch 3/3 · λS 0.800 · top-1 0.500")
+    assert finished == {0}
+    whole, finished = shown(("conv1", "fc"))
+    assert " 100% " in whole and whole.endswith("run 2/2 · AnB fc init 0.9 seed 0 · epoch 3/3 · λS 0.800 · top-1 0.500")
+    assert finished == {0, 1}
 
 
 @pytest.mark.slow

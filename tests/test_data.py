@@ -26,7 +26,9 @@ from probe.data import (
 )
 from probe.data import cifar as cifar_module
 from probe.data.digits import digits_indices
+from probe.data.image_cache import default_cache_dir
 from probe.errors import DataError, SettingsError
+from probe.util.cache import cache_root
 
 # ------------------------------------------------------------------ tiny CIFAR archives
 
@@ -313,6 +315,21 @@ def test_data_dir_from_environment(tmp_path: pathlib.Path, monkeypatch: pytest.M
     assert len(load_task("cifar10").train) == 30
     monkeypatch.delenv("PROBE_DATA")
     assert resolve_data_dir() == pathlib.Path("~/.cache/quanta-probe/data").expanduser().resolve()
+
+
+def test_one_cache_root_with_home_expanded(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("PROBE_DATA", raising=False)
+    monkeypatch.setenv("PROBE_CACHE", "~/elsewhere")
+    assert cache_root() == tmp_path / "elsewhere"
+    assert default_cache_dir() == (tmp_path / "elsewhere" / "images").resolve()
+    assert resolve_data_dir() == (tmp_path / ".cache" / "quanta-probe" / "data").resolve()  # PROBE_DATA's, not moved
+    for unset in ("", None):
+        if unset is None:
+            monkeypatch.delenv("PROBE_CACHE")
+        else:
+            monkeypatch.setenv("PROBE_CACHE", unset)
+        assert cache_root() == tmp_path / ".cache" / "quanta-probe"
 
 
 def test_missing_folder_names_the_path(tmp_path: pathlib.Path) -> None:

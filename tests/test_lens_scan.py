@@ -90,7 +90,8 @@ def test_scan_numbers_equal_the_lenses_on_independent_features(lens_scan, tiny_s
         linear = lenses.linear_probe_accuracy(f_train, train.y, f_test, test.y, seed=settings.seed)["accuracy"]
         assert got["linear"] == pytest.approx(linear, abs=1e-12)
         assert got["knn"] == pytest.approx(lenses.knn_accuracy(f_train, train.y, f_test, test.y)["accuracy"], abs=1e-12)
-        assert got["transrate"] == pytest.approx(lenses.transrate(f_train, train.y), rel=1e-9)
+        eps = baselines["lens_settings"]["transrate_eps"]  # the eps recorded is the one used
+        assert got["transrate"] == pytest.approx(lenses.transrate(f_train, train.y, eps=eps), rel=1e-9)
         assert got["hscore"] == pytest.approx(lenses.regularized_h_score(f_train, train.y), rel=1e-9)
         assert got["hscore_plain"] == pytest.approx(lenses.h_score(f_train, train.y), rel=1e-9)
         assert got["hscore"] == pytest.approx(h_score(f_train, train.y, shrinkage=True), rel=1e-9)
@@ -115,6 +116,7 @@ def test_scan_numbers_equal_the_lenses_on_independent_features(lens_scan, tiny_s
         "linear", "knn", "transrate", "hscore", "hscore_plain", "logme", "cka", "cka_alone",
     }  # fmt: skip
     assert baselines["lens_settings"]["knn_k"] == lenses.KNN_K
+    assert baselines["lens_settings"]["transrate_eps"] == lenses.TRANSRATE_EPS
 
 
 def test_features_are_computed_once_per_layer_and_split(lens_scan, tiny_source):

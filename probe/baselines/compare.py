@@ -48,7 +48,7 @@ from ..engine.context import ProbeContext
 from ..engine.progress import Progress, epoch_reporter
 from ..errors import SettingsError
 from ..results.quality import kendall_tau_b, spearman
-from ..results.schema import Measurement, RunSpec
+from ..results.schema import Measurement, RunSpec, entry_value, lambda_per_layer
 from ..training.trainer import EpochEvent
 from . import lenses
 from .scores import H_SCORE_SHRINKAGE, h_score, layer_features, logme
@@ -58,25 +58,6 @@ FEATURE_LENSES = ("logme", "hscore", "hscore_plain", "transrate", "linear", "knn
 HEAD_LENSES = ("leep", "nce")
 BASELINES = ("yosinski", *FEATURE_LENSES, "cka", *HEAD_LENSES)
 POOLING = "conv maps (N, C, H, W) globally average-pooled to (N, C); token sequences (N, L, D) averaged over L"
-# What each per-layer baseline entry is called in tables and figures.
-BASELINE_LABELS = {
-    "AnB_frozen": "Yosinski AnB (frozen)",
-    "AnB_finetune": "Yosinski AnB+ (fine-tuned)",
-    "AnA_frozen": "Yosinski AnA (frozen)",
-    "AnA_finetune": "Yosinski AnA+ (fine-tuned)",
-    "BnB_frozen": "Yosinski BnB (selffer, frozen)",
-    "BnB_finetune": "Yosinski BnB+ (selffer, fine-tuned)",
-    "logme": "LogME",
-    "hscore": "H-score (regularised)",
-    "hscore_plain": "H-score (plain)",
-    "transrate": "TransRate",
-    "linear": "linear probe top-1",
-    "knn": f"{lenses.KNN_K}-NN top-1 (cosine)",
-    "cka": "CKA source–QUANTA target",
-    "cka_alone": "CKA source–target alone",
-    "leep": "LEEP (source head)",
-    "nce": "NCE (source head)",
-}
 
 
 def check_baselines(names: Sequence[str]) -> list[str]:
@@ -86,24 +67,6 @@ def check_baselines(names: Sequence[str]) -> list[str]:
     if unknown:
         raise SettingsError(f"unknown baseline '{unknown[0]}': choose from {', '.join(BASELINES)}")
     return chosen
-
-
-def lambda_per_layer(measurement: Measurement, task: str) -> list[float]:
-    """λS (mean over runs, first init) per layer for ``task``; NaN where there is none."""
-    init = measurement.settings["init"][0]
-    values = []
-    for layer in measurement.layers:
-        try:
-            values.append(measurement.summary(layer, init, task).mean["lambda_source"])
-        except KeyError:
-            values.append(math.nan)
-    return values
-
-
-def entry_value(entry) -> float:
-    """A per-layer entry as a number: a run summary's mean or a score; NaN for a missing one (JSON null)."""
-    value = entry.get("mean") if isinstance(entry, dict) else entry
-    return math.nan if value is None else float(value)
 
 
 def run_baselines(
@@ -170,7 +133,7 @@ def run_baselines(
             "knn_k": lenses.KNN_K,
             "linear_l2_grid": list(lenses.DEFAULT_L2_GRID),
             "linear_seed": settings.seed,
-            "transrate_eps": 1e-4,
+            "transrate_eps": lenses.TRANSRATE_EPS,
             "n_train": len(train),
             "n_test": len(test),
         }

@@ -8,7 +8,7 @@ values: they are mapped to 0..C-1 in sorted order). Scores that need it compute 
 computation stays on the tensors' device. Bad input raises ``ValueError`` / ``TypeError`` with one line
 that says what to do.
 
-Lenses (names as in :data:`LENSES`):
+Lenses, by their names in :data:`probe.baselines.compare.BASELINES`:
 
 * ``linear`` -- :func:`linear_probe_accuracy`: linear-probe test accuracy, Alain & Bengio, "Understanding
   intermediate layers using linear classifier probes", 2016 (arXiv:1610.01644).
@@ -42,10 +42,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..results.labels import KNN_K
+
 __all__ = [
     "DEFAULT_L2_GRID",
     "KNN_K",
-    "LENSES",
+    "TRANSRATE_EPS",
     "h_score",
     "knn_accuracy",
     "leep",
@@ -56,18 +58,7 @@ __all__ = [
     "transrate",
 ]
 
-LENSES: dict[str, str] = {
-    "linear": "linear-probe test accuracy: L2 logistic regression on standardised features (Alain & Bengio 2016)",
-    "knn": "cosine k-NN test accuracy, k = 20, majority vote (Wu et al. 2018)",
-    "transrate": "TransRate: coding rate of the features less their class-conditional rate (Huang et al., ICML 2022)",
-    "hscore_plain": "H-score tr(cov(f)^+ cov(E[f|y])) (Bao et al., ICIP 2019)",
-    "hscore": "regularised H-score with a Ledoit-Wolf shrunk covariance (Ibrahim et al. 2022)",
-    "cka": "linear CKA between the source's and a trained target's activations (Kornblith et al., ICML 2019)",
-    "leep": "LEEP: log expected empirical prediction of the source head (Nguyen et al., ICML 2020)",
-    "nce": "negative conditional entropy of target labels given the source head's labels (Tran et al., ICCV 2019)",
-}
-
-KNN_K = 20
+TRANSRATE_EPS = 1e-4  # the authors' default (see transrate)
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -334,14 +325,14 @@ def _coding_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
     return 0.5 * _logdet_identity_plus(z, 1.0 / (z.shape[0] * eps))
 
 
-def transrate(features: torch.Tensor, labels: torch.Tensor, *, eps: float = 1e-4) -> float:
+def transrate(features: torch.Tensor, labels: torch.Tensor, *, eps: float = TRANSRATE_EPS) -> float:
     """TransRate (Huang et al., ICML 2022): R(Z, eps) - R(Z, eps | Y), in nats.
 
     Z: the features centred (column means removed) and then scaled to unit L2 norm per example, as the
     authors' experiment code does (``pre_transrate(normalize=True)`` on centralised features), which makes
     the score independent of a layer's feature scale. Coding rate R(Z, eps) =
     1/2 log det(I_d + Z^T Z / (n eps)); this is the paper's 1/2 log det(I_d + d / (n eps'^2) Z^T Z) with
-    ``eps = eps'^2 / d``, the parametrisation of the authors' code, and eps = 1e-4 is their default.
+    ``eps = eps'^2 / d``, the parametrisation of the authors' code; the default eps, :data:`TRANSRATE_EPS`, is theirs.
     Class-conditional rate R(Z, eps | Y) = sum_y (n_y / n) R(Z_y, eps) with Z_y the n_y rows of class y
     (the weighting of the paper and of the authors' experiment code; their short demo averages the
     classes with 1/K instead, the same for balanced classes). Log-determinants use the smaller Gram

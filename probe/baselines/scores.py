@@ -167,11 +167,3 @@ def layer_features(model: nn.Module, layer: str, x: torch.Tensor | Split, batch_
         )
     finally:
         model.train(was_training)
-
-
-def layer_scores(
-    source: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
-) -> dict[str, float]:
-    """LogME and H-score of the source's pooled tensors at ``layer`` for inputs ``x`` with labels ``y``."""
-    features = layer_features(source, layer, x, batch_size)
-    return {"logme": logme(features, y), "hscore": h_score(features, y, shrinkage=H_SCORE_SHRINKAGE)}

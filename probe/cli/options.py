@@ -10,6 +10,7 @@ import typer
 
 from ..baselines import BASELINES
 from ..settings import DIGITS_PRESET, GATE_BUDGET
+from ..util.cache import DEFAULT_DATA_DIR
 
 
 class Backend(str, Enum):
@@ -53,7 +54,7 @@ DataDirOption = Annotated[
     typer.Option(
         "--data-dir",
         help="Folder with the CIFAR, Fashion-MNIST and torchvision (tv:NAME) data (Fashion-MNIST also from Debian's "
-        "/usr/share/datasets/fashion-mnist). \\[default: $PROBE_DATA or ~/.cache/quanta-probe/data]",
+        f"/usr/share/datasets/fashion-mnist). \\[default: $PROBE_DATA or {DEFAULT_DATA_DIR}]",
     ),
 ]
 DownloadOption = Annotated[

@@ -1,6 +1,8 @@
 """Default probe sets: which of a model's discovered points a scan probes when no layers are named.
 
-Model-family heuristics live here, apart from discovery itself (:mod:`probe.core.layers`).
+The generic heuristics, for any model an adapter built, apart from discovery itself (:mod:`probe.core.layers`).
+A family's own rule lives with its builder, as the registry's ``default_layers`` callable (timm's ResNets in
+:mod:`probe.models.timm_models`).
 """
 
 from __future__ import annotations
@@ -19,19 +21,14 @@ GENERIC_DEFAULT_MAX = 16
 def default_points(model: nn.Module, layers: Sequence[LayerInfo]) -> list[str]:
     """A sensible default probe set for ``model`` among its discovered ``layers``.
 
-    - ResNets (timm): the stem's pre-activation and each residual block's pre-activation at its final
-      activation (``NAME:input`` points);
-    - transformers and ConvNeXts: each block's MLP hidden pre-activation (``*.mlp.fc1``);
+    - blocks with an MLP named ``mlp.fc1`` (timm's transformers and ConvNeXts): each block's MLP hidden
+      pre-activation;
     - anything else: every point outside squeeze-excitation gates when there are at most 16, else the
       first point and the last point of each numbered stage/block (``features.5``, ``blocks.3``, ``layer2.1``).
     """
     names = [layer.name for layer in layers]
     if not names:
         return []
-    cls = type(model)
-    if cls.__name__ == "ResNet" and cls.__module__.startswith("timm."):
-        residual = [layer.name for layer in layers if layer.kind == "act-input"]
-        return [names[0], *[n for n in residual if n != names[0]]]
     mlp = [n for n in names if n.endswith(".mlp.fc1")]
     if mlp:
         return mlp
@@ -83,10 +80,15 @@ def input_shape_of(model: nn.Module) -> tuple[int, int, int] | None:
     return None
 
 
-def adapter_defaults(model: nn.Module) -> list[str]:
-    """The default probe set of a model built by an adapter: :func:`default_points` of its discovered points."""
+def adapter_layers(model: nn.Module) -> list[LayerInfo]:
+    """The discovered points of a model built by an adapter, at the input shape it was built for."""
     shape = input_shape_of(model)
     if shape is None:  # not built by an adapter: the first conv's channels at ImageNet size
         convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
         shape = (convs[0].in_channels if convs else 3, 224, 224)
-    return default_points(model, discover_layers(model, shape))
+    return discover_layers(model, shape)
+
+
+def adapter_defaults(model: nn.Module) -> list[str]:
+    """The generic default probe set of a model built by an adapter: :func:`default_points` of its points."""
+    return default_points(model, adapter_layers(model))

@@ -313,7 +313,8 @@ def check_layers(model: nn.Module, layers: Sequence[str], input_shape: Sequence[
     """Raise a LayerError for a layer that does not run, or runs more than once, in one forward pass.
 
     Any module output or ``NAME:input`` may be probed, not only discovered points; this only rejects
-    names the wiring cannot mix. A shared module's error names the unique points equivalent to each call.
+    names the wiring cannot mix. A shared module's error names the unique points equivalent to each call,
+    then the model's ``quanta_shared_note`` where its builder left one (a family's way round its shared modules).
     """
     points = [resolve_layer(model, layer) for layer in layers]
     trace = _trace(model, tuple(input_shape))
@@ -331,14 +332,6 @@ def check_layers(model: nn.Module, layers: Sequence[str], input_shape: Sequence[
                 f"'{point.layer}' is the classifier head: each target has its own head, so it cannot be mixed; "
                 "probe an earlier layer (see `probe layers`)"
             )
-
-
-def explain_shared(model: nn.Module, layer: str, input_shape: Sequence[int]) -> str | None:
-    """Why ``layer`` cannot be probed when its module runs more than once per forward, else None."""
-    module_name = layer.removesuffix(INPUT_SUFFIX)
-    trace = _trace(model, tuple(input_shape))
-    runs = trace.calls[module_name]
-    return _shared_message(model, layer, module_name, runs, trace) if runs > 1 else None
 
 
 def _ordinal(n: int) -> str:
@@ -361,10 +354,5 @@ def _shared_message(model: nn.Module, layer: str, module_name: str, runs: int, t
     message = (
         f"'{layer}' runs {runs} times in one forward pass (a shared module), so it cannot be probed: {'; '.join(parts)}"
     )
-    if type(model).__module__.startswith("torchvision.models.resnet"):
-        message += (
-            "; torchvision's ResNet reuses one ReLU per block, so its residual pre-activations cannot be probed — "
-            "timm's ResNets (e.g. 'resnet18', which loads torchvision ResNet weights as they are) have them as "
-            "'layerN.M.act2:input'"
-        )
-    return message
+    note = getattr(model, "quanta_shared_note", None)
+    return f"{message}; {note}" if note else message

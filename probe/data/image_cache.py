@@ -50,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, SettingsError
+from ..util.cache import cache_root
 from .image_convert import CONVERSION_RULE, DEFAULT_INTERPOLATION, RESIZE_RULE, BadImage, resize_shape, to_uint8
 
 __all__ = [
@@ -112,10 +113,8 @@ class Part:
 
 
 def default_cache_dir() -> pathlib.Path:
-    """``$PROBE_CACHE/images`` if ``PROBE_CACHE`` is set, else ``~/.cache/quanta-probe/images``."""
-    root = os.environ.get("PROBE_CACHE")
-    base = pathlib.Path(root).expanduser() if root else pathlib.Path.home() / ".cache" / "quanta-probe"
-    return (base / "images").resolve()
+    """``images`` under the :func:`~probe.util.cache.cache_root` (``$PROBE_CACHE`` or ``~/.cache/quanta-probe``)."""
+    return (cache_root() / "images").resolve()
 
 
 def cache_key(description: dict[str, Any]) -> str:

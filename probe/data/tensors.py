@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..util.cache import DEFAULT_DATA_DIR
 from .base import BaseData
 from .registry import get_dataset
 from .spec import DatasetSpec, parse_spec
@@ -40,7 +41,7 @@ _CACHE: dict[tuple[str, str], BaseData] = {}
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
     """The data folder: ``data_dir`` if given, else ``$PROBE_DATA``, else ``~/.cache/quanta-probe/data``."""
-    chosen = data_dir if data_dir is not None else os.environ.get("PROBE_DATA") or "~/.cache/quanta-probe/data"
+    chosen = data_dir if data_dir is not None else os.environ.get("PROBE_DATA") or DEFAULT_DATA_DIR
     return pathlib.Path(chosen).expanduser().resolve()
 
 

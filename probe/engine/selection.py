@@ -23,7 +23,7 @@ def check_layer_list(layers: str | Sequence[str] | None) -> None:
         )
 
 
-def probeable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+def default_probe_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
     """The default probe layers: the adapter's set when the model has one, else every discovered point."""
     info = source_info(model)
     if info is not None and info.arch is not None:
@@ -62,7 +62,7 @@ def expand_layers(model: nn.Module, patterns: Sequence[str], candidates: Callabl
 def choose_layers(model: nn.Module, layers: str | Sequence[str] | None, input_shape: Sequence[int]) -> list[str]:
     """The layers a scan probes (checked to be probeable): ``layers`` expanded, or the model's defaults."""
     if layers is None:
-        chosen = probeable_layers(model, input_shape)
+        chosen = default_probe_layers(model, input_shape)
     else:
         patterns = [layers] if isinstance(layers, str) else list(layers)
         chosen = expand_layers(model, patterns, lambda: all_layers(model, input_shape))

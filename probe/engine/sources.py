@@ -23,6 +23,7 @@ from ..models.registry import create_model
 from ..results.schema import final_figures
 from ..settings import DEFAULT_ARCH, DEFAULT_SOURCE_DATA, RunSettings, init_seed
 from ..training.trainer import fit, make_optimizer
+from ..util.cache import cache_root
 from ..util.device import resolve_device
 from ..util.files import check_writable, file_sha256
 from .progress import Progress, epoch_reporter
@@ -187,10 +188,6 @@ def load_source(
     return attach_info(model, info)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "quanta-probe"))
-
-
 def source_cache_path(
     arch: str,
     data: str | DatasetSpec | TaskData,
@@ -214,7 +211,7 @@ def source_cache_path(
         key_data["images"] = {"cache": task.meta.get("cache"), "preprocessing": task.meta.get("preprocessing")}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{arch}-{spec}").strip("_")[-60:]
-    return _cache_dir() / "sources" / f"{label}-{key}.pt"
+    return cache_root() / "sources" / f"{label}-{key}.pt"
 
 
 def cached_source(

@@ -69,11 +69,7 @@ class PaperCNN(nn.Module):
         return self.head(self.act7(self.fc(self.flatten(x))))
 
 
-@register_arch(
-    "paper-cnn",
-    default_layers=lambda model: list(PAPER_CNN_LAYERS),
-    description="the QUANTA paper's CNN: 6 convs (64, 256, 512 maps), FC 2048; option width",
-)
+@register_arch("paper-cnn", default_layers=lambda model: list(PAPER_CNN_LAYERS))
 def paper_cnn(
     num_classes: int, in_chans: int = 3, input_size: tuple[int, int] = (32, 32), width: float = 1.0
 ) -> PaperCNN:

@@ -13,7 +13,7 @@ import difflib
 import fnmatch
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -31,8 +31,6 @@ class ArchSpec:
     name: str
     builder: Builder
     default_layers: Callable[[nn.Module], list[str]] | None = None
-    description: str = ""
-    options: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -42,15 +40,12 @@ _LISTERS: dict[str, Callable[[str], list[str]]] = {}
 
 
 def register_arch(
-    name: str,
-    *,
-    default_layers: Callable[[nn.Module], list[str]] | None = None,
-    description: str = "",
+    name: str, *, default_layers: Callable[[nn.Module], list[str]] | None = None
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder`` under ``name``."""
+    """Decorator registering ``builder`` under ``name``; ``default_layers(model)`` names its default probe set."""
 
     def wrap(builder: Builder) -> Builder:
-        _REGISTRY[name] = ArchSpec(name, builder, default_layers, description)
+        _REGISTRY[name] = ArchSpec(name, builder, default_layers)
         return builder
 
     return wrap

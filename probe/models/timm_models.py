@@ -12,7 +12,7 @@ import functools
 import timm
 from torch import nn
 
-from ..core.default_points import adapter_defaults
+from ..core.default_points import adapter_layers, default_points
 from ..core.input_size import build_checked
 from .pretrained import timm_pretrained_overlay
 from .registry import ArchSpec, register_namespace
@@ -66,14 +66,25 @@ def build_timm(
     )
 
 
+def timm_default_layers(model: nn.Module) -> list[str]:
+    """The default probe set of a timm model: for a ResNet, the stem's pre-activation and each residual block's
+    pre-activation at its final activation (``layerN.M.act2:input``); else the generic
+    :func:`~probe.core.default_points.default_points`."""
+    layers = adapter_layers(model)
+    if not isinstance(model, timm.models.ResNet):
+        return default_points(model, layers)
+    names = [layer.name for layer in layers]
+    residual = [layer.name for layer in layers if layer.kind == "act-input"]
+    return names[:1] + [n for n in residual if n not in names[:1]]
+
+
 def _resolve(name: str) -> ArchSpec | None:
     if not name or not timm.is_model(name):
         return None
     return ArchSpec(
         name=f"timm:{name}",
         builder=functools.partial(build_timm, name),
-        default_layers=adapter_defaults,
-        description=f"timm {name} (pretrained=False unless pretrained=True and cached)",
+        default_layers=timm_default_layers,
     )
 
 

@@ -3,7 +3,8 @@
 Built with ``weights=None`` unless ``pretrained`` is asked (then only from the local torch hub cache).
 torchvision models take 3-channel images: for grey data a forward pre-hook on the model repeats the one
 channel three times, so every layer keeps its torchvision name and plain torchvision state_dicts load
-as they are; ``model.quanta_input_note`` says so.
+as they are; ``model.quanta_input_note`` says so. A ResNet carries ``model.quanta_shared_note``: where its
+residual pre-activations, which no name reaches here, can be probed instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from .pretrained import fetch_torchvision_weights, torchvision_weights
 from .registry import ArchSpec, register_namespace
 
 GREY_NOTE = "grey images repeated to 3 channels"
+RESNET_SHARED_NOTE = (
+    "torchvision's ResNet reuses one ReLU per block, so its residual pre-activations cannot be probed — "
+    "timm's ResNets (e.g. 'resnet18', which loads torchvision ResNet weights as they are) have them as "
+    "'layerN.M.act2:input'"
+)
 _CHECKED: set[tuple] = set()
 
 
@@ -88,24 +94,27 @@ def build_torchvision(
         fetch_torchvision_weights(name, weights)  # a failed download is said as one, before the model is built
 
     def make(size: tuple[int, int]) -> nn.Module:
-        return _with_grey(_create(name, num_classes, size, None, options), in_chans)
+        return _with_notes(_create(name, num_classes, size, None, options), in_chans)
 
     rebuild = name.startswith("vit_") and weights is None  # only a fresh ViT can be rebuilt for another size
     key = (name, in_chans, input_size, repr(sorted((k, repr(v)) for k, v in options.items())))
     model: list[nn.Module] = []  # the one built, for the size search when it cannot be rebuilt
 
     def build() -> nn.Module:
-        model.append(_with_grey(_create(name, num_classes, input_size, weights, options), in_chans))
+        model.append(_with_notes(_create(name, num_classes, input_size, weights, options), in_chans))
         return model[0]
 
     same = make if rebuild else (lambda size: model[0])
     return build_checked(arch, (in_chans, *input_size), build, make, options, _CHECKED, key, rebuild_built=same)
 
 
-def _with_grey(model: nn.Module, in_chans: int) -> nn.Module:
+def _with_notes(model: nn.Module, in_chans: int) -> nn.Module:
+    # plain attributes, outside the state_dict
     if in_chans == 1:
         model.register_forward_pre_hook(repeat_grey)
-        object.__setattr__(model, "quanta_input_note", GREY_NOTE)  # a plain attribute, outside the state_dict
+        object.__setattr__(model, "quanta_input_note", GREY_NOTE)
+    if isinstance(model, torchvision.models.ResNet):
+        object.__setattr__(model, "quanta_shared_note", RESNET_SHARED_NOTE)  # read by core.layers.check_layers
     return model
 
 
@@ -116,7 +125,6 @@ def _resolve(name: str) -> ArchSpec | None:
         name=f"tv:{name}",
         builder=functools.partial(build_torchvision, name),
         default_layers=adapter_defaults,
-        description=f"torchvision {name} (weights=None unless pretrained=True and cached)",
     )
 
 

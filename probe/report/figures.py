@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..baselines.compare import BASELINE_LABELS, entry_value, lambda_per_layer
-from ..results.schema import Measurement
+from ..results.labels import BASELINE_LABELS
+from ..results.schema import Measurement, entry_value, lambda_per_layer
 from ..util.files import save_png
 from .views import TASK_TITLES, describe, finite, inits_of, layer_order, summary_index, tasks_of
 

@@ -15,20 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..baselines.compare import BASELINE_LABELS
 from ..results.assessment import assess
+from ..results.labels import BASELINE_LABELS, METRIC_LABELS
 from ..results.quality import SETTLED_DRIFT
-from ..results.schema import Measurement, Summary, strict_json
+from ..results.schema import TEST_METRICS, Measurement, Summary, strict_json
 from .views import describe, finite, inits_of, layer_order, summary_index, tasks_of
-
-METRIC_LABELS = {
-    "lambda_source": "λS",
-    "top1": "top-1",
-    "top3": "top-3",
-    "loss": "loss",
-    "precision": "precision",
-    "recall": "recall",
-}
 
 
 def format_mean_std(mean: float, std: float, ok_runs: int, digits: int = 3) -> str:
@@ -165,7 +156,7 @@ def results_table(measurement: Measurement) -> Table:
     table.add_column("layer", style="bold")  # names are added as Text: never read as markup
     for init in inits:
         table.add_column(f"λS (init {init:g})" if several else "λS", justify="right", style="cyan")
-    for metric in ("top1", "top3", "loss", "precision", "recall"):
+    for metric in TEST_METRICS:
         table.add_column(METRIC_LABELS[metric], justify="right")
     if partial:
         table.add_column("ok / runs", justify="right")
@@ -181,7 +172,7 @@ def results_table(measurement: Measurement) -> Table:
         main = index.get(("AnB", first, layer)) if first is not None else None
         row: list = [Text(layer)]
         row += [_cell(index.get(("AnB", init, layer)), "lambda_source") for init in inits]
-        row += [_cell(main, metric) for metric in ("top1", "top3", "loss", "precision", "recall")]
+        row += [_cell(main, metric) for metric in TEST_METRICS]
         if partial:
             group = [index[k] for k in index if k[0] == "AnB" and k[2] == layer]
             ok, runs = sum(s.ok_runs for s in group), sum(s.runs for s in group)

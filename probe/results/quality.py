@@ -117,11 +117,6 @@ def settled_drift(trajectory: Sequence[float], last_epochs: int) -> float:
     return float(abs(slope) * (len(tail) - 1))
 
 
-def is_settled(drift: float, threshold: float = SETTLED_DRIFT) -> bool:
-    """Whether a drift from :func:`settled_drift` is small enough for λS to be read as a result."""
-    return drift <= threshold
-
-
 def impairment(quanta_top1: Sequence[float], alone_top1: float) -> float:
     """Top-1 of the target trained alone minus the mean QUANTA target top-1 over layers (positive = worse)."""
     values = [v for v in quanta_top1 if math.isfinite(v)]

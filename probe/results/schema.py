@@ -16,7 +16,8 @@ from ..settings import lr_scale_sum
 from .quality import SETTLED_DRIFT, settled_drift
 
 SCHEMA = "quanta-probe/results/1"
-METRICS = ("lambda_source", "top1", "top3", "loss", "precision", "recall")
+TEST_METRICS = ("top1", "top3", "loss", "precision", "recall")  # what the trainer's evaluate measures
+METRICS = ("lambda_source", *TEST_METRICS)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,12 @@ class Summary:
         return cls(spec.layer, spec.init, spec.task, len(runs), len(good), mean, std, budget, drift, settled)
 
 
+def entry_value(entry) -> float:
+    """A per-layer baseline entry as a number: a run summary's mean or a score; NaN for a missing one (JSON null)."""
+    value = entry.get("mean") if isinstance(entry, dict) else entry
+    return math.nan if value is None else float(value)
+
+
 def summarise(runs: Iterable[RunResult], layer_order: list[str] | None = None, last_epochs: int = 10) -> list[Summary]:
     """Group runs by (task, init, layer) in forward layer order."""
     groups: dict[tuple, list[RunResult]] = {}
@@ -256,3 +263,15 @@ class Measurement:
             return row + [number(value) for value in head.values()]
 
         return header, cells
+
+
+def lambda_per_layer(measurement: Measurement, task: str) -> list[float]:
+    """λS (mean over runs, first init) per layer for ``task``; NaN where there is none."""
+    init = measurement.settings["init"][0]
+    values = []
+    for layer in measurement.layers:
+        try:
+            values.append(measurement.summary(layer, init, task).mean["lambda_source"])
+        except KeyError:
+            values.append(math.nan)
+    return values

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.augment import augment_batch
 from ..data.tensors import Split, TaskData
+from ..results.schema import TEST_METRICS
 from ..settings import RunSettings, lr_scale
 
 Forward = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
@@ -72,7 +73,8 @@ def evaluate(
     amp=contextlib.nullcontext,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
-    """Top-1, top-3, mean cross-entropy, macro precision and macro recall on ``split``."""
+    """:data:`~probe.results.schema.TEST_METRICS` on ``split``: top-1, top-3, mean cross-entropy, macro precision
+    and macro recall."""
     device = split.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top3_hits = torch.zeros((), device=device, dtype=torch.int64)
@@ -105,7 +107,7 @@ def evaluate(
             recall[present].mean(),
         ]
     ).tolist()  # the one host read of the evaluation
-    return dict(zip(("top1", "top3", "loss", "precision", "recall"), values, strict=True))
+    return dict(zip(TEST_METRICS, values, strict=True))
 
 
 def fit(
