@@ -1,4 +1,4 @@
-"""probe.data.image_cache / image_folder / image_pairs / huggingface on real files the tests write
+"""probe.data.images (cache, folder, pairs, huggingface) on real files the tests write
 (PIL, idx-ubyte, datasets)."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from probe.data import image_cache as imagecache
-from probe.data import image_folder as imagedata
-from probe.data.image_folder import load_image_folder
-from probe.data.image_pairs import load_dataset_pair, load_tensors
+from probe.data.images import cache as imagecache
+from probe.data.images import folder as imagedata
 from probe.data.images import load_images
-from probe.data.torchvision_sets import load_torchvision
+from probe.data.images.folder import load_image_folder
+from probe.data.images.pairs import load_dataset_pair, load_tensors
+from probe.data.images.torchvision_sets import load_torchvision
 from probe.errors import DataError, SettingsError
 
 COLOURS = {"cat": (200, 30, 40), "dog": (10, 220, 90), "emu": (60, 70, 250)}
@@ -164,7 +164,7 @@ def test_resize_filter_is_torchvision_resize_with_that_interpolation(tmp_path, c
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import InterpolationMode
 
-    from probe.data.image_convert import to_uint8
+    from probe.data.images.convert import to_uint8
 
     def reference(img: Image.Image, mode: InterpolationMode) -> np.ndarray:
         tf = [transforms.Resize(17, interpolation=mode), transforms.CenterCrop(13), transforms.PILToTensor()]

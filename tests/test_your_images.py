@@ -25,7 +25,7 @@ from probe.cli import app
 from probe.core.gate import QuantaGate
 from probe.core.hooks import quanta_hooks, source_forward
 from probe.data import load_task, parse_spec
-from probe.data.image_tasks import Preprocess
+from probe.data.images.tasks import Preprocess
 from probe.engine.context import fresh_target
 from probe.engine.prepare import prepare
 from probe.errors import CheckpointError, DataError, SettingsError

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..data import check_available, default_target, load_task, parse_spec
-from ..data.image_tasks import Preprocess
+from ..data.images.tasks import Preprocess
 from ..data.spec import input_shape
 from ..engine.progress import Progress
 from ..engine.selection import smallest_input_size

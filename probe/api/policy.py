@@ -13,7 +13,7 @@ from typing import Any
 from ..backends import check_backend, default_jobs
 from ..baselines import check_baselines
 from ..data import DatasetSpec, TaskData, check_available, parse_spec
-from ..data.image_tasks import Preprocess, with_columns
+from ..data.images.tasks import Preprocess, with_columns
 from ..data.registry import get_dataset
 from ..engine.selection import check_layer_list
 from ..engine.sources import source_settings

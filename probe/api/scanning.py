@@ -14,7 +14,7 @@ from torch import nn
 from ..backends import executor_for
 from ..baselines import cka_after_run, run_baselines
 from ..data import DatasetSpec, TaskData
-from ..data.image_tasks import Preprocess, with_columns
+from ..data.images.tasks import Preprocess, with_columns
 from ..engine.context import ProbeContext
 from ..engine.prepare import default_target_of, prepare
 from ..engine.progress import Progress

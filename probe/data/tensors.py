@@ -29,8 +29,8 @@ from .spec import DatasetSpec, parse_spec
 from .task import Split, TaskData
 
 if TYPE_CHECKING:
-    from .image_rules import Progress
-    from .image_tasks import Preprocess
+    from .images.rules import Progress
+    from .images.tasks import Preprocess
 
 __all__ = ["Split", "TaskData", "check_available", "load_task", "resolve_data_dir"]
 
@@ -57,13 +57,13 @@ def load_task(
     normalised up front; every call returns new tensors (with ``preprocess.image_size`` they are resized once into the
     uint8 cache, like images from anywhere, and keep their own statistics). Images from anywhere (a folder,
     ``tv:NAME``, ``hf:NAME``) are decoded once into the uint8 cache on disk and stay uint8 (memory-mapped),
-    converted per batch, prepared as ``preprocess`` says (see :mod:`probe.data.image_tasks`).
+    converted per batch, prepared as ``preprocess`` says (see :mod:`probe.data.images.tasks`).
     ``download=True`` fetches a missing built-in data set or torchvision dataset with torchvision (digits needs
     no download).
     """
     spec = parse_spec(spec)
     if spec.kind != "builtin":
-        from .image_tasks import load_image_task
+        from .images.tasks import load_image_task
 
         return load_image_task(spec, resolve_data_dir(data_dir), download, preprocess, progress)
     info = get_dataset(spec.name)
@@ -73,7 +73,7 @@ def load_task(
         base = info.load(pathlib.Path(key[1]), download)
         _CACHE[key] = base
     if preprocess is not None and preprocess.image_size is not None and not _is_native(info.input_shape, preprocess):
-        from .image_tasks import resized_builtin
+        from .images.tasks import resized_builtin
 
         return resized_builtin(spec, key, base, preprocess)
     classes = list(range(len(base.class_names))) if spec.classes is None else list(spec.classes)
@@ -119,7 +119,7 @@ def check_available(
     """
     spec = parse_spec(spec)
     if spec.kind != "builtin":
-        from .image_tasks import check_image_spec
+        from .images.tasks import check_image_spec
 
         check_image_spec(spec, resolve_data_dir(data_dir))
         return

@@ -1,6 +1,6 @@
 """One image as a uint8 (C, H, W) array: torchvision's conversion and ``Resize(R)+CenterCrop(S)`` rules.
 
-The rules are documented once in :mod:`probe.data.image_cache`; this module applies them to one image.
+The rules are documented once in :mod:`probe.data.images.cache`; this module applies them to one image.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError, SettingsError
+from ...errors import DataError, SettingsError
 
 RESIZE_RULE = (
     "shorter side to R (default S) with PIL's antialiased filter (default bilinear, else the pretrained model's, "

@@ -1,6 +1,6 @@
 """Images decoded once into a uint8 cache on disk, memory-mapped on every later use.
 
-This is the engine under :mod:`probe.data.image_folder` and :mod:`probe.data.huggingface`: a *source* is a
+This is the engine under :mod:`probe.data.images.folder` and :mod:`probe.data.images.huggingface`: a *source* is a
 list of items per split (file paths, dataset indices) and a reader that turns one item into ``(image, label)``;
 :func:`build_cache` decodes, converts and resizes every item once, with an optional pool of workers, and
 streams the result chunk by chunk into ``train_x.npy`` / ``test_x.npy`` (N×C×H×W uint8) under a cache folder
@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError, SettingsError
-from .image_convert import CONVERSION_RULE, DEFAULT_INTERPOLATION, RESIZE_RULE, BadImage, resize_shape, to_uint8
+from ...errors import DataError, SettingsError
+from .convert import CONVERSION_RULE, DEFAULT_INTERPOLATION, RESIZE_RULE, BadImage, resize_shape, to_uint8
 
 __all__ = [
     "ImageData",

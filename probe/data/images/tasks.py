@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, SettingsError
-from .augment import NATURAL_AUGMENT
-from .image_cache import ImageData
-from .image_convert import DEFAULT_INTERPOLATION
-from .image_rules import Progress
-from .images import is_hf_folder, load_images
-from .spec import DatasetSpec, parse_spec
-from .task import Split, TaskData
+from ...errors import DataError, SettingsError
+from ..augment import NATURAL_AUGMENT
+from ..spec import DatasetSpec, parse_spec
+from ..task import Split, TaskData
+from . import is_hf_folder, load_images
+from .cache import ImageData
+from .convert import DEFAULT_INTERPOLATION
+from .rules import Progress
 
 __all__ = [
     "Preprocess",
@@ -83,7 +83,7 @@ class Preprocess:
         }
 
     def columns(self) -> dict[str, str]:
-        """The Hugging Face columns named, as :func:`probe.data.huggingface.load_hf` takes them."""
+        """The Hugging Face columns named, as :func:`probe.data.images.huggingface.load_hf` takes them."""
         named = {"image_column": self.image_column, "label_column": self.label_column}
         return {name: value for name, value in named.items() if value is not None}
 
@@ -262,8 +262,7 @@ def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> d
 def check_image_spec(spec: DatasetSpec, data_dir: str | os.PathLike[str] | pathlib.Path) -> None:
     """The checks of a folder / tv: / hf: spec that need no decoding (missing folder, no classes, ...)."""
     if spec.kind == "folder":
-        from .image_folder import check_image_folder
-        from .images import is_hf_folder
+        from .folder import check_image_folder
 
         folder = pathlib.Path(spec.name).expanduser()
         if not is_hf_folder(folder):
@@ -297,8 +296,8 @@ def task_from_python(obj: Any, preprocess: Preprocess | None = None) -> TaskData
     * ``((x_train, y_train), (x_test, y_test))``: tensors or arrays;
     * ``(x, y)``: one set of tensors, split per class (seeded, stratified, 20 % to test).
     """
-    from .image_pairs import load_dataset_pair, load_tensors
-    from .image_rules import stratified_split
+    from .pairs import load_dataset_pair, load_tensors
+    from .rules import stratified_split
 
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         return None
@@ -330,8 +329,8 @@ def resized_builtin(spec: DatasetSpec, key: tuple, base: Any, preprocess: Prepro
     own statistics (digits keep their 0..16 pixel range) and its default augmentation."""
     from dataclasses import replace
 
-    from .image_pairs import load_tensors
-    from .registry import default_augment
+    from ..registry import default_augment
+    from .pairs import load_tensors
 
     own = Preprocess(image_size=preprocess.image_size, channels=preprocess.channels, origin=preprocess.origin)
     memo = ("builtin", *key, own.image_size, own.channels)

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, SettingsError
-from .image_convert import DEFAULT_INTERPOLATION, resampling
+from ...errors import DataError, SettingsError
+from .convert import DEFAULT_INTERPOLATION, resampling
 
 Progress = Callable[[int, int], None]
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from .image_cache import ImageData, Part, build_cache, lookup
-from .image_cache import cache_key as _cache_key
-from .image_convert import GREY_MODES, BadImage, as_pil
-from .image_rules import Progress, check_size, resize_basis, too_many_bad, workers_of
+from ...errors import DataError
+from .cache import ImageData, Part, build_cache, lookup
+from .cache import cache_key as _cache_key
+from .convert import GREY_MODES, BadImage, as_pil
+from .rules import Progress, check_size, resize_basis, too_many_bad, workers_of
 
 __all__ = ["load_dataset_pair", "load_tensors"]
 

@@ -1,19 +1,19 @@
-"""Image data from anywhere, decoded once into the uint8 cache of :mod:`probe.data.image_cache`.
+"""Image data from anywhere, decoded once into the uint8 cache of :mod:`probe.data.images.cache`.
 
-Every loader returns an :class:`~probe.data.image_cache.ImageData`: uint8 (N, C, H, W) train/test arrays memory-
+Every loader returns an :class:`~probe.data.images.cache.ImageData`: uint8 (N, C, H, W) train/test arrays memory-
 mapped from the cache, int64 labels, class names and a JSON-able ``meta`` dict for results.json.
 
 * :func:`load_image_folder`: torchvision's ``ImageFolder`` layout, either ``train/`` + ``test/`` (or ``val/``)
   inside, or one folder of class subfolders split per class (seeded, stratified, recorded in ``meta['split']``);
   a folder holding only ``train/`` is split the same way.
-* :func:`probe.data.torchvision_sets.load_torchvision`: ``tv:NAME`` datasets (FashionMNIST, MNIST, SVHN, STL10,
+* :func:`probe.data.images.torchvision_sets.load_torchvision`: ``tv:NAME`` datasets (FashionMNIST, MNIST, SVHN, STL10,
   Flowers102, CIFAR10...) from ``data_dir``, with ``download=``.
 * :func:`load_dataset_pair` / :func:`load_tensors`: any ``torch.utils.data.Dataset`` pair returning
   ``(image, int)``, or ``(x, y)`` tensors.
-* :func:`load_images`: one entry point for spec strings: ``tv:NAME``, ``hf:NAME`` (see :mod:`probe.data.huggingface`), a
-  folder (an image folder, or a ``datasets`` ``save_to_disk`` folder).
+* :func:`load_images`: one entry point for spec strings: ``tv:NAME``, ``hf:NAME`` (see
+  :mod:`probe.data.images.huggingface`), a folder (an image folder, or a ``datasets`` ``save_to_disk`` folder).
 
-Rules where the issue is silent (see also :mod:`probe.data.image_cache` for conversion and resizing):
+Rules where the issue is silent (see also :mod:`probe.data.images.cache` for conversion and resizing):
 
 * **Files**: as ``ImageFolder``: classes are the sorted subfolder names, images are the files with one of
   torchvision's extensions found by a sorted recursive walk (following links); other files are ignored and
@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, SettingsError
-from .image_cache import ImageData, Part, build_cache, lookup
-from .image_cache import cache_key as _cache_key
-from .image_convert import GREY_MODES, BadImage
-from .image_rules import Progress, check_size, resize_basis, stratified_split, too_many_bad, workers_of
+from ...errors import DataError, SettingsError
+from .cache import ImageData, Part, build_cache, lookup
+from .cache import cache_key as _cache_key
+from .convert import GREY_MODES, BadImage
+from .rules import Progress, check_size, resize_basis, stratified_split, too_many_bad, workers_of
 
 __all__ = ["IMG_EXTENSIONS", "check_image_folder", "load_image_folder"]
 
