@@ -144,7 +144,10 @@ def test_parse_spec_values() -> None:
 @pytest.mark.parametrize(
     "text, pattern",
     [
-        ("digts[0-4]", r"unknown dataset 'digts' \(did you mean 'digits'\?\); known datasets: cifar10, cifar100, digits, fashion,"),
+        (
+            "digts[0-4]",
+            r"unknown dataset 'digts' \(did you mean 'digits'\?\); known datasets: cifar10, cifar100, digits, fashion,",
+        ),
         ("mnist", r"unknown dataset 'mnist'; known datasets"),
         ("digits[0-4", r"malformed dataset spec"),
         ("digits0-4]", r"malformed dataset spec"),
