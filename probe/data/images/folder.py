@@ -1,19 +1,14 @@
-"""Image data from anywhere, decoded once into the uint8 cache of :mod:`probe.data.images.cache`.
+"""Image folders in torchvision's ``ImageFolder`` layout, decoded once into the uint8 cache of
+:mod:`probe.data.images.cache`.
 
-Every loader returns an :class:`~probe.data.images.cache.ImageData`: uint8 (N, C, H, W) train/test arrays memory-
-mapped from the cache, int64 labels, class names and a JSON-able ``meta`` dict for results.json.
+:func:`load_image_folder` returns an :class:`~probe.data.images.cache.ImageData`: uint8 (N, C, H, W) train/test
+arrays memory-mapped from the cache, int64 labels, class names and a JSON-able ``meta`` dict for results.json.
+The folder holds ``train/`` + ``test/`` (or ``val/``), or directly one subfolder per class, split per class
+(seeded, stratified, recorded in ``meta['split']``); a folder holding only ``train/`` is split the same way.
+:func:`check_image_folder` runs the checks that need no decoding. The other sources of images (``tv:``, ``hf:``,
+Dataset pairs, tensors) have their own modules; :func:`probe.data.images.load_images` dispatches a spec string.
 
-* :func:`load_image_folder`: torchvision's ``ImageFolder`` layout, either ``train/`` + ``test/`` (or ``val/``)
-  inside, or one folder of class subfolders split per class (seeded, stratified, recorded in ``meta['split']``);
-  a folder holding only ``train/`` is split the same way.
-* :func:`probe.data.images.torchvision_sets.load_torchvision`: ``tv:NAME`` datasets (FashionMNIST, MNIST, SVHN, STL10,
-  Flowers102, CIFAR10...) from ``data_dir``, with ``download=``.
-* :func:`load_dataset_pair` / :func:`load_tensors`: any ``torch.utils.data.Dataset`` pair returning
-  ``(image, int)``, or ``(x, y)`` tensors.
-* :func:`load_images`: one entry point for spec strings: ``tv:NAME``, ``hf:NAME`` (see
-  :mod:`probe.data.images.huggingface`), a folder (an image folder, or a ``datasets`` ``save_to_disk`` folder).
-
-Rules where the issue is silent (see also :mod:`probe.data.images.cache` for conversion and resizing):
+Rules (see also :mod:`probe.data.images.cache` for conversion and resizing):
 
 * **Files**: as ``ImageFolder``: classes are the sorted subfolder names, images are the files with one of
   torchvision's extensions found by a sorted recursive walk (following links); other files are ignored and
