@@ -348,6 +348,76 @@ def test_train_and_val_folders_and_train_only(tmp_path, cache):
     assert only.meta["split"]["layout"] == "train/ only, split per class" and only.test_y.tolist() == [0, 1]
 
 
+def test_a_symlink_loop_is_not_followed_and_listed_as_skipped(tmp_path, cache):
+    root = flat_folder(tmp_path / "f", per_class=10)
+    os.symlink("..", root / "a" / "loop")  # a/loop/a/loop/...: every class again, without end
+    os.symlink("../c", root / "b" / "more")  # a second path to class c's images
+    assert imagedata.check_image_folder(root) == ["a", "b", "c"]
+    data = load_image_folder(root, cache_dir=cache, workers=0)
+    assert len(data.train_y) + len(data.test_y) == 30
+    assert np.bincount(np.concatenate([data.train_y, data.test_y])).tolist() == [10, 10, 10]
+    train = {np.asarray(x).tobytes() for x in data.train_x}
+    assert not train & {np.asarray(x).tobytes() for x in data.test_x}  # no image in both splits
+    skipped = {f["item"]: f["reason"] for f in data.meta["skipped"]["files"]}
+    assert data.meta["skipped"]["count"] == 2
+    loop, more = str(root.resolve() / "a" / "loop"), str(root.resolve() / "b" / "more")
+    assert set(skipped) == {loop, more}
+    assert skipped[loop].startswith(f"a link to {root.resolve()}, which is read once elsewhere (a symlink loop")
+    assert load_image_folder(root, cache_dir=cache, workers=0).meta["cache"] == data.meta["cache"]
+    (root / "b" / "more").unlink()  # what was not read is part of the key: the record stays true
+    assert load_image_folder(root, cache_dir=cache, workers=0).meta["skipped"]["count"] == 1
+
+
+def test_links_that_make_two_class_or_split_folders_one_are_refused(tmp_path, cache):
+    flat = flat_folder(tmp_path / "flat", per_class=3)
+    os.symlink("a", flat / "d")  # class d would be class a's images under another label
+    with pytest.raises(DataError, match=r"flat/d and .*flat/a are the same folder .* a folder of its own"):
+        load_image_folder(flat, cache_dir=cache, workers=0)
+    split = tmp_path / "split"
+    for c in "xy":
+        for i in range(2):
+            solid(split / "train" / c / f"{i}.png", (i, 0, 0))
+    (split / "test").mkdir()
+    for c in "xy":
+        os.symlink(split / "train" / c, split / "test" / c)  # test would be the train images
+    with pytest.raises(DataError, match="are the same folder"):
+        imagedata.check_image_folder(split)
+    assert entries(cache) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_with_an_image_name_is_skipped_and_never_opened(tmp_path, cache):
+    import threading
+
+    root = flat_folder(tmp_path / "f", per_class=5)
+    fifo = root / "b" / "x.png"
+    os.mkfifo(fifo)
+    opened, done = [], threading.Event()
+
+    def watch() -> None:  # a writer opens without blocking only while a reader holds the FIFO open
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader then sees the end of the file
+                opened.append(True)
+            except OSError:
+                done.wait(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        classes = imagedata.check_image_folder(root)
+        data = load_image_folder(root, cache_dir=cache, workers=2)
+    finally:
+        done.set()
+        watcher.join()
+    assert not opened and classes == ["a", "b", "c"]
+    assert len(data.train_y) + len(data.test_y) == 15
+    assert data.meta["skipped"]["files"] == [
+        {"split": "before the split", "item": str(root.resolve() / "b" / "x.png"),
+         "reason": "a FIFO, not a regular file; not opened"}
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "build, match",
     [
