@@ -283,6 +283,57 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, cache):
     assert calls[-1] == (120, 120) and len(entries(cache)) == 1 and len(data.train_y) == 96
 
 
+def test_an_image_size_whose_cache_would_not_fit_is_refused_before_anything_is_written(tmp_path, cache):
+    root = flat_folder(tmp_path / "f", per_class=3)
+    with pytest.raises(SettingsError, match=r"image_size=100000 is too large: .* give at most 9459"):
+        load_image_folder(root, image_size=100_000, cache_dir=cache, workers=0)
+    with pytest.raises(SettingsError, match="resize=9500 is too large"):
+        load_image_folder(root, image_size=224, resize=9500, cache_dir=cache, workers=0)
+    # within a raised pixel limit the size passes that check, and the disk's room is what refuses it: 9 images of
+    # 3 × 10^8 × 10^8 bytes are 270 PB, more than any disk has free
+    with pytest.raises(DataError) as info:
+        load_image_folder(root, image_size=10**8, max_pixels=10**17, cache_dir=cache, workers=0)
+    message = str(info.value)
+    assert message.startswith("the image cache needs 270.0 PB for 9 images of 100000000×100000000 with 3 channel(s)")
+    assert f"but the disk of {cache} has" in message and "give a smaller --image-size" in message
+    assert "\n" not in message and not cache.exists()  # nothing written, not even the cache folder
+
+
+def test_a_prepare_killed_outright_leaves_a_folder_that_the_next_use_removes(tmp_path, cache):
+    import fcntl
+    import signal
+    import subprocess
+
+    root = flat_folder(tmp_path / "f", per_class=20)
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal\nfrom probe.data.images.folder import load_image_folder\n"
+         f"load_image_folder({str(root)!r}, cache_dir={str(cache)!r}, workers=0, "
+         "progress=lambda done, total: os.kill(os.getpid(), signal.SIGKILL))"],
+        cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (dead,) = cache.iterdir()  # the SIGKILL-ed prepare's folder, its lock released by the kernel
+    assert dead.name.startswith(".folder-") and dead.name.endswith(".tmp") and (dead / "train_x.npy").is_file()
+    live = cache / ".folder-live.x.tmp"  # a prepare still writing: it holds its lock
+    live.mkdir()
+    held = os.open(live / ".writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    fresh, old = cache / ".folder-fresh.y.tmp", cache / ".folder-old.z.tmp"  # without a lock: by age
+    fresh.mkdir()
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    try:
+        data = load_image_folder(root, cache_dir=cache, workers=0)
+        assert entries(cache) == sorted([fresh.name, live.name, pathlib.Path(data.meta["cache"]).name])
+        load_image_folder(root, cache_dir=cache, workers=0)  # the entry is found; the live folder still stays
+        assert live.exists()
+    finally:
+        os.close(held)  # its writer "dies"
+    assert load_image_folder(root, cache_dir=cache, workers=0).meta["cache"] == data.meta["cache"]
+    assert not live.exists() and fresh.exists()
+    assert not (pathlib.Path(data.meta["cache"]) / ".writer.lock").exists()  # the lock is no part of an entry
+
+
 def test_worker_pools_give_identical_arrays(tmp_path):
     root = flat_folder(tmp_path / "f", per_class=30)
     inline = load_image_folder(root, cache_dir=tmp_path / "c0", workers=0, image_size=8)

@@ -162,6 +162,19 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
         assert not out.exists(), what
 
 
+def test_an_image_size_too_large_is_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    """--image-size 100000 grew the cache to 23.6 GB until the out-of-memory killer ended the process."""
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+    folder = image_folder(tmp_path / "pics", classes=("a", "b", "c", "d"), per_class=3)
+    out = tmp_path / "out"
+    result = invoke(
+        ["scan", "--arch", "paper-cnn", "--width", "0.25", "--device", "cpu", "--source-data", f"{folder}[0-1]",
+         "--target", f"{folder}[2-3]", "--image-size", "100000", "--epochs", "1", "--runs", "1", "--out", out]
+    )  # fmt: skip
+    assert_user_error(result, "--image-size 100000 is too large", "give at most 9459")
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
 def test_an_hf_name_offline_is_one_line(tmp_path, monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -23,7 +23,11 @@ Decisions (documented here once; the loaders' metadata repeats them):
 * **Huge images**: more than ``max_pixels`` (default PIL's ``Image.MAX_IMAGE_PIXELS``, the decompression-bomb
   limit) are never decoded; they count as bad files (skipped, listed, subject to the bad-file rule).
 * **Atomicity**: everything is written into a temporary folder next to the cache entry and renamed onto it
-  in one step, so an interrupted or failed prepare leaves no entry (and removes its temporary folder).
+  in one step, so an interrupted or failed prepare leaves no entry (and removes its temporary folder). A
+  prepare killed outright (SIGKILL, the out-of-memory killer) cannot remove its folder: the next use of the
+  cache does, knowing it from a live writer's by the lock the writer holds (:func:`remove_abandoned`).
+* **Room**: an entry that would not fit on the cache's disk (N × C × H × W bytes) is refused before anything
+  is written (:func:`check_room`).
 * **Memory**: bounded by ``chunk`` images per worker in flight, never by the data set: images are written
   to the file as they come, not through a memory map.
 """
@@ -33,12 +37,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import math
 import os
 import pathlib
 import shutil
 import struct
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from collections import deque
@@ -63,6 +69,8 @@ __all__ = [
     "open_cache",
     "lookup",
     "cache_key",
+    "check_room",
+    "remove_abandoned",
     "RESIZE_RULE",
     "CONVERSION_RULE",
     "CACHE_FORMAT",
@@ -224,20 +232,23 @@ def build_cache(
     class left empty). ``workers`` > 0 decodes in
     a pool of that many threads (or forked processes with ``processes=True`` on Linux), ``chunk`` items
     per task (default: 64, fewer for large images so that a chunk stays under 16 MB); at most 2 × workers chunks
-    are in flight, which bounds the memory. An entry that already exists is returned as is. Nothing is left
-    behind on error; temporary folders of prepares killed more than a day ago are removed.
+    are in flight, which bounds the memory. An entry that already exists is returned as is. An entry that would
+    not fit on the cache's disk is a DataError before anything is written (:func:`check_room`). Nothing is left
+    behind on error; the temporary folders of prepares that died are removed (:func:`remove_abandoned`).
     """
     root = _root(cache_dir)
     final = root / key
     if (final / "meta.json").is_file():
         return open_cache(final)
     total = sum(len(p.items) for p in parts)
+    check_room(root, total, shape)
     skipped = [dict(s) for s in skipped]
     n_pre = len(skipped)
     chunk = chunk or max(1, min(64, (16 << 20) // max(1, int(np.prod(shape)))))
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale(root)
+    remove_abandoned(root)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    lock: int | None = None
     token = uuid.uuid4().hex
     _JOBS[token] = (
         reader,
@@ -253,6 +264,7 @@ def build_cache(
     )
     executor: cf.Executor | None = None
     try:
+        lock = _hold_writer_lock(tmp)
         if workers > 0:
             if processes and sys.platform.startswith("linux"):  # fork, as DataLoader on Linux; threads elsewhere
                 import multiprocessing
@@ -297,6 +309,8 @@ def build_cache(
         with open(tmp / "meta.json", "w") as fh:
             fh.write(json.dumps({"class_names": names, "meta": meta}, indent=1))
             _sync(fh)
+        if lock is not None:
+            (tmp / WRITER_LOCK).unlink()  # not part of the entry; the folder is fresh, so the age rule keeps it
         try:
             os.rename(tmp, final)
         except OSError:  # another process published the same entry first: use theirs
@@ -313,6 +327,8 @@ def build_cache(
         if executor is not None:
             executor.shutdown(wait=True)
         _JOBS.pop(token, None)
+        if lock is not None:
+            os.close(lock)
     return open_cache(final)
 
 
@@ -322,15 +338,100 @@ def _sync(fh: Any) -> None:
     os.fsync(fh.fileno())
 
 
-def _remove_stale(root: pathlib.Path, age_s: float = 86400.0) -> None:
-    """Remove temporary folders left by prepares that were killed (SIGKILL, power loss) over a day ago."""
-    import time
+# Room on the disk: an entry is N × C × H × W bytes (uint8), written before it is used; one that does not fit
+# filled the disk (and, for a huge --image-size, the memory) before failing. Checked before anything is written.
+DISK_RESERVE = 256 << 20  # bytes left free beyond the entry, for everything else that writes to that disk
 
-    for entry in root.glob(".*.tmp"):
+
+def _bytes(count: int) -> str:
+    """``count`` bytes for a person: 23.6 GB."""
+    value = float(count)
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} EB"
+
+
+def check_room(root: pathlib.Path, count: int, shape: tuple[int, ...], itemsize: int = 1) -> None:
+    """A DataError unless ``count`` images of ``shape`` (C, H, W), ``itemsize`` bytes a value, fit on the disk of
+    the cache folder ``root`` with :data:`DISK_RESERVE` to spare. Writes nothing (``root`` need not exist)."""
+    need = count * math.prod(int(s) for s in shape) * itemsize
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:  # unknown: the writes themselves will tell
+        return
+    if need + DISK_RESERVE > free:
+        channels, height, width = shape
+        raise DataError(
+            f"the image cache needs {_bytes(need)} for {count} images of {height}×{width} with {channels} "
+            f"channel(s), but the disk of {root} has {_bytes(free)} free; give a smaller --image-size "
+            "(image_size=), or set PROBE_CACHE to a folder on a disk with room"
+        )
+
+
+# The temporary folder of a prepare holds WRITER_LOCK, flock-ed by its writer for as long as it writes: the kernel
+# releases the lock when the process dies (SIGKILL and the out-of-memory killer included), so a folder whose lock
+# is free was left by a dead writer and is removed the next time the cache is used, while one being written is
+# never touched. The lock file is made under another name and renamed once held, so that its name always means
+# "held while the writer lives". Without a usable lock (no fcntl, a file system without locks, a folder from
+# before locks) a folder is removed once it is older than STALE_AGE_S.
+WRITER_LOCK = ".writer.lock"
+STALE_AGE_S = 86400.0
+
+
+def _hold_writer_lock(folder: pathlib.Path) -> int | None:
+    """Lock the temporary folder ``folder`` as being written by this process: the file descriptor to close once
+    done, None where locks are unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the age rule only
+        return None
+    pending = folder / (WRITER_LOCK + ".new")
+    fd = os.open(pending, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the age rule only
+        os.close(fd)
+        pending.unlink(missing_ok=True)
+        return None
+    os.rename(pending, folder / WRITER_LOCK)
+    return fd
+
+
+def _abandoned(folder: pathlib.Path, now: float) -> bool:
+    """Whether the temporary folder ``folder`` was left by a writer that died (see :data:`WRITER_LOCK`)."""
+    try:
+        import fcntl
+
+        fd = os.open(folder / WRITER_LOCK, os.O_RDWR)
+    except (ImportError, OSError):  # no lock to test: the age rule
+        return now - folder.stat().st_mtime > STALE_AGE_S
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below, before the folder goes
+        return True
+    except BlockingIOError:  # its writer is alive
+        return False
+    except OSError:  # a file system without locks
+        return now - folder.stat().st_mtime > STALE_AGE_S
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(root: pathlib.Path) -> None:
+    """Remove the temporary folders (``.KEY.*.tmp``) under the cache folder ``root`` that prepares left when they
+    died (killed, out of memory, power loss); folders that live processes are writing stay."""
+    if not root.is_dir():
+        return
+    now = time.time()
+    for folder in root.glob(".*.tmp"):
         try:
-            if entry.is_dir() and time.time() - entry.stat().st_mtime > age_s:
-                shutil.rmtree(entry, ignore_errors=True)
-        except OSError:
+            if folder.is_dir() and _abandoned(folder, now):
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process, or not ours to read
             pass
 
 
@@ -405,8 +506,11 @@ def _root(cache_dir: str | os.PathLike[str] | None) -> pathlib.Path:
 
 
 def lookup(key: str, cache_dir: str | os.PathLike[str] | None = None) -> ImageData | None:
-    """The published entry ``key`` under ``cache_dir`` (default :func:`default_cache_dir`), or None."""
-    final = _root(cache_dir) / key
+    """The published entry ``key`` under ``cache_dir`` (default :func:`default_cache_dir`), or None; the temporary
+    folders that dead prepares left there are removed first (:func:`remove_abandoned`)."""
+    root = _root(cache_dir)
+    remove_abandoned(root)
+    final = root / key
     return open_cache(final) if (final / "meta.json").is_file() else None
 
 

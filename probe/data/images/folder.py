@@ -292,7 +292,7 @@ def load_image_folder(
     ``channels`` None: 1 if every image is grey, else 3. ``workers`` threads decode (forked processes with
     ``processes=True``); ``progress(done, total)`` is called after every chunk.
     """
-    check_size(image_size, channels, resize, interpolation)
+    check_size(image_size, channels, resize, interpolation, max_pixels)
     workers = workers_of(workers)
     root, subdirs, test_name = _layout(path)
     folders = _split_folders(root, subdirs, test_name)
