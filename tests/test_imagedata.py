@@ -579,13 +579,79 @@ def test_dataset_pair_of_pil_and_tensors(tmp_path, cache):
         ("just a string", r"returned str .* not \(image, label\)"),
         ((Image.new("RGB", (4, 4)), 1, 2), r"returned a tuple of 3 \(Image, int, int\)"),
         ((Image.new("RGB", (4, 4)), "cat"), "returned label str 'cat'"),
-        ((torch.full((3, 4, 4), 3.0), 0), r"not \[0, 1\] \(already normalised\?\)"),
+        ((torch.full((3, 4, 4), 200.0), 0), r"0\.\.255 pixel values stored as floats, .* divide them by 255"),
+        ((torch.full((3, 4, 4), float("nan")), 0), "NaN or infinite values in the data; fix the data"),
         (({"image": 1}, 0), "must be a PIL image, a tensor or an array, got dict"),
     ],
 )
 def test_dataset_returning_something_else(tmp_path, cache, item, match):
     with pytest.raises(DataError, match=match):
         load_dataset_pair(Items([item, item]), Items([item]), cache_dir=cache)
+    assert entries(cache) == []
+
+
+def _normalising_folder(root, transform):
+    from torchvision.datasets import ImageFolder
+
+    for split, per_class in (("train", 6), ("test", 2)):
+        flat_folder(root / split, per_class=per_class)
+    return ImageFolder(str(root / "train"), transform), ImageFolder(str(root / "test"), transform)
+
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_a_dataset_pair_already_normalised_is_kept_as_given(tmp_path, cache):
+    """What most PyTorch pipelines yield: ToTensor + Normalize, values outside [0, 1]."""
+    from torchvision import transforms
+
+    normalise = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*IMAGENET)])
+    train, test = _normalising_folder(tmp_path / "pngs", normalise)
+    data = load_dataset_pair(train, test, cache_dir=cache, cache_key="normalised-v1", workers=2)
+    assert data.train_x.dtype == np.float32 and data.train_x.shape == (18, 3, 10, 12)
+    assert np.array_equal(np.asarray(data.train_x), torch.stack([x for x, _ in train]).numpy())  # bit for bit
+    assert np.array_equal(np.asarray(data.test_x), torch.stack([x for x, _ in test]).numpy())
+    assert data.meta["values"] == "already normalised: used as given" and "pixel_stats" not in data.meta
+    again = load_dataset_pair(train, test, cache_dir=cache, cache_key="normalised-v1")
+    assert again.meta["cache"] == data.meta["cache"] and again.train_x.dtype == np.float32
+
+    # resized as torchvision's Resize + CenterCrop would on those tensors; grey replicated when asked
+    resized = load_dataset_pair(train, test, cache_dir=cache, image_size=6, resize=8, interpolation="bicubic")
+    on_tensors = transforms.Compose(
+        [transforms.Resize(8, transforms.InterpolationMode.BICUBIC, antialias=True), transforms.CenterCrop(6)]
+    )
+    assert np.array_equal(resized.train_x, torch.stack([on_tensors(x) for x, _ in train]).numpy())
+    with pytest.raises(SettingsError, match="interpolation='lanczos' cannot resize already-normalised"):
+        load_dataset_pair(train, test, cache_dir=cache, image_size=6, interpolation="lanczos")
+    grey = transforms.Compose([transforms.Grayscale(), transforms.ToTensor(), transforms.Normalize((0.5,), (0.25,))])
+    grey_train, grey_test = _normalising_folder(tmp_path / "grey", grey)
+    three = load_dataset_pair(grey_train, grey_test, cache_dir=cache, channels=3)
+    assert three.train_x.shape[1] == 3 and np.array_equal(three.train_x[:, 0], three.train_x[:, 2])
+    assert np.array_equal(three.train_x[:, :1], torch.stack([x for x, _ in grey_train]).numpy())
+
+
+def test_nan_anywhere_and_floats_of_0_to_255_are_refused_in_one_line(tmp_path, cache):
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 5, 5), torch.arange(40) % 2
+    broken = x.clone()
+    broken[37, 1, 2, 2] = float("nan")
+    with pytest.raises(DataError, match=r"^NaN or infinite values in the image tensors; fix the data") as info:
+        load_tensors((broken, y), (x[:4], y[:4]), cache_dir=cache)
+    assert "\n" not in str(info.value)
+    infinite = x.clone()
+    infinite[3, 0, 0, 0] = float("inf")
+    with pytest.raises(DataError, match="NaN or infinite values"):
+        load_tensors((x, y), (infinite[:4], y[:4]), cache_dir=cache)
+    pixels = torch.randint(0, 256, (40, 3, 5, 5)).float()  # never divided by 255
+    with pytest.raises(
+        DataError, match=r"values in \[0, 255\] in the image tensors, none negative: 0\.\.255 pixel values"
+    ):
+        load_tensors((pixels, y), (pixels[:4], y[:4]), cache_dir=cache)
+    # in a Dataset, an item the first look does not see is checked when it is read
+    items = [(img, label) for img, label in zip(x, y.tolist(), strict=True)]
+    items[1] = (broken[37], 0)
+    with pytest.raises(DataError, match="a float image has NaN or infinite values"):
+        load_dataset_pair(Items(items), Items(items[:4]), cache_dir=cache, cache_key="with-nan")
     assert entries(cache) == []
 
 

@@ -335,6 +335,22 @@ def test_tensors_and_dataset_pairs_as_target():
     assert m.extras["data"]["AnB"]["split"]["layout"] == "(x, y) split per class"
 
 
+def test_already_normalised_tensors_scan_as_given_and_results_json_says_so(tmp_path, tiny_source):
+    """What a PyTorch pipeline yields after Normalize: used as they are, not refused and not normalised again."""
+    digits = load_task("digits[5-9]")  # float tensors normalised with digits' own mean/std: values outside [0, 1]
+    train, test = (digits.train.x, digits.train.y), (digits.test.x, digits.test.y)
+    assert float(train[0].min()) < 0 < 1 < float(train[0].max())
+    m = probe.scan(
+        tiny_source, "conv1", target=(train, test), epochs=1, runs=1, init=(0.5,), jobs=1, out=tmp_path / "out"
+    )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["extras"]["data"]["AnB"]
+    assert saved["preprocessing"]["already_normalised"] is True
+    assert saved["preprocessing"]["applied"] == "8×8, 1 channel(s); already normalised: used as given"
+    assert saved["values"] == "already normalised: used as given" and m.runs
+    task = prepare(tiny_source, (train, test), settings=RunSettings(device="cpu")).context.tasks["AnB"]
+    assert torch.equal(task.train.x, train[0]) and torch.equal(task.test.x, test[0])  # bit for bit, no second pass
+
+
 # ------------------------------------------------------------------------------------- pretrained
 
 

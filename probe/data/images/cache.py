@@ -15,6 +15,10 @@ Decisions (documented here once; the loaders' metadata repeats them):
   0..255 (``round(v / 257)``, values outside clipped) where PIL would clip them to white; ``F`` is clipped to
   0..255. Grey images are stored with 1 channel when every image is grey, else replicated to 3; with
   ``channels=1`` colour becomes PIL's ITU-R 601-2 luma. EXIF orientation is not applied (as torchvision).
+* **Already normalised** (float images outside [0, 1]: what a pipeline yields after ``Normalize``): kept as
+  given in a float32 entry (4 bytes a value), never scaled or normalised again; resized, if asked, as
+  torchvision's ``Resize`` does on a tensor. Which floats these are, and which are refused (NaN, infinite
+  values, 0..255 pixel values stored as floats): :func:`~probe.data.images.convert.are_normalised`.
 * **Resize** (``image_size=S``, ``resize=R``, default R = S): the shorter side to R with PIL's antialiased
   filter ``interpolation`` (default bilinear; a pretrained model's own, e.g. timm's bicubic), then a centre
   crop S×S: bit for bit torchvision's ``Resize(R, interpolation) + CenterCrop(S)`` on a PIL image (a
@@ -56,7 +60,17 @@ import numpy as np
 from PIL import Image
 
 from ...errors import DataError, SettingsError
-from .convert import CONVERSION_RULE, DEFAULT_INTERPOLATION, RESIZE_RULE, BadImage, resize_shape, to_uint8
+from .convert import (
+    CONVERSION_RULE,
+    DEFAULT_INTERPOLATION,
+    NORMALISED_RULE,
+    RESIZE_RULE,
+    TENSOR_RESIZE_RULE,
+    BadImage,
+    resize_shape,
+    to_float32,
+    to_uint8,
+)
 
 __all__ = [
     "ImageData",
@@ -82,11 +96,13 @@ _HEADER_BYTES = 128  # our .npy header is padded to this size so N can be fixed 
 
 @dataclass
 class ImageData:
-    """Train and test images as uint8 (N, C, H, W) arrays, memory-mapped from the cache, plus labels.
+    """Train and test images as uint8 (N, C, H, W) arrays, memory-mapped from the cache, plus labels; float32 for
+    data given already normalised (``meta['values']`` says so).
 
     ``meta`` says where the data came from and what was done to it (source, layout, split, resize,
-    conversion, skipped files, cache entry) and ``meta['pixel_stats'][split]`` the exact per-channel mean and
-    std in 0..255 units (for normalising without reading the images); it is JSON-serialisable, for results.json.
+    conversion, skipped files, cache entry) and, for uint8 images, ``meta['pixel_stats'][split]`` the exact
+    per-channel mean and std in 0..255 units (for normalising without reading the images); it is
+    JSON-serialisable, for results.json.
     """
 
     train_x: np.ndarray
@@ -138,9 +154,9 @@ def cache_key(description: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the writer
 
 
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    """A version-1.0 .npy header for uint8 C-order data of ``shape``, padded to exactly 128 bytes."""
-    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
+def _npy_header(shape: tuple[int, ...], dtype: Any = np.uint8) -> bytes:
+    """A version-1.0 .npy header for C-order data of ``shape`` and ``dtype``, padded to exactly 128 bytes."""
+    text = f"{{'descr': {np.dtype(dtype).str!r}, 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
     length = _HEADER_BYTES - 10
     if len(text) >= length:
         raise SettingsError(f"array shape {shape} too large for the cache header")
@@ -168,14 +184,17 @@ def _work(
         for i in range(start, stop):
             try:
                 image, label = reader(items[i])
-                arr = to_uint8(
-                    image,
-                    opts["image_size"],
-                    opts["channels"],
-                    opts["max_pixels"],
-                    opts["resize"],
-                    opts["interpolation"],
-                )
+                if opts["normalised"]:
+                    arr = to_float32(image, opts["image_size"], opts["channels"], opts["resize"], opts["interpolation"])
+                else:
+                    arr = to_uint8(
+                        image,
+                        opts["image_size"],
+                        opts["channels"],
+                        opts["max_pixels"],
+                        opts["resize"],
+                        opts["interpolation"],
+                    )
             except BadImage as e:
                 bad.append((i, str(e)))
                 continue
@@ -187,7 +206,9 @@ def _work(
                 )
             images.append(arr)
             labels.append(-1 if label is None else int(label))
-    stacked = np.stack(images) if images else np.zeros((0, *opts["shape"]), np.uint8)
+    stacked = np.stack(images) if images else np.zeros((0, *opts["shape"]), opts["dtype"])
+    if opts["normalised"]:  # used as given: no statistics are needed
+        return stacked, labels, bad, hist
     # PIL's C histogram of each contiguous image plane, here in the worker: the statistics cost the writer
     # nothing, where a numpy bincount over every chunk in the writer was the bottleneck of the prepare
     for image in stacked:
@@ -221,6 +242,7 @@ def build_cache(
     check: Callable[[dict[str, np.ndarray]], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     skipped: Sequence[dict[str, str]] = (),
+    normalised: bool = False,
 ) -> ImageData:
     """Decode every item of ``parts`` once into the cache entry ``key`` and return it memory-mapped.
 
@@ -232,19 +254,22 @@ def build_cache(
     class left empty). ``workers`` > 0 decodes in
     a pool of that many threads (or forked processes with ``processes=True`` on Linux), ``chunk`` items
     per task (default: 64, fewer for large images so that a chunk stays under 16 MB); at most 2 × workers chunks
-    are in flight, which bounds the memory. An entry that already exists is returned as is. An entry that would
-    not fit on the cache's disk is a DataError before anything is written (:func:`check_room`). Nothing is left
-    behind on error; the temporary folders of prepares that died are removed (:func:`remove_abandoned`).
+    are in flight, which bounds the memory. ``normalised``: the items are already-normalised float images, kept
+    as given in a float32 entry (:func:`~probe.data.images.convert.to_float32`), with no pixel statistics. An
+    entry that already exists is returned as is. An entry that would not fit on the cache's disk is a DataError
+    before anything is written (:func:`check_room`). Nothing is left behind on error; the temporary folders of
+    prepares that died are removed (:func:`remove_abandoned`).
     """
     root = _root(cache_dir)
     final = root / key
     if (final / "meta.json").is_file():
         return open_cache(final)
     total = sum(len(p.items) for p in parts)
-    check_room(root, total, shape)
+    dtype = np.dtype(np.float32 if normalised else np.uint8)
+    check_room(root, total, shape, dtype.itemsize)
     skipped = [dict(s) for s in skipped]
     n_pre = len(skipped)
-    chunk = chunk or max(1, min(64, (16 << 20) // max(1, int(np.prod(shape)))))
+    chunk = chunk or max(1, min(64, (16 << 20) // max(1, int(np.prod(shape)) * dtype.itemsize)))
     root.mkdir(parents=True, exist_ok=True)
     remove_abandoned(root)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
@@ -260,6 +285,8 @@ def build_cache(
             "channels": channels,
             "max_pixels": max_pixels,
             "shape": tuple(shape),
+            "normalised": normalised,
+            "dtype": dtype,
         },
     )
     executor: cf.Executor | None = None
@@ -297,14 +324,16 @@ def build_cache(
             **meta,
             "counts": counts,
             "skipped": {"count": len(skipped), "files": skipped},
-            "resize": RESIZE_RULE if image_size is not None else "none (native size)",
-            "conversion": CONVERSION_RULE,
+            "resize": (TENSOR_RESIZE_RULE if normalised else RESIZE_RULE)
+            if image_size is not None
+            else "none (native size)",
+            "conversion": NORMALISED_RULE if normalised else CONVERSION_RULE,
             "image_size": image_size,
             "resize_size": (resize or image_size) if image_size is not None else None,
             "interpolation": (interpolation or DEFAULT_INTERPOLATION) if image_size is not None else None,
             "channels": channels,
             "cache_format": CACHE_FORMAT,
-            "pixel_stats": stats,
+            **({"values": "already normalised: used as given"} if normalised else {"pixel_stats": stats}),
         }
         with open(tmp / "meta.json", "w") as fh:
             fh.write(json.dumps({"class_names": names, "meta": meta}, indent=1))
@@ -443,8 +472,9 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
     bad: list[tuple[int, str]] = []
     written = 0
     hist = np.zeros((shape[0], 256), dtype=np.int64)
+    dtype = _JOBS[token][2]["dtype"]
     with open(tmp / f"{part.name}_x.npy", "wb") as fh:
-        fh.write(_npy_header((n_items, *shape)))
+        fh.write(_npy_header((n_items, *shape), dtype))
         pending: deque = deque()
         next_span = 0
 
@@ -471,8 +501,8 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
             if progress is not None:
                 progress(done0 + written + len(bad), total)
         fh.seek(0)
-        fh.write(_npy_header((written, *shape)))
-        fh.truncate(_HEADER_BYTES + written * int(np.prod(shape)))
+        fh.write(_npy_header((written, *shape), dtype))
+        fh.truncate(_HEADER_BYTES + written * int(np.prod(shape)) * dtype.itemsize)
         _sync(fh)
     y = np.asarray(labels, dtype=np.int64)
     if part.labels is not None:

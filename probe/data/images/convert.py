@@ -1,6 +1,8 @@
-"""One image as a uint8 (C, H, W) array: torchvision's conversion and ``Resize(R)+CenterCrop(S)`` rules.
+"""One image as a uint8 (C, H, W) array: torchvision's conversion and ``Resize(R)+CenterCrop(S)`` rules; or, for
+images already normalised (floats outside [0, 1]), as a float32 (C, H, W) array whose values are kept.
 
-The rules are documented once in :mod:`probe.data.images.cache`; this module applies them to one image.
+The rules are documented once in :mod:`probe.data.images.cache`; this module applies them to one image, and
+decides which floats are already normalised and which are clearly wrong (:func:`are_normalised`).
 """
 
 from __future__ import annotations
@@ -109,8 +111,32 @@ def _convert_mode(img: Image.Image) -> Image.Image:
 
 
 def as_pil(image: Any) -> Image.Image:
+    """One image (PIL, or a uint8 / [0, 1]-float tensor or array) as a PIL image; a DataError for any other object,
+    shape or range (floats outside [0, 1] are already normalised: :func:`to_float32` takes those)."""
     if isinstance(image, Image.Image):
         return image
+    arr = image_array(image)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                raise DataError(_NOT_FINITE)
+            if arr.size and (arr.min() < -_TOLERANCE or arr.max() > 1 + _TOLERANCE):
+                raise DataError(
+                    f"a float image has values in [{float(arr.min()):.3g}, {float(arr.max()):.3g}], outside [0, 1], "
+                    "where the data's first images are in [0, 1]; return every image the same way: all in [0, 1] "
+                    "(ToTensor) or all normalised"
+                )
+            arr = np.rint(np.clip(arr, 0, 1) * 255)
+        elif arr.dtype.kind not in "iub" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+            raise DataError(f"an integer image of dtype {arr.dtype} has values outside 0..255; return uint8 images")
+        arr = arr.astype(np.uint8)
+    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
+
+
+def image_array(image: Any) -> np.ndarray:
+    """A tensor (C, H, W) / (H, W) or an array (H, W, C) / (H, W) as a numpy array (H, W) or (H, W, 3|4), its
+    dtype kept; a DataError for another object or shape."""
     arr, layout = _as_numpy(image)
     if arr is None:
         raise DataError(
@@ -126,19 +152,104 @@ def as_pil(image: Any) -> Image.Image:
             f"an image tensor must be (H, W), (1|3|4, H, W) (tensor) or (H, W, 1|3|4) (array), got shape "
             f"{tuple(np.shape(image))}; return one image per item"
         )
-    if arr.dtype != np.uint8:
-        if arr.dtype.kind == "f":
-            if arr.size and (np.nanmin(arr) < -1e-3 or np.nanmax(arr) > 1 + 1e-3):
-                raise DataError(
-                    f"a float image has values in [{float(np.nanmin(arr)):.3g}, {float(np.nanmax(arr)):.3g}], "
-                    "not [0, 1] (already normalised?); return uint8 images or floats in [0, 1] (ToTensor)"
-                )
-            arr = np.rint(np.clip(arr, 0, 1) * 255)
-        elif arr.dtype.kind not in "iub" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
-            raise DataError(f"an integer image of dtype {arr.dtype} has values outside 0..255; return uint8 images")
-        arr = arr.astype(np.uint8)
-    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
-    return Image.fromarray(np.ascontiguousarray(arr), mode)
+    return arr
+
+
+# Float images outside [0, 1] are what a pipeline yields after transforms.Normalize: they are kept as given. Floats
+# that are never negative but exceed PIXEL_LIKE are 0..255 pixel values stored as floats (normalised images have
+# values below their mean, so negative ones, and natural images normalised with any usual mean/std stay within a
+# few units of 0): those are refused, as are NaN and infinite values.
+PIXEL_LIKE = 10.0
+_TOLERANCE = 1e-3
+_NOT_FINITE = "a float image has NaN or infinite values; fix the data (a std of 0 in Normalize gives them)"
+NORMALISED_RULE = (
+    "already-normalised floats (values outside [0, 1]) kept as given in float32, no mean/std applied; alpha dropped; "
+    "grey replicated to 3 channels, or colour made grey with PIL's luma weights (0.299, 0.587, 0.114), when asked"
+)
+TENSOR_RESIZE_RULE = (
+    "shorter side to R (default S) with torch's interpolate (antialiased bilinear by default, or bicubic; nearest), "
+    "centre crop S×S: torchvision Resize(R, interpolation)+CenterCrop(S) on a tensor"
+)
+
+
+def are_normalised(low: float, high: float, finite: bool, what: str) -> bool:
+    """Whether float images whose values span [``low``, ``high``] are already normalised (used as given) rather than
+    in [0, 1] (scaled to 0..255). A DataError (``what`` names the data) for what is clearly wrong: NaN or infinite
+    values, or none below 0 with some above :data:`PIXEL_LIKE` (0..255 pixel values as floats)."""
+    if not finite:
+        raise DataError(f"NaN or infinite values in {what}; fix the data (a std of 0 in Normalize gives them)")
+    if low >= -_TOLERANCE and high > PIXEL_LIKE:
+        raise DataError(
+            f"float values in [{low:.3g}, {high:.3g}] in {what}, none negative: 0..255 pixel values stored as floats, "
+            "neither [0, 1] nor normalised; divide them by 255 (as ToTensor does) or give uint8 images"
+        )
+    return low < -_TOLERANCE or high > 1 + _TOLERANCE
+
+
+_LUMA = (0.299, 0.587, 0.114)  # PIL's convert("L") (ITU-R 601-2), as torchvision's rgb_to_grayscale
+
+
+def to_float32(
+    image: Any,
+    image_size: int | None = None,
+    channels: int | None = None,
+    resize: int | None = None,
+    interpolation: str | None = None,
+) -> np.ndarray:
+    """An already-normalised float image (tensor (C, H, W) / (H, W), array (H, W, C) / (H, W)) as a float32
+    (C, H, W) array by :data:`NORMALISED_RULE`: values kept, alpha dropped, channels as ``channels`` asks,
+    resized by :data:`TENSOR_RESIZE_RULE` (R = ``resize``, default ``image_size``; S = ``image_size``). A
+    DataError for an image that is not float or has NaN or infinite values."""
+    import torch
+
+    arr = image_array(image)
+    if arr.dtype.kind != "f":
+        raise DataError(
+            f"an image of dtype {arr.dtype} among already-normalised float images; return every image the same "
+            "way (all normalised floats)"
+        )
+    if not np.isfinite(arr).all():
+        raise DataError(_NOT_FINITE)
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)[:3]
+    if channels == 3 and x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    elif channels == 1 and x.shape[0] == 3:
+        x = (torch.tensor(_LUMA).view(3, 1, 1) * x).sum(0, keepdim=True)
+    if image_size is not None:
+        x = _resize_crop_tensor(x, image_size, image_size if resize is None else resize, interpolation)
+    return x.contiguous().numpy()
+
+
+TENSOR_FILTERS = ("bilinear", "bicubic", "nearest")  # torchvision's filters on a tensor, as torch's interpolate
+
+
+def check_tensor_filter(interpolation: str | None) -> None:
+    """A SettingsError unless already-normalised floats can be resized with ``interpolation`` (None: bilinear)."""
+    name = (interpolation or DEFAULT_INTERPOLATION).lower()
+    if name not in TENSOR_FILTERS:
+        raise SettingsError(
+            f"interpolation={interpolation!r} cannot resize already-normalised float images; use one of "
+            f"{', '.join(TENSOR_FILTERS)}, or resize the images before Normalize"
+        )
+
+
+def _resize_crop_tensor(x: Any, crop: int, shorter: int, interpolation: str | None) -> Any:
+    """torchvision's ``Resize(shorter, interpolation) + CenterCrop(crop)`` on a float (C, H, W) tensor."""
+    import torch.nn.functional as F
+
+    check_tensor_filter(interpolation)
+    mode = (interpolation or DEFAULT_INTERPOLATION).lower()
+    height, width = int(x.shape[1]), int(x.shape[2])
+    new_w, new_h = resize_shape(width, height, shorter)
+    if (new_w, new_h) != (width, height):
+        smooth = mode != "nearest"
+        x = F.interpolate(
+            x[None], size=(new_h, new_w), mode=mode, align_corners=False if smooth else None, antialias=smooth
+        )[0]
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    return x[:, top : top + crop, left : left + crop]
 
 
 def _as_numpy(image: Any) -> tuple[np.ndarray | None, str]:

@@ -6,8 +6,9 @@ splits hold the uint8 arrays with the normalisation, and the trainer converts ea
 A :class:`Preprocess` says how the images are prepared: the size and filter (``Resize(R)+CenterCrop(S)``,
 bilinear unless the model's eval transform names another), the channels
 (grey replicated to 3 for a model that takes colour), the mean/std (a pretrained model's own, else the
-data's train split) and, for Hugging Face data, the columns to read. What was done goes into ``TaskData.meta``
-(results.json).
+data's train split) and, for Hugging Face data, the columns to read. Data given already normalised (floats
+outside [0, 1], kept in a float32 entry) is used as given: mean 0 and std 1, whatever the Preprocess says. What
+was done goes into ``TaskData.meta`` (results.json).
 """
 
 from __future__ import annotations
@@ -183,7 +184,11 @@ def load_image_task(
 
 
 def _stats(images: ImageData, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(mean, std) per channel in the cache's units, and how they were chosen, for the batch conversion."""
     chans = images.in_chans
+    if is_normalised(images):  # (x - 0) / 1: the values as given, bit for bit
+        unused = f"; {pre.origin or 'the given'} mean/std not applied" if pre.mean is not None else ""
+        return torch.zeros(chans), torch.ones(chans), f"already normalised: used as given{unused}"
     if pre.mean is not None and pre.std is not None:
         mean, std = list(pre.mean), list(pre.std)
         if len(mean) != chans:
@@ -195,6 +200,11 @@ def _stats(images: ImageData, pre: Preprocess) -> tuple[torch.Tensor, torch.Tens
         raise DataError("the image cache entry records no pixel statistics; delete it and run again")
     std = [s if s > 0 else 1.0 for s in stats["std"]]
     return torch.tensor(stats["mean"]), torch.tensor(std), "the data's own train-split mean/std per channel"
+
+
+def is_normalised(images: ImageData) -> bool:
+    """Whether ``images`` hold already-normalised floats (used as given) rather than uint8 pixels."""
+    return images.train_x.dtype != np.uint8
 
 
 def _fmt(values: list[float]) -> str:
@@ -254,6 +264,7 @@ def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> d
     meta["preprocessing"] = {
         **pre.to_dict(),
         "applied": f"{resized}{w}×{h}, {c} channel(s); {normalisation}",
+        **({"already_normalised": True} if is_normalised(images) else {}),
     }
     meta["sizes"] = {"train": int(len(images.train_y)), "test": int(len(images.test_y))}
     return meta
