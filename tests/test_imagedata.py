@@ -630,7 +630,7 @@ def test_a_dataset_pair_already_normalised_is_kept_as_given(tmp_path, cache):
     assert np.array_equal(three.train_x[:, :1], torch.stack([x for x, _ in grey_train]).numpy())
 
 
-def test_nan_anywhere_and_floats_of_0_to_255_are_refused_in_one_line(tmp_path, cache):
+def test_nan_anywhere_floats_of_0_to_255_and_mixed_images_are_refused_in_one_line(tmp_path, cache):
     torch.manual_seed(0)
     x, y = torch.randn(40, 3, 5, 5), torch.arange(40) % 2
     broken = x.clone()
@@ -647,8 +647,14 @@ def test_nan_anywhere_and_floats_of_0_to_255_are_refused_in_one_line(tmp_path, c
         DataError, match=r"values in \[0, 255\] in the image tensors, none negative: 0\.\.255 pixel values"
     ):
         load_tensors((pixels, y), (pixels[:4], y[:4]), cache_dir=cache)
-    # in a Dataset, an item the first look does not see is checked when it is read
     items = [(img, label) for img, label in zip(x, y.tolist(), strict=True)]
+    pil_first = Items([(Image.new("L", (5, 5)), 0)] + items[1:])
+    with pytest.raises(DataError, match=r"item \('train', 0\) is no float image where item \('train', \d+\) holds"):
+        load_dataset_pair(pil_first, Items(items), cache_dir=cache)
+    pil_only = Items([(Image.new("L", (5, 5)), i % 2) for i in range(4)])
+    with pytest.raises(DataError, match="is no float image where normalised=True says the images are already-norm"):
+        load_dataset_pair(pil_only, pil_only, cache_dir=cache, normalised=True)
+    # in a Dataset, an item the first look does not see is checked when it is read
     items[1] = (broken[37], 0)
     with pytest.raises(DataError, match="a float image has NaN or infinite values"):
         load_dataset_pair(Items(items), Items(items[:4]), cache_dir=cache, cache_key="with-nan")

@@ -92,9 +92,10 @@ def _probe_items(read, parts: list[Part], channels: int | None, image_size: int 
         low, high = (float(values.min()), float(values.max())) if finite else (0.0, 0.0)
         normalised = are_normalised(low, high, finite, "the data")
     if normalised and others:
+        where = f"item {floats[0][0]} holds" if floats else "normalised=True says the images are"
         raise DataError(
-            f"item {others[0]} is no float image where item {floats[0][0]} holds already-normalised floats; "
-            "return every image the same way"
+            f"item {others[0]} is no float image where {where} already-normalised floats; return every image the "
+            "same way"
         )
     chans = channels or (1 if all(greys) else 3)
     return chans, ((image_size, image_size) if image_size is not None else first), bool(normalised)
