@@ -6,7 +6,8 @@
 * a ``torch.utils.data.Dataset`` pair or ``(x, y)`` tensors: :mod:`probe.data.images.pairs`.
 
 Every loader returns an :class:`~probe.data.images.cache.ImageData`: uint8 (N, C, H, W) arrays memory-mapped
-from the cache, labels, class names and a JSON-able ``meta``.
+from the cache (float32 for data given already normalised), labels, class names and a JSON-able ``meta``;
+:mod:`probe.data.images.tasks` wraps it as a task.
 """
 
 from __future__ import annotations

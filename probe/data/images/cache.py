@@ -1,10 +1,11 @@
 """Images decoded once into a uint8 cache on disk, memory-mapped on every later use.
 
-This is the engine under :mod:`probe.data.images.folder` and :mod:`probe.data.images.huggingface`: a *source* is a
-list of items per split (file paths, dataset indices) and a reader that turns one item into ``(image, label)``;
-:func:`build_cache` decodes, converts and resizes every item once, with an optional pool of workers, and
-streams the result chunk by chunk into ``train_x.npy`` / ``test_x.npy`` (N×C×H×W uint8) under a cache folder
-keyed by a content description. :func:`open_cache` maps them back without a copy.
+This is the engine under every loader of :mod:`probe.data.images` (folders, Dataset pairs and tensors, and through
+those torchvision and Hugging Face datasets): a *source* is a list of items per split (file paths, dataset
+indices) and a reader that turns one item into ``(image, label)``; :func:`build_cache` decodes, converts and
+resizes every item once, with an optional pool of workers, and streams the result chunk by chunk into
+``train_x.npy`` / ``test_x.npy`` (N×C×H×W uint8) under a cache folder keyed by a content description.
+:func:`open_cache` maps them back without a copy.
 
 Decisions (documented here once; the loaders' metadata repeats them):
 
