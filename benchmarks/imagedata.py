@@ -4,7 +4,7 @@ The benchmark writes its own data: ``--files`` (default 10,000) real-size JPEG a
 around 256×256, smooth random content plus noise, 10 classes) into a temporary folder. Then, each in a fresh
 subprocess started back to back (so peaks do not mix and both sides see the same warm page cache):
 
-* prepare: :func:`probe.data.image_folder.load_image_folder` into an empty cache (``--workers`` threads; and forked
+* prepare: :func:`probe.data.images.folder.load_image_folder` into an empty cache (``--workers`` threads; and forked
   processes) against one pass of torchvision's ``ImageFolder`` + ``DataLoader`` (same workers) with the same
   resize, ``Resize(S) + CenterCrop(S) + PILToTensor``: images/s. Target: ratio >= 1.0.
 * epoch: one shuffled epoch of float, normalised batches gathered from the memory-mapped cache against the
@@ -126,14 +126,14 @@ def child(kind: str, root: str, cache: str, size: int, workers: int, batch: int)
     import torch
     import torchvision  # noqa: F401  (both sides import everything before the baseline is taken)
 
-    import probe.data.image_folder  # noqa: F401
+    import probe.data.images.folder  # noqa: F401
 
     torch.set_num_threads(1)
     peak = Peak()
     start = time.perf_counter()
     n = 0
     if kind in ("prepare", "prepare-processes"):
-        from probe.data.image_folder import load_image_folder
+        from probe.data.images.folder import load_image_folder
 
         data = load_image_folder(
             root,
@@ -148,7 +148,7 @@ def child(kind: str, root: str, cache: str, size: int, workers: int, batch: int)
         for x, _ in loader(root, size, workers, batch, normalise=False, shuffle=False):
             n += len(x)
     elif kind == "epoch-cache":
-        from probe.data.image_folder import load_image_folder
+        from probe.data.images.folder import load_image_folder
 
         data = load_image_folder(root, image_size=size, cache_dir=cache, workers=0)  # the entry exists: mapped
         start = time.perf_counter()

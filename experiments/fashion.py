@@ -136,7 +136,7 @@ def source_path(name: str) -> Path:
 
 def train_source(name: str) -> dict:
     from probe.api import source_training_settings
-    from probe.data.image_tasks import Preprocess
+    from probe.data.images.tasks import Preprocess
     from probe.engine.sources import train_source as train
 
     spec = SOURCES[name]
@@ -170,7 +170,7 @@ def settings_for(u: dict):
 
 
 def context_for(u: dict):
-    from probe.data.image_tasks import Preprocess
+    from probe.data.images.tasks import Preprocess
     from probe.engine.prepare import prepare
     from probe.engine.sources import load_source
 

@@ -26,7 +26,7 @@ from probe.data import (
 )
 from probe.data import cifar as cifar_module
 from probe.data.digits import digits_indices
-from probe.data.image_cache import default_cache_dir
+from probe.data.images.cache import default_cache_dir
 from probe.errors import DataError, SettingsError
 from probe.util.cache import cache_root
 

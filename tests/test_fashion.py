@@ -28,7 +28,7 @@ from probe.data import tensors as tensors_module
 from probe.data.base import make_base
 from probe.data.fashion import FASHION_CLASSES, load_fashion
 from probe.data.idx import read_idx
-from probe.data.image_tasks import Preprocess, task_from_python
+from probe.data.images.tasks import Preprocess, task_from_python
 from probe.data.spec import input_shape
 from probe.data.task import Split, limit_per_class, per_class_positions
 from probe.errors import DataError, ResultsError, SettingsError

@@ -1,4 +1,4 @@
-"""probe.data.image_cache / image_folder / image_pairs / huggingface on real files the tests write
+"""probe.data.images (cache, folder, pairs, huggingface) on real files the tests write
 (PIL, idx-ubyte, datasets)."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from probe.data import image_cache as imagecache
-from probe.data import image_folder as imagedata
-from probe.data.image_folder import load_image_folder
-from probe.data.image_pairs import load_dataset_pair, load_tensors
+from probe.data.images import cache as imagecache
+from probe.data.images import folder as imagedata
 from probe.data.images import load_images
-from probe.data.torchvision_sets import load_torchvision
+from probe.data.images.folder import load_image_folder
+from probe.data.images.pairs import load_dataset_pair, load_tensors
+from probe.data.images.torchvision_sets import load_torchvision
 from probe.errors import DataError, SettingsError
 
 COLOURS = {"cat": (200, 30, 40), "dog": (10, 220, 90), "emu": (60, 70, 250)}
@@ -164,7 +164,7 @@ def test_resize_filter_is_torchvision_resize_with_that_interpolation(tmp_path, c
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import InterpolationMode
 
-    from probe.data.image_convert import to_uint8
+    from probe.data.images.convert import to_uint8
 
     def reference(img: Image.Image, mode: InterpolationMode) -> np.ndarray:
         tf = [transforms.Resize(17, interpolation=mode), transforms.CenterCrop(13), transforms.PILToTensor()]
@@ -283,6 +283,57 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, cache):
     assert calls[-1] == (120, 120) and len(entries(cache)) == 1 and len(data.train_y) == 96
 
 
+def test_an_image_size_whose_cache_would_not_fit_is_refused_before_anything_is_written(tmp_path, cache):
+    root = flat_folder(tmp_path / "f", per_class=3)
+    with pytest.raises(SettingsError, match=r"image_size=100000 is too large: .* give at most 9459"):
+        load_image_folder(root, image_size=100_000, cache_dir=cache, workers=0)
+    with pytest.raises(SettingsError, match="resize=9500 is too large"):
+        load_image_folder(root, image_size=224, resize=9500, cache_dir=cache, workers=0)
+    # within a raised pixel limit the size passes that check, and the disk's room is what refuses it: 9 images of
+    # 3 × 10^8 × 10^8 bytes are 270 PB, more than any disk has free
+    with pytest.raises(DataError) as info:
+        load_image_folder(root, image_size=10**8, max_pixels=10**17, cache_dir=cache, workers=0)
+    message = str(info.value)
+    assert message.startswith("the image cache needs 270.0 PB for 9 images of 100000000×100000000 with 3 channel(s)")
+    assert f"but the disk of {cache} has" in message and "give a smaller --image-size" in message
+    assert "\n" not in message and not cache.exists()  # nothing written, not even the cache folder
+
+
+def test_a_prepare_killed_outright_leaves_a_folder_that_the_next_use_removes(tmp_path, cache):
+    import fcntl
+    import signal
+    import subprocess
+
+    root = flat_folder(tmp_path / "f", per_class=20)
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal\nfrom probe.data.images.folder import load_image_folder\n"
+         f"load_image_folder({str(root)!r}, cache_dir={str(cache)!r}, workers=0, "
+         "progress=lambda done, total: os.kill(os.getpid(), signal.SIGKILL))"],
+        cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (dead,) = cache.iterdir()  # the SIGKILL-ed prepare's folder, its lock released by the kernel
+    assert dead.name.startswith(".folder-") and dead.name.endswith(".tmp") and (dead / "train_x.npy").is_file()
+    live = cache / ".folder-live.x.tmp"  # a prepare still writing: it holds its lock
+    live.mkdir()
+    held = os.open(live / ".writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    fresh, old = cache / ".folder-fresh.y.tmp", cache / ".folder-old.z.tmp"  # without a lock: by age
+    fresh.mkdir()
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    try:
+        data = load_image_folder(root, cache_dir=cache, workers=0)
+        assert entries(cache) == sorted([fresh.name, live.name, pathlib.Path(data.meta["cache"]).name])
+        load_image_folder(root, cache_dir=cache, workers=0)  # the entry is found; the live folder still stays
+        assert live.exists()
+    finally:
+        os.close(held)  # its writer "dies"
+    assert load_image_folder(root, cache_dir=cache, workers=0).meta["cache"] == data.meta["cache"]
+    assert not live.exists() and fresh.exists()
+    assert not (pathlib.Path(data.meta["cache"]) / ".writer.lock").exists()  # the lock is no part of an entry
+
+
 def test_worker_pools_give_identical_arrays(tmp_path):
     root = flat_folder(tmp_path / "f", per_class=30)
     inline = load_image_folder(root, cache_dir=tmp_path / "c0", workers=0, image_size=8)
@@ -346,6 +397,76 @@ def test_train_and_val_folders_and_train_only(tmp_path, cache):
     (tmp_path / "v" / "val").rename(tmp_path / "val-away")
     only = load_image_folder(tmp_path / "v", cache_dir=cache, workers=0, test_fraction=0.34)
     assert only.meta["split"]["layout"] == "train/ only, split per class" and only.test_y.tolist() == [0, 1]
+
+
+def test_a_symlink_loop_is_not_followed_and_listed_as_skipped(tmp_path, cache):
+    root = flat_folder(tmp_path / "f", per_class=10)
+    os.symlink("..", root / "a" / "loop")  # a/loop/a/loop/...: every class again, without end
+    os.symlink("../c", root / "b" / "more")  # a second path to class c's images
+    assert imagedata.check_image_folder(root) == ["a", "b", "c"]
+    data = load_image_folder(root, cache_dir=cache, workers=0)
+    assert len(data.train_y) + len(data.test_y) == 30
+    assert np.bincount(np.concatenate([data.train_y, data.test_y])).tolist() == [10, 10, 10]
+    train = {np.asarray(x).tobytes() for x in data.train_x}
+    assert not train & {np.asarray(x).tobytes() for x in data.test_x}  # no image in both splits
+    skipped = {f["item"]: f["reason"] for f in data.meta["skipped"]["files"]}
+    assert data.meta["skipped"]["count"] == 2
+    loop, more = str(root.resolve() / "a" / "loop"), str(root.resolve() / "b" / "more")
+    assert set(skipped) == {loop, more}
+    assert skipped[loop].startswith(f"a link to {root.resolve()}, which is read once elsewhere (a symlink loop")
+    assert load_image_folder(root, cache_dir=cache, workers=0).meta["cache"] == data.meta["cache"]
+    (root / "b" / "more").unlink()  # what was not read is part of the key: the record stays true
+    assert load_image_folder(root, cache_dir=cache, workers=0).meta["skipped"]["count"] == 1
+
+
+def test_links_that_make_two_class_or_split_folders_one_are_refused(tmp_path, cache):
+    flat = flat_folder(tmp_path / "flat", per_class=3)
+    os.symlink("a", flat / "d")  # class d would be class a's images under another label
+    with pytest.raises(DataError, match=r"flat/d and .*flat/a are the same folder .* a folder of its own"):
+        load_image_folder(flat, cache_dir=cache, workers=0)
+    split = tmp_path / "split"
+    for c in "xy":
+        for i in range(2):
+            solid(split / "train" / c / f"{i}.png", (i, 0, 0))
+    (split / "test").mkdir()
+    for c in "xy":
+        os.symlink(split / "train" / c, split / "test" / c)  # test would be the train images
+    with pytest.raises(DataError, match="are the same folder"):
+        imagedata.check_image_folder(split)
+    assert entries(cache) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_with_an_image_name_is_skipped_and_never_opened(tmp_path, cache):
+    import threading
+
+    root = flat_folder(tmp_path / "f", per_class=5)
+    fifo = root / "b" / "x.png"
+    os.mkfifo(fifo)
+    opened, done = [], threading.Event()
+
+    def watch() -> None:  # a writer opens without blocking only while a reader holds the FIFO open
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader then sees the end of the file
+                opened.append(True)
+            except OSError:
+                done.wait(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        classes = imagedata.check_image_folder(root)
+        data = load_image_folder(root, cache_dir=cache, workers=2)
+    finally:
+        done.set()
+        watcher.join()
+    assert not opened and classes == ["a", "b", "c"]
+    assert len(data.train_y) + len(data.test_y) == 15
+    assert data.meta["skipped"]["files"] == [
+        {"split": "before the split", "item": str(root.resolve() / "b" / "x.png"),
+         "reason": "a FIFO, not a regular file; not opened"}
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -458,13 +579,85 @@ def test_dataset_pair_of_pil_and_tensors(tmp_path, cache):
         ("just a string", r"returned str .* not \(image, label\)"),
         ((Image.new("RGB", (4, 4)), 1, 2), r"returned a tuple of 3 \(Image, int, int\)"),
         ((Image.new("RGB", (4, 4)), "cat"), "returned label str 'cat'"),
-        ((torch.full((3, 4, 4), 3.0), 0), r"not \[0, 1\] \(already normalised\?\)"),
+        ((torch.full((3, 4, 4), 200.0), 0), r"0\.\.255 pixel values stored as floats, .* divide them by 255"),
+        ((torch.full((3, 4, 4), float("nan")), 0), "NaN or infinite values in the data; fix the data"),
         (({"image": 1}, 0), "must be a PIL image, a tensor or an array, got dict"),
     ],
 )
 def test_dataset_returning_something_else(tmp_path, cache, item, match):
     with pytest.raises(DataError, match=match):
         load_dataset_pair(Items([item, item]), Items([item]), cache_dir=cache)
+    assert entries(cache) == []
+
+
+def _normalising_folder(root, transform):
+    from torchvision.datasets import ImageFolder
+
+    for split, per_class in (("train", 6), ("test", 2)):
+        flat_folder(root / split, per_class=per_class)
+    return ImageFolder(str(root / "train"), transform), ImageFolder(str(root / "test"), transform)
+
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_a_dataset_pair_already_normalised_is_kept_as_given(tmp_path, cache):
+    """What most PyTorch pipelines yield: ToTensor + Normalize, values outside [0, 1]."""
+    from torchvision import transforms
+
+    normalise = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*IMAGENET)])
+    train, test = _normalising_folder(tmp_path / "pngs", normalise)
+    data = load_dataset_pair(train, test, cache_dir=cache, cache_key="normalised-v1", workers=2)
+    assert data.train_x.dtype == np.float32 and data.train_x.shape == (18, 3, 10, 12)
+    assert np.array_equal(np.asarray(data.train_x), torch.stack([x for x, _ in train]).numpy())  # bit for bit
+    assert np.array_equal(np.asarray(data.test_x), torch.stack([x for x, _ in test]).numpy())
+    assert data.meta["values"] == "already normalised: used as given" and "pixel_stats" not in data.meta
+    again = load_dataset_pair(train, test, cache_dir=cache, cache_key="normalised-v1")
+    assert again.meta["cache"] == data.meta["cache"] and again.train_x.dtype == np.float32
+
+    # resized as torchvision's Resize + CenterCrop would on those tensors; grey replicated when asked
+    resized = load_dataset_pair(train, test, cache_dir=cache, image_size=6, resize=8, interpolation="bicubic")
+    on_tensors = transforms.Compose(
+        [transforms.Resize(8, transforms.InterpolationMode.BICUBIC, antialias=True), transforms.CenterCrop(6)]
+    )
+    assert np.array_equal(resized.train_x, torch.stack([on_tensors(x) for x, _ in train]).numpy())
+    with pytest.raises(SettingsError, match="interpolation='lanczos' cannot resize already-normalised"):
+        load_dataset_pair(train, test, cache_dir=cache, image_size=6, interpolation="lanczos")
+    grey = transforms.Compose([transforms.Grayscale(), transforms.ToTensor(), transforms.Normalize((0.5,), (0.25,))])
+    grey_train, grey_test = _normalising_folder(tmp_path / "grey", grey)
+    three = load_dataset_pair(grey_train, grey_test, cache_dir=cache, channels=3)
+    assert three.train_x.shape[1] == 3 and np.array_equal(three.train_x[:, 0], three.train_x[:, 2])
+    assert np.array_equal(three.train_x[:, :1], torch.stack([x for x, _ in grey_train]).numpy())
+
+
+def test_nan_anywhere_floats_of_0_to_255_and_mixed_images_are_refused_in_one_line(tmp_path, cache):
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 5, 5), torch.arange(40) % 2
+    broken = x.clone()
+    broken[37, 1, 2, 2] = float("nan")
+    with pytest.raises(DataError, match=r"^NaN or infinite values in the image tensors; fix the data") as info:
+        load_tensors((broken, y), (x[:4], y[:4]), cache_dir=cache)
+    assert "\n" not in str(info.value)
+    infinite = x.clone()
+    infinite[3, 0, 0, 0] = float("inf")
+    with pytest.raises(DataError, match="NaN or infinite values"):
+        load_tensors((x, y), (infinite[:4], y[:4]), cache_dir=cache)
+    pixels = torch.randint(0, 256, (40, 3, 5, 5)).float()  # never divided by 255
+    with pytest.raises(
+        DataError, match=r"values in \[0, 255\] in the image tensors, none negative: 0\.\.255 pixel values"
+    ):
+        load_tensors((pixels, y), (pixels[:4], y[:4]), cache_dir=cache)
+    items = [(img, label) for img, label in zip(x, y.tolist(), strict=True)]
+    pil_first = Items([(Image.new("L", (5, 5)), 0)] + items[1:])
+    with pytest.raises(DataError, match=r"item \('train', 0\) is no float image where item \('train', \d+\) holds"):
+        load_dataset_pair(pil_first, Items(items), cache_dir=cache)
+    pil_only = Items([(Image.new("L", (5, 5)), i % 2) for i in range(4)])
+    with pytest.raises(DataError, match="is no float image where normalised=True says the images are already-norm"):
+        load_dataset_pair(pil_only, pil_only, cache_dir=cache, normalised=True)
+    # in a Dataset, an item the first look does not see is checked when it is read
+    items[1] = (broken[37], 0)
+    with pytest.raises(DataError, match="a float image has NaN or infinite values"):
+        load_dataset_pair(Items(items), Items(items[:4]), cache_dir=cache, cache_key="with-nan")
     assert entries(cache) == []
 
 

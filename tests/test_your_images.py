@@ -24,7 +24,7 @@ from probe.cli import app
 from probe.core.gate import QuantaGate
 from probe.core.hooks import quanta_hooks, source_forward
 from probe.data import load_task, parse_spec
-from probe.data.image_tasks import Preprocess
+from probe.data.images.tasks import Preprocess
 from probe.engine.context import fresh_target
 from probe.engine.prepare import prepare
 from probe.errors import CheckpointError, DataError, SettingsError
@@ -159,6 +159,19 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
         )  # fmt: skip
         assert_user_error(result, fragment)
         assert not out.exists(), what
+
+
+def test_an_image_size_too_large_is_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    """--image-size 100000 grew the cache to 23.6 GB until the out-of-memory killer ended the process."""
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+    folder = image_folder(tmp_path / "pics", classes=("a", "b", "c", "d"), per_class=3)
+    out = tmp_path / "out"
+    result = invoke(
+        ["scan", "--arch", "paper-cnn", "--width", "0.25", "--device", "cpu", "--source-data", f"{folder}[0-1]",
+         "--target", f"{folder}[2-3]", "--image-size", "100000", "--epochs", "1", "--runs", "1", "--out", out]
+    )  # fmt: skip
+    assert_user_error(result, "--image-size 100000 is too large", "give at most 9459")
+    assert not out.exists() and not (tmp_path / "cache").exists()
 
 
 def test_an_hf_name_offline_is_one_line(tmp_path, monkeypatch):
@@ -322,6 +335,22 @@ def test_tensors_and_dataset_pairs_as_target():
     x = (digits.train.x - digits.train.x.min()) / (digits.train.x.max() - digits.train.x.min())
     m = probe.measure(source, "conv1", target=(x, digits.train.y), epochs=1, runs=1, init=(0.5,), jobs=1)
     assert m.extras["data"]["AnB"]["split"]["layout"] == "(x, y) split per class"
+
+
+def test_already_normalised_tensors_scan_as_given_and_results_json_says_so(tmp_path, tiny_source):
+    """What a PyTorch pipeline yields after Normalize: used as they are, not refused and not normalised again."""
+    digits = load_task("digits[5-9]")  # float tensors normalised with digits' own mean/std: values outside [0, 1]
+    train, test = (digits.train.x, digits.train.y), (digits.test.x, digits.test.y)
+    assert float(train[0].min()) < 0 < 1 < float(train[0].max())
+    m = probe.scan(
+        tiny_source, "conv1", target=(train, test), epochs=1, runs=1, init=(0.5,), jobs=1, out=tmp_path / "out"
+    )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["extras"]["data"]["AnB"]
+    assert saved["preprocessing"]["already_normalised"] is True
+    assert saved["preprocessing"]["applied"] == "8×8, 1 channel(s); already normalised: used as given"
+    assert saved["values"] == "already normalised: used as given" and m.runs
+    task = prepare(tiny_source, (train, test), settings=RunSettings(device="cpu")).context.tasks["AnB"]
+    assert torch.equal(task.train.x, train[0]) and torch.equal(task.test.x, test[0])  # bit for bit, no second pass
 
 
 # ------------------------------------------------------------------------------------- pretrained

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..core.layers import LayerInfo
 from ..data import check_available, load_task, parse_spec
-from ..data.image_tasks import with_columns
+from ..data.images.tasks import with_columns
 from ..data.spec import input_shape
 from ..engine.sources import load_source
 from ..errors import SettingsError

@@ -15,7 +15,7 @@ from torch import nn
 from ..backends import check_backend
 from ..baselines import check_baselines
 from ..data import DatasetSpec, TaskData, check_available, default_target, load_task, parse_spec
-from ..data.image_tasks import Preprocess, for_spec, is_hf_data, task_from_python, with_columns
+from ..data.images.tasks import Preprocess, for_spec, is_hf_data, task_from_python, with_columns
 from ..data.task import limit_per_class
 from ..engine.prepare import check_format, no_control_note
 from ..engine.progress import Progress

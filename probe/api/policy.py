@@ -13,7 +13,8 @@ from typing import Any
 from ..backends import check_backend, default_jobs
 from ..baselines import check_baselines
 from ..data import DatasetSpec, TaskData, check_available, parse_spec
-from ..data.image_tasks import Preprocess, with_columns
+from ..data.images.rules import max_image_side
+from ..data.images.tasks import Preprocess, with_columns
 from ..data.registry import get_dataset
 from ..engine.selection import check_layer_list
 from ..engine.sources import source_settings
@@ -77,6 +78,11 @@ def _model_preprocessing(
     """:func:`preprocessing_for` without the columns: the size, channels and statistics."""
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise SettingsError(f"--image-size {image_size} is invalid; give a positive number of pixels, e.g. 64")
+    if image_size is not None and (side := max_image_side()) is not None and image_size > side:
+        raise SettingsError(
+            f"--image-size {image_size} is too large: images of {image_size}×{image_size} pixels are above PIL's "
+            f"decompression-bomb limit; give at most {side}, e.g. 224"
+        )
     builtin = _is_spec(target) and parse_spec(target).kind == "builtin"  # type: ignore[arg-type]
     if not (pretrained and arch):
         if image_size is None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..backends import executor_for
 from ..baselines import cka_after_run, run_baselines
-from ..data.image_tasks import Preprocess
+from ..data.images.tasks import Preprocess
 from ..engine.context import ProbeContext
 from ..engine.prepare import prepare_tasks
 from ..engine.progress import Progress

@@ -1,5 +1,6 @@
 """Data: the spec language, datasets as tensors, batch augmentation; the registry of built-in data sets, one module
-each (digits, CIFAR, Fashion-MNIST); image folders, torchvision and Hugging Face datasets through a uint8 cache."""
+each (digits, CIFAR, Fashion-MNIST); images from anywhere (folders, torchvision and Hugging Face datasets, Python
+data) through a uint8 cache in :mod:`probe.data.images`."""
 
 from .augment import AugmentConfig, augment_batch
 from .registry import DatasetInfo, default_augment, get_dataset, list_datasets, register_dataset

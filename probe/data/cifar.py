@@ -139,7 +139,7 @@ def load_cifar(name: str, root: pathlib.Path, download: bool) -> BaseData:
         if (root / layout.archive).is_file():
             extract_archive(root / layout.archive, root)
         elif download:
-            download_archive(layout, root)
+            _download(layout, root)
         check_cifar_present(name, root, download=False)
     for file in (*layout.train_files, layout.test_file, layout.meta_file):
         if not (folder / file).is_file():
@@ -158,6 +158,22 @@ def load_cifar(name: str, root: pathlib.Path, download: bool) -> BaseData:
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
     return make_base(train_x, train_y, test_x, test_y, class_names)
+
+
+def _download(layout: CifarLayout, root: pathlib.Path) -> None:
+    """Fetch and unpack torchvision's archive of ``layout`` (its URL and checksum from torchvision's own class)."""
+    from torchvision import datasets
+
+    cls = getattr(datasets, layout.torchvision_class)
+    download_archive(
+        cls.url,
+        root,
+        filename=cls.filename,
+        md5=cls.tgz_md5,
+        title=layout.title,
+        offline_hint=f"put torchvision's {layout.archive} (from {cls.url}) or its extracted {layout.folder} folder "
+        "there, or set PROBE_DATA",
+    )
 
 
 def check_cifar_present(name: str, root: pathlib.Path, download: bool) -> None:

@@ -1,20 +1,22 @@
-"""Fetching and unpacking torchvision's CIFAR archives (the only network access of the toolkit)."""
+"""Fetching and unpacking a ``.tar.gz`` archive of a built-in data set (CIFAR's) with torchvision's downloader.
+
+This is one of the toolkit's network accesses, not the only one: Fashion-MNIST and ``tv:NAME`` data download
+through torchvision's dataset classes, ``hf:NAME`` through ``datasets``, and pretrained weights through timm
+(the Hugging Face hub) and torchvision (the torch hub); each fails in one line when offline. This module knows
+no data set: the caller names the archive, its checksum and what to tell the user.
+"""
 
 from __future__ import annotations
 
 import pathlib
 import socket
 import tarfile
-from typing import TYPE_CHECKING
 
 from ..errors import DataError
 
-if TYPE_CHECKING:
-    from .cifar import CifarLayout
-
 
 def extract_archive(archive: pathlib.Path, root: pathlib.Path) -> None:
-    """Unpack torchvision's CIFAR archive into ``root`` (only plain files and folders inside it)."""
+    """Unpack the ``.tar.gz`` ``archive`` into ``root`` (only plain files and folders inside it)."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(root, filter="data")
@@ -22,22 +24,21 @@ def extract_archive(archive: pathlib.Path, root: pathlib.Path) -> None:
         raise DataError(f"cannot extract {archive} ({type(e).__name__}: {e}); delete it and download it again") from e
 
 
-def download_archive(layout: CifarLayout, root: pathlib.Path) -> None:
-    """Fetch and unpack the CIFAR archive with torchvision's downloader, failing fast when offline."""
-    from torchvision import datasets
+def download_archive(
+    url: str, root: pathlib.Path, *, filename: str, md5: str | None, title: str, offline_hint: str
+) -> None:
+    """Fetch ``url`` into ``root`` as ``filename`` (checked against ``md5`` when given) and unpack it there, with
+    torchvision's downloader and a 10 s socket timeout, so that no network fails fast. A failure is one DataError
+    line: "could not download ``title`` into ``root`` (why); without network, ``offline_hint``"."""
     from torchvision.datasets.utils import download_and_extract_archive
 
-    cls = getattr(datasets, layout.torchvision_class)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        download_and_extract_archive(url, str(root), filename=filename, md5=md5)
     except Exception as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())
-        raise DataError(
-            f"could not download {layout.title} into {root} ({reason}); without network, put torchvision's "
-            f"{layout.archive} (from {cls.url}) or its extracted {layout.folder} folder there, or set PROBE_DATA"
-        ) from e
+        raise DataError(f"could not download {title} into {root} ({reason}); without network, {offline_hint}") from e
     finally:
         socket.setdefaulttimeout(previous)

@@ -15,9 +15,10 @@ class Split:
     """One split: labels ``y`` int64 (N,) in 0..K-1 and the images, read per batch with :meth:`take` / :meth:`rows`.
 
     Built-in datasets hold their images as one normalised float32 tensor (N, C, H, W). Images from anywhere
-    hold the uint8 cache itself (memory-mapped on the CPU, or copied once to the device as uint8) with
-    ``mean``/``std`` (C,) in pixel units and, for a class subset, ``index`` (the rows of the subset): a batch is
-    gathered, converted to float and normalised where it is used, so memory is bounded by the batch.
+    hold the cache's array itself (memory-mapped on the CPU, or copied once to the device as it is: uint8, or
+    float32 for data given already normalised) with ``mean``/``std`` (C,) in its units (0 and 1 for data used
+    as given) and, for a class subset, ``index`` (the rows of the subset): a batch is gathered, converted to
+    float and normalised where it is used, so memory is bounded by the batch.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class Split:
 
     @property
     def raw(self) -> bool:
-        """Whether the images are uint8, converted per batch."""
+        """Whether the images are the image cache's array (uint8, or float32 used as given), converted per batch."""
         return self.mean is not None
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
@@ -94,7 +95,7 @@ class Split:
         return self.rows(0, len(self))
 
     def to(self, device: torch.device | str) -> Split:
-        """This split with its tensors on ``device`` (uint8 images stay uint8)."""
+        """This split with its tensors on ``device`` (the cache's uint8 images stay uint8)."""
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)

@@ -1,18 +1,20 @@
-"""Datasets as tensors in memory: :func:`load_task` and what it returns.
+"""What a run trains on: :func:`load_task` (a :class:`TaskData` for any spec), :func:`check_available`, the data folder.
 
-In the spirit of airbench94 there is no ``DataLoader``: :func:`load_task` returns every split as one
-float tensor (move it to the GPU once with :meth:`Split.to`), and :func:`augment_batch` transforms a
-whole batch on its device with one affine grid and one flip mask, with no Python loop over samples.
+In the spirit of airbench94 there is no ``DataLoader``: :func:`load_task` returns a :class:`TaskData` whose
+splits the trainer reads a batch at a time (:meth:`Split.take`, :meth:`Split.rows`); augmentation
+(:mod:`probe.data.augment`) transforms a whole batch on its device.
 
-Datasets are named by a small spec language (:func:`parse_spec`): a built-in data set of
+Datasets are named by a small spec language (:func:`~probe.data.spec.parse_spec`): a built-in data set of
 :mod:`probe.data.registry` (``digits``, ``cifar10``, ``cifar100``, ``fashion``), optionally restricted to a
 class subset, e.g. ``digits[0-4]`` or ``cifar100[0-49]``, or images from anywhere (a folder, ``tv:``, ``hf:``).
-Each built-in data set's module says where its files are read from (under :func:`resolve_data_dir`).
 
-Every split is normalised with the per-channel mean/std of the *full* train split of its base dataset,
-so two subsets of one dataset (source and target) see identical pixel values for the same image.
-Base datasets are cached in memory per (name, folder); :func:`load_task` builds fresh tensors on
-every call, so callers own what they get back.
+* **Built-in data sets** are read once per (name, folder) by their module (from under :func:`resolve_data_dir`)
+  and kept in memory; each call returns new float32 tensors, normalised with the per-channel mean/std of the
+  *full* train split, so two subsets of one data set (source and target) see identical pixel values for the
+  same image. With an ``image_size`` other than their own they go through the image cache instead, like
+  images from anywhere.
+* **Images from anywhere** go to :func:`probe.data.images.tasks.load_image_task`: decoded once into the
+  memory-mapped cache on disk and converted per batch (these splits share the mapped cache, not a copy).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from .spec import DatasetSpec, parse_spec
 from .task import Split, TaskData
 
 if TYPE_CHECKING:
-    from .image_rules import Progress
-    from .image_tasks import Preprocess
+    from .images.rules import Progress
+    from .images.tasks import Preprocess
 
 __all__ = ["Split", "TaskData", "check_available", "load_task", "resolve_data_dir"]
 
@@ -58,13 +60,13 @@ def load_task(
     normalised up front; every call returns new tensors (with ``preprocess.image_size`` they are resized once into the
     uint8 cache, like images from anywhere, and keep their own statistics). Images from anywhere (a folder,
     ``tv:NAME``, ``hf:NAME``) are decoded once into the uint8 cache on disk and stay uint8 (memory-mapped),
-    converted per batch, prepared as ``preprocess`` says (see :mod:`probe.data.image_tasks`).
+    converted per batch, prepared as ``preprocess`` says (see :mod:`probe.data.images.tasks`).
     ``download=True`` fetches a missing built-in data set or torchvision dataset with torchvision (digits needs
     no download).
     """
     spec = parse_spec(spec)
     if spec.kind != "builtin":
-        from .image_tasks import load_image_task
+        from .images.tasks import load_image_task
 
         return load_image_task(spec, resolve_data_dir(data_dir), download, preprocess, progress)
     info = get_dataset(spec.name)
@@ -74,7 +76,7 @@ def load_task(
         base = info.load(pathlib.Path(key[1]), download)
         _CACHE[key] = base
     if preprocess is not None and preprocess.image_size is not None and not _is_native(info.input_shape, preprocess):
-        from .image_tasks import resized_builtin
+        from .images.tasks import resized_builtin
 
         return resized_builtin(spec, key, base, preprocess)
     classes = list(range(len(base.class_names))) if spec.classes is None else list(spec.classes)
@@ -120,7 +122,7 @@ def check_available(
     """
     spec = parse_spec(spec)
     if spec.kind != "builtin":
-        from .image_tasks import check_image_spec
+        from .images.tasks import check_image_spec
 
         check_image_spec(spec, resolve_data_dir(data_dir))
         return

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..data.image_tasks import Preprocess, task_from_python
+from ..data.images.tasks import Preprocess, task_from_python
 from ..data.spec import default_target
 from ..data.task import limit_per_class
 from ..data.tensors import TaskData, load_task

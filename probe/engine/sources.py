@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..core.surgery import require_head
-from ..data.image_tasks import Preprocess, for_spec, with_columns
+from ..data.images.tasks import Preprocess, for_spec, with_columns
 from ..data.spec import DatasetSpec, parse_spec
 from ..data.task import TaskData, limit_per_class
 from ..data.tensors import load_task

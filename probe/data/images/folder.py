@@ -1,24 +1,25 @@
-"""Image data from anywhere, decoded once into the uint8 cache of :mod:`probe.data.image_cache`.
+"""Image folders in torchvision's ``ImageFolder`` layout, decoded once into the uint8 cache of
+:mod:`probe.data.images.cache`.
 
-Every loader returns an :class:`~probe.data.image_cache.ImageData`: uint8 (N, C, H, W) train/test arrays memory-
-mapped from the cache, int64 labels, class names and a JSON-able ``meta`` dict for results.json.
+:func:`load_image_folder` returns an :class:`~probe.data.images.cache.ImageData`: uint8 (N, C, H, W) train/test
+arrays memory-mapped from the cache, int64 labels, class names and a JSON-able ``meta`` dict for results.json.
+The folder holds ``train/`` + ``test/`` (or ``val/``), or directly one subfolder per class, split per class
+(seeded, stratified, recorded in ``meta['split']``); a folder holding only ``train/`` is split the same way.
+:func:`check_image_folder` runs the checks that need no decoding. The other sources of images (``tv:``, ``hf:``,
+Dataset pairs, tensors) have their own modules; :func:`probe.data.images.load_images` dispatches a spec string.
 
-* :func:`load_image_folder`: torchvision's ``ImageFolder`` layout, either ``train/`` + ``test/`` (or ``val/``)
-  inside, or one folder of class subfolders split per class (seeded, stratified, recorded in ``meta['split']``);
-  a folder holding only ``train/`` is split the same way.
-* :func:`probe.data.torchvision_sets.load_torchvision`: ``tv:NAME`` datasets (FashionMNIST, MNIST, SVHN, STL10,
-  Flowers102, CIFAR10...) from ``data_dir``, with ``download=``.
-* :func:`load_dataset_pair` / :func:`load_tensors`: any ``torch.utils.data.Dataset`` pair returning
-  ``(image, int)``, or ``(x, y)`` tensors.
-* :func:`load_images`: one entry point for spec strings: ``tv:NAME``, ``hf:NAME`` (see :mod:`probe.data.huggingface`), a
-  folder (an image folder, or a ``datasets`` ``save_to_disk`` folder).
-
-Rules where the issue is silent (see also :mod:`probe.data.image_cache` for conversion and resizing):
+Rules (see also :mod:`probe.data.images.cache` for conversion and resizing):
 
 * **Files**: as ``ImageFolder``: classes are the sorted subfolder names, images are the files with one of
   torchvision's extensions found by a sorted recursive walk (following links); other files are ignored and
   counted in ``meta['ignored_files']``. Unlike ``ImageFolder``, hidden folders and files (names starting
   with '.', e.g. ``.ipynb_checkpoints``, macOS ``._x.jpg``) are ignored too.
+* **Links**: followed, but no real folder is read twice: a link back to a folder already read (a symlink loop
+  such as ``ln -s .. loop``, or a second path to another class's images) is not followed and is listed in
+  ``meta['skipped']`` with its reason (not counted as a bad file); two class or split folders that are one
+  folder (``test/cat`` a link to ``train/cat``) are a DataError.
+* **Not a regular file** (a FIFO, socket or device named ``x.png``): never opened (opening a FIFO waits for a
+  writer forever), listed in ``meta['skipped']`` as a bad file.
 * **Bad files** (an image extension but not decodable, or above the decompression-bomb pixel limit) are
   skipped and listed in ``meta['skipped']`` unless there are more than ``max(10, 1 % of the images)``:
   then a DataError. Not-an-image and huge files are found by a header pass before any decoding.
@@ -33,17 +34,19 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import pathlib
+import stat
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, SettingsError
-from .image_cache import ImageData, Part, build_cache, lookup
-from .image_cache import cache_key as _cache_key
-from .image_convert import GREY_MODES, BadImage
-from .image_rules import Progress, check_size, resize_basis, stratified_split, too_many_bad, workers_of
+from ...errors import DataError, SettingsError
+from .cache import ImageData, Part, build_cache, lookup
+from .cache import cache_key as _cache_key
+from .convert import GREY_MODES, BadImage
+from .rules import Progress, check_size, resize_basis, stratified_split, too_many_bad, workers_of
 
 __all__ = ["IMG_EXTENSIONS", "check_image_folder", "load_image_folder"]
 
@@ -71,49 +74,138 @@ def _unreadable(e: OSError) -> DataError:
     )
 
 
-def _scan_class(folder: pathlib.Path, root: pathlib.Path) -> tuple[list[tuple[str, int, int]], int]:
-    """([(relative path, size, mtime_ns)] of the images under ``folder``, number of other files)."""
-    found, ignored = [], 0
-    for dirpath, dirnames, filenames in sorted(os.walk(folder, followlinks=True)):
-        dirnames[:] = [d for d in dirnames if _visible(d)]
-        if any(not _visible(part) for part in pathlib.Path(dirpath).relative_to(folder).parts):
-            continue
+FolderId = tuple[int, int]  # (device, inode) of a real folder: two paths (links) to one folder have the same
+
+
+@dataclass
+class _Listing:
+    """What the scan of one split folder found."""
+
+    classes: list[str]
+    files: list[tuple[str, int, int]]  # (path relative to the root, size, mtime_ns); -1, -1 for a broken link
+    labels: np.ndarray  # int64, one per file
+    ignored: int  # files without an image extension, hidden files
+    not_followed: list[tuple[str, str]] = field(default_factory=list)  # (link, reason): a folder seen before
+    not_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): an image name, no regular file
+
+
+def _folder_ids(folders: list[pathlib.Path]) -> set[FolderId]:
+    """The real identities of ``folders`` (the root, the split and class folders); a DataError when two of them
+    are one folder (a link to another), whose images would be read twice: under two classes, or in train and test."""
+    first_path: dict[FolderId, pathlib.Path] = {}
+    for folder in dict.fromkeys(folders):
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            raise _unreadable(e) from e
+        first = first_path.setdefault((st.st_dev, st.st_ino), folder)
+        if first != folder:
+            raise DataError(
+                f"{folder} and {first} are the same folder (one is a link to the other), so its images would be "
+                "read twice; give every class of every split a folder of its own"
+            )
+    return set(first_path)
+
+
+def _not_a_file(mode: int) -> str:
+    """Why a file with an image name is not opened (``mode`` from its stat)."""
+    if stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "an unknown kind of file"
+    return f"{kind}, not a regular file; not opened"
+
+
+def _scan_class(folder: pathlib.Path, root: pathlib.Path, seen: set[FolderId], listing: _Listing) -> int:
+    """Add the images under ``folder`` to ``listing`` (their label is the caller's); the number found.
+
+    Links are followed, but never into a folder already in ``seen`` (a symlink loop such as ``ln -s .. loop``,
+    or a second path to a folder scanned before): such a link is listed in ``listing.not_followed``. Only regular
+    files are listed as images (opening a FIFO blocks forever); any other file with an image name goes to
+    ``listing.not_files``.
+    """
+    visits: list[tuple[str, list[str]]] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        followed = []
+        for name in sorted(dirnames):
+            if not _visible(name):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:  # gone since os.walk listed it: os.walk skips it as well
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                reason = f"a link to {os.path.realpath(path)}, which is read once elsewhere (a symlink loop, or a "
+                listing.not_followed.append((path, reason + "second path to it); not followed"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            followed.append(name)
+        dirnames[:] = followed
+        visits.append((dirpath, filenames))
+    found = 0
+    for dirpath, filenames in sorted(visits):
         for fname in sorted(filenames):
             if not _visible(fname) or not fname.lower().endswith(IMG_EXTENSIONS):
-                ignored += 1
+                listing.ignored += 1
                 continue
             path = os.path.join(dirpath, fname)
             try:
                 st = os.stat(path)
-                found.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
             except OSError:  # a broken link: the header pass will list it as a bad file
-                found.append((os.path.relpath(path, root), -1, -1))
-    return found, ignored
+                listing.files.append((os.path.relpath(path, root), -1, -1))
+                found += 1
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                listing.not_files.append((path, _not_a_file(st.st_mode)))
+                continue
+            listing.files.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+            found += 1
+    return found
 
 
-def _scan_split(folder: pathlib.Path, root: pathlib.Path, where: str):
-    classes = _classes(folder)
-    if not classes:
-        raise DataError(
-            f"{where} has no class subfolders; put the images in one subfolder per class "
-            "(e.g. cats/001.jpg, dogs/002.jpg), as torchvision's ImageFolder expects"
-        )
-    files, labels, ignored = [], [], 0
+def _split_folders(root: pathlib.Path, subdirs: set[str], test_name: str | None) -> dict[str, pathlib.Path]:
+    """The folders of the splits: ``{"train": root/train, "test": root/<test_name>}``, ``{"train": root/train}``
+    (train/ only, split per class) or ``{"train": root}`` (one folder of classes, split per class)."""
+    if "train" in subdirs and (test_name or subdirs == {"train"}):
+        return {"train": root / "train", **({"test": root / test_name} if test_name else {})}
+    return {"train": root}
+
+
+def _scan(root: pathlib.Path, folders: dict[str, pathlib.Path]) -> dict[str, _Listing]:
+    """The images of every split folder in ``folders``, scanned with one record of the real folders seen, so that
+    no folder is read twice (see :func:`_scan_class`)."""
+    classes = {group: _classes(folder) for group, folder in folders.items()}
+    for group, folder in folders.items():
+        if not classes[group]:
+            raise DataError(
+                f"{folder} has no class subfolders; put the images in one subfolder per class "
+                "(e.g. cats/001.jpg, dogs/002.jpg), as torchvision's ImageFolder expects"
+            )
+    class_folders = [folder / name for group, folder in folders.items() for name in classes[group]]
+    seen = _folder_ids([root, *folders.values(), *class_folders])
+    return {group: _scan_split(folder, root, classes[group], seen) for group, folder in folders.items()}
+
+
+def _scan_split(folder: pathlib.Path, root: pathlib.Path, classes: list[str], seen: set[FolderId]) -> _Listing:
+    listing = _Listing(classes, [], np.zeros(0, dtype=np.int64), 0)
+    labels: list[int] = []
     for c, name in enumerate(classes):
-        found, other = _scan_class(folder / name, root)
-        ignored += other
+        found = _scan_class(folder / name, root, seen, listing)
         if not found:
             raise DataError(
-                f"class '{name}' in {where} has no images (looked for {', '.join(IMG_EXTENSIONS)}); "
+                f"class '{name}' in {folder} has no images (looked for {', '.join(IMG_EXTENSIONS)}); "
                 "add images to it or remove the folder"
             )
-        files += found
-        labels += [c] * len(found)
+        labels += [c] * found
     if len(classes) < 2:
         raise DataError(
-            f"{where} has a single class '{classes[0]}'; a classification task needs at least 2 class subfolders"
+            f"{folder} has a single class '{classes[0]}'; a classification task needs at least 2 class subfolders"
         )
-    return classes, files, np.asarray(labels, dtype=np.int64), ignored
+    listing.labels = np.asarray(labels, dtype=np.int64)
+    return listing
 
 
 def _header(path: str, max_pixels: int | None) -> tuple[str | None, str, tuple[int, int]]:
@@ -167,15 +259,13 @@ def _require_same_classes(root: pathlib.Path, test_name: str, classes: list[str]
 
 def check_image_folder(path: str | os.PathLike[str]) -> list[str]:
     """The class names of an image folder, after the checks that need no decoding: the folder exists, has class
-    subfolders (at least 2, none empty), and train/ and test/ (or val/) have the same classes."""
+    subfolders (at least 2, none empty, no two the same folder), and train/ and test/ (or val/) have the same
+    classes."""
     root, subdirs, test_name = _layout(path)
-    if "train" in subdirs and (test_name or subdirs == {"train"}):
-        classes = _scan_split(root / "train", root, str(root / "train"))[0]
-        if test_name:
-            t_classes = _scan_split(root / test_name, root, str(root / test_name))[0]
-            _require_same_classes(root, test_name, classes, t_classes)
-        return classes
-    return _scan_split(root, root, str(root))[0]
+    listings = _scan(root, _split_folders(root, subdirs, test_name))
+    if test_name and "test" in listings:
+        _require_same_classes(root, test_name, listings["train"].classes, listings["test"].classes)
+    return listings["train"].classes
 
 
 def load_image_folder(
@@ -202,31 +292,27 @@ def load_image_folder(
     ``channels`` None: 1 if every image is grey, else 3. ``workers`` threads decode (forked processes with
     ``processes=True``); ``progress(done, total)`` is called after every chunk.
     """
-    check_size(image_size, channels, resize, interpolation)
+    check_size(image_size, channels, resize, interpolation, max_pixels)
     workers = workers_of(workers)
     root, subdirs, test_name = _layout(path)
+    folders = _split_folders(root, subdirs, test_name)
+    listings = _scan(root, folders)
+    classes = listings["train"].classes
+    groups = {g: (listing.files, listing.labels) for g, listing in listings.items()}
+    ignored = sum(listing.ignored for listing in listings.values())
     split_meta: dict[str, Any]
-    if "train" in subdirs and (test_name or subdirs == {"train"}):
-        classes, files, labels, ignored = _scan_split(root / "train", root, f"{root / 'train'}")
-        groups = {"train": (files, labels)}
-        if test_name:
-            t_classes, t_files, t_labels, t_ignored = _scan_split(root / test_name, root, f"{root / test_name}")
-            ignored += t_ignored
-            _require_same_classes(root, test_name, classes, t_classes)
-            groups["test"] = (t_files, t_labels)
-            split_meta = {"layout": f"train/ and {test_name}/ folders"}
-        else:
-            split_meta = {"layout": "train/ only, split per class"}
+    if test_name:
+        _require_same_classes(root, test_name, classes, listings["test"].classes)
+        split_meta = {"layout": f"train/ and {test_name}/ folders"}
     else:
-        classes, files, labels, ignored = _scan_split(root, root, str(root))
-        groups = {"train": (files, labels)}
-        split_meta = {"layout": "one folder split per class"}
+        split_per_class = "one folder split per class" if folders["train"] == root else "train/ only, split per class"
+        split_meta = {"layout": split_per_class}
     if "test" not in groups:
         if not 0.0 < test_fraction < 1.0:
             raise SettingsError(f"test_fraction={test_fraction} is out of range; use a value in (0, 1), e.g. 0.2")
         split_meta.update(seed=int(seed), test_fraction=float(test_fraction))
 
-    description = {
+    description: dict[str, Any] = {
         "kind": "folder",
         "root": str(root),
         "classes": classes,
@@ -237,26 +323,44 @@ def load_image_folder(
         "channels": channels,
         "max_pixels": max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS,
     }
+    not_read = sorted(
+        (os.path.relpath(item, root), reason)
+        for listing in listings.values()
+        for item, reason in (*listing.not_followed, *listing.not_files)
+    )
+    if not_read:  # only then, so that the keys of folders without any stay as they were
+        description["not_read"] = not_read
     key = "folder-" + _cache_key(description)
     if (cached := lookup(key, cache_dir)) is not None:
         return cached
 
     # Header pass (no decoding): finds non-images and huge images before any expensive work, and the modes.
     paths = [str(root / f[0]) for files_, _ in groups.values() for f in files_]
-    path_group = [g if "test" in groups else "before the split" for g, (files_, _) in groups.items() for _ in files_]
+    where = {g: g if "test" in groups else "before the split" for g in groups}
+    path_group = [where[g] for g, (files_, _) in groups.items() for _ in files_]
     if workers > 0:
         with cf.ThreadPoolExecutor(workers) as pool:
             headers = list(pool.map(_header, paths, [max_pixels] * len(paths)))
     else:
         headers = [_header(p, max_pixels) for p in paths]
-    pre_skipped = [
+    pre_skipped = [  # image names that are no regular file, then what the header pass rejects
+        {"split": where[g], "item": item, "reason": reason}
+        for g, listing in listings.items()
+        for item, reason in listing.not_files
+    ] + [
         {"split": g, "item": p, "reason": h[0]}
         for p, g, h in zip(paths, path_group, headers, strict=True)
         if h[0] is not None
     ]
+    links = [  # listed with the skipped files, but no bad file: the bad-file rule does not count them
+        {"split": where[g], "item": item, "reason": reason}
+        for g, listing in listings.items()
+        for item, reason in listing.not_followed
+    ]
+    n_images = len(paths) + sum(len(listing.not_files) for listing in listings.values())
     if pre_skipped and (
         message := too_many_bad(
-            len(pre_skipped), len(paths), example=f"{pre_skipped[0]['item']}: {pre_skipped[0]['reason']}"
+            len(pre_skipped), n_images, example=f"{pre_skipped[0]['item']}: {pre_skipped[0]['reason']}"
         )
     ):
         raise DataError(message)
@@ -276,11 +380,14 @@ def load_image_folder(
     for g, (files_, labels_) in groups.items():
         mask = np.fromiter((next(ok) for _ in files_), dtype=bool, count=len(files_))
         kept[g] = ([str(root / f[0]) for f, m in zip(files_, mask, strict=True) if m], labels_[mask])
-        _require_every_class(kept[g][1], classes, f"{root / g}" if "test" in groups else str(root))
+        _require_every_class(kept[g][1], classes, str(folders[g]))
     if "test" not in groups:
-        files_, labels_ = kept.pop("train")
-        tr, te = stratified_split(labels_, test_fraction, seed, classes)
-        kept = {"train": ([files_[i] for i in tr], labels_[tr]), "test": ([files_[i] for i in te], labels_[te])}
+        kept_paths, kept_labels = kept.pop("train")
+        tr, te = stratified_split(kept_labels, test_fraction, seed, classes)
+        kept = {
+            "train": ([kept_paths[i] for i in tr], kept_labels[tr]),
+            "test": ([kept_paths[i] for i in te], kept_labels[te]),
+        }
     side = (image_size, image_size) if image_size is not None else good[0][2][::-1]
     meta = {
         "source": "folder",
@@ -318,10 +425,10 @@ def load_image_folder(
         workers=workers,
         processes=processes,
         max_pixels=max_pixels,
-        bad_rule=too_many_bad,
+        bad_rule=lambda bad, total: too_many_bad(bad - len(links), total - len(links)),
         check=check,
         progress=progress,
-        skipped=pre_skipped,
+        skipped=links + pre_skipped,
     )
 
 

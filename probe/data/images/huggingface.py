@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..util.network import env_flag, reachable
-from .image_cache import ImageData
-from .image_cache import cache_key as _cache_key
-from .image_pairs import load_dataset_pair
-from .image_rules import Progress, stratified_split
+from ...errors import DataError
+from ...util.network import env_flag, reachable
+from .cache import ImageData
+from .cache import cache_key as _cache_key
+from .pairs import load_dataset_pair
+from .rules import Progress, stratified_split
 
 __all__ = ["check_hf_available", "hub_reachable", "load_hf"]
 

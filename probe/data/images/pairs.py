@@ -11,12 +11,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from ..errors import DataError
-from .image_cache import ImageData, Part, build_cache, lookup
-from .image_cache import cache_key as _cache_key
-from .image_convert import GREY_MODES, BadImage, as_pil
-from .image_rules import Progress, check_size, resize_basis, too_many_bad, workers_of
+from ...errors import DataError
+from .cache import ImageData, Part, build_cache, lookup
+from .cache import cache_key as _cache_key
+from .convert import GREY_MODES, BadImage, are_normalised, as_pil, check_tensor_filter, image_array
+from .rules import Progress, check_size, resize_basis, too_many_bad, workers_of
 
 __all__ = ["load_dataset_pair", "load_tensors"]
 
@@ -61,21 +62,43 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else f" {obj!r:.40}")
 
 
-def _probe_items(read, parts: list[Part], channels: int | None, image_size: int | None):
-    """(channels, (H, W)) from up to 16 items spread over the data: grey only if all of them are grey."""
+def _probe_items(read, parts: list[Part], channels: int | None, image_size: int | None, normalised: bool | None):
+    """(channels, (H, W), normalised) from up to 16 items spread over the data: grey only if all of them are grey;
+    already normalised (``normalised`` None) when their float values say so (:func:`are_normalised`)."""
     items = [it for p in parts for it in p.items]
     picks = sorted({int(i) for i in np.linspace(0, len(items) - 1, num=min(16, len(items)))})
-    greys, first = [], None
+    greys, first, floats, others = [], None, [], []
     for i in picks:
         image, _ = read(items[i])
         try:
-            pil = as_pil(image)
+            if isinstance(image, Image.Image):
+                pil = image
+            else:
+                arr = image_array(image)
+                if arr.dtype.kind == "f":
+                    floats.append((items[i], arr))
+                    greys.append(arr.ndim == 2)
+                    first = first or arr.shape[:2]
+                    continue
+                pil = as_pil(arr)
         except DataError as e:
             raise DataError(f"item {items[i]}: {e}") from None
+        others.append(items[i])
         greys.append(pil.mode in GREY_MODES)
         first = first or (pil.height, pil.width)
+    if normalised is None and floats:
+        values = np.concatenate([arr.reshape(-1) for _, arr in floats])
+        finite = bool(np.isfinite(values).all())
+        low, high = (float(values.min()), float(values.max())) if finite else (0.0, 0.0)
+        normalised = are_normalised(low, high, finite, "the data")
+    if normalised and others:
+        where = f"item {floats[0][0]} holds" if floats else "normalised=True says the images are"
+        raise DataError(
+            f"item {others[0]} is no float image where {where} already-normalised floats; return every image the "
+            "same way"
+        )
     chans = channels or (1 if all(greys) else 3)
-    return chans, ((image_size, image_size) if image_size is not None else first)
+    return chans, ((image_size, image_size) if image_size is not None else first), bool(normalised)
 
 
 def load_dataset_pair(
@@ -93,6 +116,7 @@ def load_dataset_pair(
     processes: bool = False,
     progress: Progress | None = None,
     meta: dict[str, Any] | None = None,
+    normalised: bool | None = None,
 ) -> ImageData:
     """Any pair of map-style Datasets whose items are ``(PIL image | tensor (C,H,W) | array (H,W,C), int)``.
 
@@ -103,6 +127,10 @@ def load_dataset_pair(
     processes, so give a ``cache_key`` when workers must share the data.
     ``class_names`` default: the train dataset's ``classes`` attribute, else '0'..'K-1'.
     Channels and native size are taken from up to 16 items spread over the data (grey only if all are).
+    Images are uint8, floats in [0, 1] (``ToTensor``), or floats already normalised (``Normalize``): those are
+    kept as given in a float32 entry and no mean/std is applied later (``meta['values']``). ``normalised`` None
+    decides from the values of those items (:func:`~probe.data.images.convert.are_normalised`: NaN, infinite
+    values and 0..255 pixel values stored as floats are a DataError); True or False says it.
     """
     check_size(image_size, channels, resize, interpolation)
     workers = workers_of(workers)
@@ -136,7 +164,9 @@ def load_dataset_pair(
     prefix = re.sub(r"[^A-Za-z0-9]+", "-", str((meta or {}).get("source", "dataset"))).strip("-")[-40:] or "dataset"
     if (cached := lookup(f"{prefix}-{key_hex}", cache_dir)) is not None:
         return cached
-    chans, side = _probe_items(read, parts, channels, image_size)
+    chans, side, normalised = _probe_items(read, parts, channels, image_size, normalised)
+    if normalised and image_size is not None:
+        check_tensor_filter(interpolation)
 
     def class_names_of(labels_by_split: dict[str, np.ndarray]) -> list[str]:
         k = max(int(y.max()) + 1 if len(y) else 0 for y in labels_by_split.values())
@@ -168,6 +198,7 @@ def load_dataset_pair(
         processes=processes,
         bad_rule=lambda bad, total: too_many_bad(bad, total, "items"),
         progress=progress,
+        normalised=normalised,
     )
     if cache_key is None:  # nobody can find this entry again: unlink it (the maps keep the data while in use)
         shutil.rmtree(data.meta["cache"], ignore_errors=True)
@@ -198,21 +229,31 @@ def load_tensors(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> ImageData:
-    """``(x, y)`` tensors or arrays per split: x uint8 or [0, 1] float (N, C, H, W) (tensor) / (N, H, W, C)
-    (array), y integer labels (N,). Cached under a sha256 of the bytes, so identical data reuses its entry."""
+    """``(x, y)`` tensors or arrays per split: x (N, C, H, W) (tensor) / (N, H, W, C) (array), uint8, floats in
+    [0, 1] or floats already normalised (kept as given, see :func:`load_dataset_pair`; decided from every value),
+    y integer labels (N,). Cached under a sha256 of the bytes, so identical data reuses its entry."""
     digest = hashlib.sha256()
     pairs = {}
+    floats: list[np.ndarray] = []
     for split, pair in (("train", train), ("test", test)):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise DataError(f"the {split} data must be an (x, y) pair, got {_describe(pair)}; pass (images, labels)")
         x, y = pair
         if len(x) != len(y):
             raise DataError(f"the {split} data has {len(x)} images but {len(y)} labels; give one label per image")
-        for a in (x, y):
-            arr = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+        images, labels = (a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a) for a in (x, y))
+        for arr in (images, labels):
             digest.update(f"{split}{arr.dtype}{arr.shape}".encode())
             digest.update(np.ascontiguousarray(arr).tobytes())
+        if images.dtype.kind == "f" and images.size:
+            floats.append(images)
         pairs[split] = _TensorPair(x, y)
+    normalised = False
+    if floats:
+        finite = all(bool(np.isfinite(values).all()) for values in floats)
+        low = min(float(values.min()) for values in floats) if finite else 0.0
+        high = max(float(values.max()) for values in floats) if finite else 0.0
+        normalised = are_normalised(low, high, finite, "the image tensors")
     return load_dataset_pair(
         pairs["train"],
         pairs["test"],
@@ -226,4 +267,5 @@ def load_tensors(
         workers=0,
         progress=progress,
         meta={"source": "tensors", "cache_key_basis": "sha256 of the tensors' bytes"},
+        normalised=normalised,
     )

@@ -1,10 +1,11 @@
 """Images decoded once into a uint8 cache on disk, memory-mapped on every later use.
 
-This is the engine under :mod:`probe.data.image_folder` and :mod:`probe.data.huggingface`: a *source* is a
-list of items per split (file paths, dataset indices) and a reader that turns one item into ``(image, label)``;
-:func:`build_cache` decodes, converts and resizes every item once, with an optional pool of workers, and
-streams the result chunk by chunk into ``train_x.npy`` / ``test_x.npy`` (N×C×H×W uint8) under a cache folder
-keyed by a content description. :func:`open_cache` maps them back without a copy.
+This is the engine under every loader of :mod:`probe.data.images` (folders, Dataset pairs and tensors, and through
+those torchvision and Hugging Face datasets): a *source* is a list of items per split (file paths, dataset
+indices) and a reader that turns one item into ``(image, label)``; :func:`build_cache` decodes, converts and
+resizes every item once, with an optional pool of workers, and streams the result chunk by chunk into
+``train_x.npy`` / ``test_x.npy`` (N×C×H×W uint8) under a cache folder keyed by a content description.
+:func:`open_cache` maps them back without a copy.
 
 Decisions (documented here once; the loaders' metadata repeats them):
 
@@ -15,6 +16,10 @@ Decisions (documented here once; the loaders' metadata repeats them):
   0..255 (``round(v / 257)``, values outside clipped) where PIL would clip them to white; ``F`` is clipped to
   0..255. Grey images are stored with 1 channel when every image is grey, else replicated to 3; with
   ``channels=1`` colour becomes PIL's ITU-R 601-2 luma. EXIF orientation is not applied (as torchvision).
+* **Already normalised** (float images outside [0, 1]: what a pipeline yields after ``Normalize``): kept as
+  given in a float32 entry (4 bytes a value), never scaled or normalised again; resized, if asked, as
+  torchvision's ``Resize`` does on a tensor. Which floats these are, and which are refused (NaN, infinite
+  values, 0..255 pixel values stored as floats): :func:`~probe.data.images.convert.are_normalised`.
 * **Resize** (``image_size=S``, ``resize=R``, default R = S): the shorter side to R with PIL's antialiased
   filter ``interpolation`` (default bilinear; a pretrained model's own, e.g. timm's bicubic), then a centre
   crop S×S: bit for bit torchvision's ``Resize(R, interpolation) + CenterCrop(S)`` on a PIL image (a
@@ -23,7 +28,11 @@ Decisions (documented here once; the loaders' metadata repeats them):
 * **Huge images**: more than ``max_pixels`` (default PIL's ``Image.MAX_IMAGE_PIXELS``, the decompression-bomb
   limit) are never decoded; they count as bad files (skipped, listed, subject to the bad-file rule).
 * **Atomicity**: everything is written into a temporary folder next to the cache entry and renamed onto it
-  in one step, so an interrupted or failed prepare leaves no entry (and removes its temporary folder).
+  in one step, so an interrupted or failed prepare leaves no entry (and removes its temporary folder). A
+  prepare killed outright (SIGKILL, the out-of-memory killer) cannot remove its folder: the next use of the
+  cache does, knowing it from a live writer's by the lock the writer holds (:func:`remove_abandoned`).
+* **Room**: an entry that would not fit on the cache's disk (N × C × H × W bytes) is refused before anything
+  is written (:func:`check_room`).
 * **Memory**: bounded by ``chunk`` images per worker in flight, never by the data set: images are written
   to the file as they come, not through a memory map.
 """
@@ -33,12 +42,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import math
 import os
 import pathlib
 import shutil
 import struct
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from collections import deque
@@ -49,9 +60,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError, SettingsError
-from ..util.cache import cache_root
-from .image_convert import CONVERSION_RULE, DEFAULT_INTERPOLATION, RESIZE_RULE, BadImage, resize_shape, to_uint8
+from ...errors import DataError, SettingsError
+from ...util.cache import cache_root
+from .convert import (
+    CONVERSION_RULE,
+    DEFAULT_INTERPOLATION,
+    NORMALISED_RULE,
+    RESIZE_RULE,
+    TENSOR_RESIZE_RULE,
+    BadImage,
+    resize_shape,
+    to_float32,
+    to_uint8,
+)
 
 __all__ = [
     "ImageData",
@@ -64,6 +85,8 @@ __all__ = [
     "open_cache",
     "lookup",
     "cache_key",
+    "check_room",
+    "remove_abandoned",
     "RESIZE_RULE",
     "CONVERSION_RULE",
     "CACHE_FORMAT",
@@ -75,11 +98,13 @@ _HEADER_BYTES = 128  # our .npy header is padded to this size so N can be fixed 
 
 @dataclass
 class ImageData:
-    """Train and test images as uint8 (N, C, H, W) arrays, memory-mapped from the cache, plus labels.
+    """Train and test images as uint8 (N, C, H, W) arrays, memory-mapped from the cache, plus labels; float32 for
+    data given already normalised (``meta['values']`` says so).
 
     ``meta`` says where the data came from and what was done to it (source, layout, split, resize,
-    conversion, skipped files, cache entry) and ``meta['pixel_stats'][split]`` the exact per-channel mean and
-    std in 0..255 units (for normalising without reading the images); it is JSON-serialisable, for results.json.
+    conversion, skipped files, cache entry) and, for uint8 images, ``meta['pixel_stats'][split]`` the exact
+    per-channel mean and std in 0..255 units (for normalising without reading the images); it is
+    JSON-serialisable, for results.json.
     """
 
     train_x: np.ndarray
@@ -129,9 +154,9 @@ def cache_key(description: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the writer
 
 
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    """A version-1.0 .npy header for uint8 C-order data of ``shape``, padded to exactly 128 bytes."""
-    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
+def _npy_header(shape: tuple[int, ...], dtype: Any = np.uint8) -> bytes:
+    """A version-1.0 .npy header for C-order data of ``shape`` and ``dtype``, padded to exactly 128 bytes."""
+    text = f"{{'descr': {np.dtype(dtype).str!r}, 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
     length = _HEADER_BYTES - 10
     if len(text) >= length:
         raise SettingsError(f"array shape {shape} too large for the cache header")
@@ -159,14 +184,17 @@ def _work(
         for i in range(start, stop):
             try:
                 image, label = reader(items[i])
-                arr = to_uint8(
-                    image,
-                    opts["image_size"],
-                    opts["channels"],
-                    opts["max_pixels"],
-                    opts["resize"],
-                    opts["interpolation"],
-                )
+                if opts["normalised"]:
+                    arr = to_float32(image, opts["image_size"], opts["channels"], opts["resize"], opts["interpolation"])
+                else:
+                    arr = to_uint8(
+                        image,
+                        opts["image_size"],
+                        opts["channels"],
+                        opts["max_pixels"],
+                        opts["resize"],
+                        opts["interpolation"],
+                    )
             except BadImage as e:
                 bad.append((i, str(e)))
                 continue
@@ -178,7 +206,9 @@ def _work(
                 )
             images.append(arr)
             labels.append(-1 if label is None else int(label))
-    stacked = np.stack(images) if images else np.zeros((0, *opts["shape"]), np.uint8)
+    stacked = np.stack(images) if images else np.zeros((0, *opts["shape"]), opts["dtype"])
+    if opts["normalised"]:  # used as given: no statistics are needed
+        return stacked, labels, bad, hist
     # PIL's C histogram of each contiguous image plane, here in the worker: the statistics cost the writer
     # nothing, where a numpy bincount over every chunk in the writer was the bottleneck of the prepare
     for image in stacked:
@@ -212,6 +242,7 @@ def build_cache(
     check: Callable[[dict[str, np.ndarray]], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     skipped: Sequence[dict[str, str]] = (),
+    normalised: bool = False,
 ) -> ImageData:
     """Decode every item of ``parts`` once into the cache entry ``key`` and return it memory-mapped.
 
@@ -223,20 +254,26 @@ def build_cache(
     class left empty). ``workers`` > 0 decodes in
     a pool of that many threads (or forked processes with ``processes=True`` on Linux), ``chunk`` items
     per task (default: 64, fewer for large images so that a chunk stays under 16 MB); at most 2 × workers chunks
-    are in flight, which bounds the memory. An entry that already exists is returned as is. Nothing is left
-    behind on error; temporary folders of prepares killed more than a day ago are removed.
+    are in flight, which bounds the memory. ``normalised``: the items are already-normalised float images, kept
+    as given in a float32 entry (:func:`~probe.data.images.convert.to_float32`), with no pixel statistics. An
+    entry that already exists is returned as is. An entry that would not fit on the cache's disk is a DataError
+    before anything is written (:func:`check_room`). Nothing is left behind on error; the temporary folders of
+    prepares that died are removed (:func:`remove_abandoned`).
     """
     root = _root(cache_dir)
     final = root / key
     if (final / "meta.json").is_file():
         return open_cache(final)
     total = sum(len(p.items) for p in parts)
+    dtype = np.dtype(np.float32 if normalised else np.uint8)
+    check_room(root, total, shape, dtype.itemsize)
     skipped = [dict(s) for s in skipped]
     n_pre = len(skipped)
-    chunk = chunk or max(1, min(64, (16 << 20) // max(1, int(np.prod(shape)))))
+    chunk = chunk or max(1, min(64, (16 << 20) // max(1, int(np.prod(shape)) * dtype.itemsize)))
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale(root)
+    remove_abandoned(root)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    lock: int | None = None
     token = uuid.uuid4().hex
     _JOBS[token] = (
         reader,
@@ -248,10 +285,13 @@ def build_cache(
             "channels": channels,
             "max_pixels": max_pixels,
             "shape": tuple(shape),
+            "normalised": normalised,
+            "dtype": dtype,
         },
     )
     executor: cf.Executor | None = None
     try:
+        lock = _hold_writer_lock(tmp)
         if workers > 0:
             if processes and sys.platform.startswith("linux"):  # fork, as DataLoader on Linux; threads elsewhere
                 import multiprocessing
@@ -284,18 +324,22 @@ def build_cache(
             **meta,
             "counts": counts,
             "skipped": {"count": len(skipped), "files": skipped},
-            "resize": RESIZE_RULE if image_size is not None else "none (native size)",
-            "conversion": CONVERSION_RULE,
+            "resize": (TENSOR_RESIZE_RULE if normalised else RESIZE_RULE)
+            if image_size is not None
+            else "none (native size)",
+            "conversion": NORMALISED_RULE if normalised else CONVERSION_RULE,
             "image_size": image_size,
             "resize_size": (resize or image_size) if image_size is not None else None,
             "interpolation": (interpolation or DEFAULT_INTERPOLATION) if image_size is not None else None,
             "channels": channels,
             "cache_format": CACHE_FORMAT,
-            "pixel_stats": stats,
+            **({"values": "already normalised: used as given"} if normalised else {"pixel_stats": stats}),
         }
         with open(tmp / "meta.json", "w") as fh:
             fh.write(json.dumps({"class_names": names, "meta": meta}, indent=1))
             _sync(fh)
+        if lock is not None:
+            (tmp / WRITER_LOCK).unlink()  # not part of the entry; the folder is fresh, so the age rule keeps it
         try:
             os.rename(tmp, final)
         except OSError:  # another process published the same entry first: use theirs
@@ -312,6 +356,8 @@ def build_cache(
         if executor is not None:
             executor.shutdown(wait=True)
         _JOBS.pop(token, None)
+        if lock is not None:
+            os.close(lock)
     return open_cache(final)
 
 
@@ -321,15 +367,100 @@ def _sync(fh: Any) -> None:
     os.fsync(fh.fileno())
 
 
-def _remove_stale(root: pathlib.Path, age_s: float = 86400.0) -> None:
-    """Remove temporary folders left by prepares that were killed (SIGKILL, power loss) over a day ago."""
-    import time
+# Room on the disk: an entry is N × C × H × W bytes (uint8), written before it is used; one that does not fit
+# filled the disk (and, for a huge --image-size, the memory) before failing. Checked before anything is written.
+DISK_RESERVE = 256 << 20  # bytes left free beyond the entry, for everything else that writes to that disk
 
-    for entry in root.glob(".*.tmp"):
+
+def _bytes(count: int) -> str:
+    """``count`` bytes for a person: 23.6 GB."""
+    value = float(count)
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} EB"
+
+
+def check_room(root: pathlib.Path, count: int, shape: tuple[int, ...], itemsize: int = 1) -> None:
+    """A DataError unless ``count`` images of ``shape`` (C, H, W), ``itemsize`` bytes a value, fit on the disk of
+    the cache folder ``root`` with :data:`DISK_RESERVE` to spare. Writes nothing (``root`` need not exist)."""
+    need = count * math.prod(int(s) for s in shape) * itemsize
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:  # unknown: the writes themselves will tell
+        return
+    if need + DISK_RESERVE > free:
+        channels, height, width = shape
+        raise DataError(
+            f"the image cache needs {_bytes(need)} for {count} images of {height}×{width} with {channels} "
+            f"channel(s), but the disk of {root} has {_bytes(free)} free; give a smaller --image-size "
+            "(image_size=), or set PROBE_CACHE to a folder on a disk with room"
+        )
+
+
+# The temporary folder of a prepare holds WRITER_LOCK, flock-ed by its writer for as long as it writes: the kernel
+# releases the lock when the process dies (SIGKILL and the out-of-memory killer included), so a folder whose lock
+# is free was left by a dead writer and is removed the next time the cache is used, while one being written is
+# never touched. The lock file is made under another name and renamed once held, so that its name always means
+# "held while the writer lives". Without a usable lock (no fcntl, a file system without locks, a folder from
+# before locks) a folder is removed once it is older than STALE_AGE_S.
+WRITER_LOCK = ".writer.lock"
+STALE_AGE_S = 86400.0
+
+
+def _hold_writer_lock(folder: pathlib.Path) -> int | None:
+    """Lock the temporary folder ``folder`` as being written by this process: the file descriptor to close once
+    done, None where locks are unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the age rule only
+        return None
+    pending = folder / (WRITER_LOCK + ".new")
+    fd = os.open(pending, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the age rule only
+        os.close(fd)
+        pending.unlink(missing_ok=True)
+        return None
+    os.rename(pending, folder / WRITER_LOCK)
+    return fd
+
+
+def _abandoned(folder: pathlib.Path, now: float) -> bool:
+    """Whether the temporary folder ``folder`` was left by a writer that died (see :data:`WRITER_LOCK`)."""
+    try:
+        import fcntl
+
+        fd = os.open(folder / WRITER_LOCK, os.O_RDWR)
+    except (ImportError, OSError):  # no lock to test: the age rule
+        return now - folder.stat().st_mtime > STALE_AGE_S
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below, before the folder goes
+        return True
+    except BlockingIOError:  # its writer is alive
+        return False
+    except OSError:  # a file system without locks
+        return now - folder.stat().st_mtime > STALE_AGE_S
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(root: pathlib.Path) -> None:
+    """Remove the temporary folders (``.KEY.*.tmp``) under the cache folder ``root`` that prepares left when they
+    died (killed, out of memory, power loss); folders that live processes are writing stay."""
+    if not root.is_dir():
+        return
+    now = time.time()
+    for folder in root.glob(".*.tmp"):
         try:
-            if entry.is_dir() and time.time() - entry.stat().st_mtime > age_s:
-                shutil.rmtree(entry, ignore_errors=True)
-        except OSError:
+            if folder.is_dir() and _abandoned(folder, now):
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process, or not ours to read
             pass
 
 
@@ -341,8 +472,9 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
     bad: list[tuple[int, str]] = []
     written = 0
     hist = np.zeros((shape[0], 256), dtype=np.int64)
+    dtype = _JOBS[token][2]["dtype"]
     with open(tmp / f"{part.name}_x.npy", "wb") as fh:
-        fh.write(_npy_header((n_items, *shape)))
+        fh.write(_npy_header((n_items, *shape), dtype))
         pending: deque = deque()
         next_span = 0
 
@@ -369,8 +501,8 @@ def _write_part(tmp, part, token, shape, executor, chunk, workers, progress, don
             if progress is not None:
                 progress(done0 + written + len(bad), total)
         fh.seek(0)
-        fh.write(_npy_header((written, *shape)))
-        fh.truncate(_HEADER_BYTES + written * int(np.prod(shape)))
+        fh.write(_npy_header((written, *shape), dtype))
+        fh.truncate(_HEADER_BYTES + written * int(np.prod(shape)) * dtype.itemsize)
         _sync(fh)
     y = np.asarray(labels, dtype=np.int64)
     if part.labels is not None:
@@ -404,8 +536,11 @@ def _root(cache_dir: str | os.PathLike[str] | None) -> pathlib.Path:
 
 
 def lookup(key: str, cache_dir: str | os.PathLike[str] | None = None) -> ImageData | None:
-    """The published entry ``key`` under ``cache_dir`` (default :func:`default_cache_dir`), or None."""
-    final = _root(cache_dir) / key
+    """The published entry ``key`` under ``cache_dir`` (default :func:`default_cache_dir`), or None; the temporary
+    folders that dead prepares left there are removed first (:func:`remove_abandoned`)."""
+    root = _root(cache_dir)
+    remove_abandoned(root)
+    final = root / key
     return open_cache(final) if (final / "meta.json").is_file() else None
 
 

@@ -8,9 +8,10 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
-from ..errors import DataError, SettingsError
-from .image_convert import DEFAULT_INTERPOLATION, resampling
+from ...errors import DataError, SettingsError
+from .convert import DEFAULT_INTERPOLATION, resampling
 
 Progress = Callable[[int, int], None]
 
@@ -25,9 +26,24 @@ def workers_of(workers: int | None) -> int:
     return int(workers)
 
 
+def max_image_side(max_pixels: int | None = None) -> int | None:
+    """The largest size S (and resize R) of the images the loaders make: S × S within the decompression-bomb limit
+    ``max_pixels`` (default PIL's ``Image.MAX_IMAGE_PIXELS``, 89,478,485: S <= 9459), so that an image the toolkit
+    makes is never one it would refuse to read; None when that limit is off."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    return None if limit is None else math.isqrt(int(limit))
+
+
 def check_size(
-    image_size: int | None, channels: int | None, resize: int | None = None, interpolation: str | None = None
+    image_size: int | None,
+    channels: int | None,
+    resize: int | None = None,
+    interpolation: str | None = None,
+    max_pixels: int | None = None,
 ) -> None:
+    """The loaders' size options, checked before anything is read: a SettingsError for a size that is no positive
+    number of pixels or above :func:`max_image_side`, a resize below the crop, a filter PIL lacks, channels other
+    than 1 or 3."""
     resampling(interpolation)  # a SettingsError for a name that is no PIL filter
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise SettingsError(f"image_size={image_size!r} is invalid; give a positive number of pixels, e.g. 224")
@@ -35,6 +51,15 @@ def check_size(
         raise SettingsError(
             f"resize={resize!r} is invalid with image_size={image_size!r}; the shorter side is resized to at "
             "least the crop: give resize >= image_size (both in pixels), or no resize"
+        )
+    side = max_image_side(max_pixels)
+    largest = max(resize or 0, image_size or 0)
+    if side is not None and largest > side:
+        name = "image_size" if largest == image_size else "resize"
+        limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+        raise SettingsError(
+            f"{name}={largest} is too large: {largest}×{largest} images are above the decompression-bomb limit of "
+            f"{limit:,} pixels; give at most {side} (e.g. 224)"
         )
     if channels not in (None, 1, 3):
         raise SettingsError(f"channels={channels!r} is invalid; use 1 (grey), 3 (RGB) or None (from the data)")

@@ -1,12 +1,13 @@
 """Image data from anywhere: one entry point, :func:`load_images`, above the loaders it dispatches to.
 
-* a folder in torchvision's ``ImageFolder`` layout: :func:`probe.data.image_folder.load_image_folder`;
-* ``tv:NAME``: a torchvision dataset, :func:`probe.data.torchvision_sets.load_torchvision`;
-* ``hf:NAME`` or a ``datasets`` ``save_to_disk`` folder: :func:`probe.data.huggingface.load_hf`;
-* a ``torch.utils.data.Dataset`` pair or ``(x, y)`` tensors: :mod:`probe.data.image_pairs`.
+* a folder in torchvision's ``ImageFolder`` layout: :func:`probe.data.images.folder.load_image_folder`;
+* ``tv:NAME``: a torchvision dataset, :func:`probe.data.images.torchvision_sets.load_torchvision`;
+* ``hf:NAME`` or a ``datasets`` ``save_to_disk`` folder: :func:`probe.data.images.huggingface.load_hf`;
+* a ``torch.utils.data.Dataset`` pair or ``(x, y)`` tensors: :mod:`probe.data.images.pairs`.
 
-Every loader returns an :class:`~probe.data.image_cache.ImageData`: uint8 (N, C, H, W) arrays memory-mapped
-from the cache, labels, class names and a JSON-able ``meta``.
+Every loader returns an :class:`~probe.data.images.cache.ImageData`: uint8 (N, C, H, W) arrays memory-mapped
+from the cache (float32 for data given already normalised), labels, class names and a JSON-able ``meta``;
+:mod:`probe.data.images.tasks` wraps it as a task.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import os
 import pathlib
 from typing import Any
 
-from ..errors import DataError
-from .image_cache import ImageData
-from .image_folder import load_image_folder
+from ...errors import DataError
+from .cache import ImageData
+from .folder import load_image_folder
 
 __all__ = ["is_hf_folder", "load_images"]
 
@@ -29,7 +30,8 @@ def is_hf_folder(folder: pathlib.Path) -> bool:
 
 def load_images(source: str | os.PathLike[str], **options: Any) -> ImageData:
     """``'tv:NAME'`` (needs ``data_dir=``), ``'hf:NAME'``, or a folder: a ``save_to_disk`` folder goes to
-    :func:`probe.data.huggingface.load_hf`, anything else to :func:`load_image_folder`. ``options`` are passed on.
+    :func:`probe.data.images.huggingface.load_hf`, anything else to :func:`load_image_folder`. ``options`` are
+    passed on.
     """
     text = os.fspath(source)
     if text.lower().startswith("tv:"):

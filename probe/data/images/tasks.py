@@ -6,8 +6,9 @@ splits hold the uint8 arrays with the normalisation, and the trainer converts ea
 A :class:`Preprocess` says how the images are prepared: the size and filter (``Resize(R)+CenterCrop(S)``,
 bilinear unless the model's eval transform names another), the channels
 (grey replicated to 3 for a model that takes colour), the mean/std (a pretrained model's own, else the
-data's train split) and, for Hugging Face data, the columns to read. What was done goes into ``TaskData.meta``
-(results.json).
+data's train split) and, for Hugging Face data, the columns to read. Data given already normalised (floats
+outside [0, 1], kept in a float32 entry) is used as given: mean 0 and std 1, whatever the Preprocess says. What
+was done goes into ``TaskData.meta`` (results.json).
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, SettingsError
-from .augment import NATURAL_AUGMENT
-from .image_cache import ImageData
-from .image_convert import DEFAULT_INTERPOLATION
-from .image_rules import Progress
-from .images import is_hf_folder, load_images
-from .spec import DatasetSpec, parse_spec
-from .task import Split, TaskData
+from ...errors import DataError, SettingsError
+from ..augment import NATURAL_AUGMENT
+from ..spec import DatasetSpec, parse_spec
+from ..task import Split, TaskData
+from . import is_hf_folder, load_images
+from .cache import ImageData
+from .convert import DEFAULT_INTERPOLATION
+from .rules import Progress
 
 __all__ = [
     "Preprocess",
@@ -83,7 +84,7 @@ class Preprocess:
         }
 
     def columns(self) -> dict[str, str]:
-        """The Hugging Face columns named, as :func:`probe.data.huggingface.load_hf` takes them."""
+        """The Hugging Face columns named, as :func:`probe.data.images.huggingface.load_hf` takes them."""
         named = {"image_column": self.image_column, "label_column": self.label_column}
         return {name: value for name, value in named.items() if value is not None}
 
@@ -183,7 +184,11 @@ def load_image_task(
 
 
 def _stats(images: ImageData, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(mean, std) per channel in the cache's units, and how they were chosen, for the batch conversion."""
     chans = images.in_chans
+    if is_normalised(images):  # (x - 0) / 1: the values as given, bit for bit
+        unused = f"; {pre.origin or 'the given'} mean/std not applied" if pre.mean is not None else ""
+        return torch.zeros(chans), torch.ones(chans), f"already normalised: used as given{unused}"
     if pre.mean is not None and pre.std is not None:
         mean, std = list(pre.mean), list(pre.std)
         if len(mean) != chans:
@@ -195,6 +200,11 @@ def _stats(images: ImageData, pre: Preprocess) -> tuple[torch.Tensor, torch.Tens
         raise DataError("the image cache entry records no pixel statistics; delete it and run again")
     std = [s if s > 0 else 1.0 for s in stats["std"]]
     return torch.tensor(stats["mean"]), torch.tensor(std), "the data's own train-split mean/std per channel"
+
+
+def is_normalised(images: ImageData) -> bool:
+    """Whether ``images`` hold already-normalised floats (used as given) rather than uint8 pixels."""
+    return images.train_x.dtype != np.uint8
 
 
 def _fmt(values: list[float]) -> str:
@@ -254,6 +264,7 @@ def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> d
     meta["preprocessing"] = {
         **pre.to_dict(),
         "applied": f"{resized}{w}×{h}, {c} channel(s); {normalisation}",
+        **({"already_normalised": True} if is_normalised(images) else {}),
     }
     meta["sizes"] = {"train": int(len(images.train_y)), "test": int(len(images.test_y))}
     return meta
@@ -262,8 +273,7 @@ def image_task_meta(images: ImageData, pre: Preprocess, normalisation: str) -> d
 def check_image_spec(spec: DatasetSpec, data_dir: str | os.PathLike[str] | pathlib.Path) -> None:
     """The checks of a folder / tv: / hf: spec that need no decoding (missing folder, no classes, ...)."""
     if spec.kind == "folder":
-        from .image_folder import check_image_folder
-        from .images import is_hf_folder
+        from .folder import check_image_folder
 
         folder = pathlib.Path(spec.name).expanduser()
         if not is_hf_folder(folder):
@@ -297,8 +307,8 @@ def task_from_python(obj: Any, preprocess: Preprocess | None = None) -> TaskData
     * ``((x_train, y_train), (x_test, y_test))``: tensors or arrays;
     * ``(x, y)``: one set of tensors, split per class (seeded, stratified, 20 % to test).
     """
-    from .image_pairs import load_dataset_pair, load_tensors
-    from .image_rules import stratified_split
+    from .pairs import load_dataset_pair, load_tensors
+    from .rules import stratified_split
 
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         return None
@@ -330,8 +340,8 @@ def resized_builtin(spec: DatasetSpec, key: tuple, base: Any, preprocess: Prepro
     own statistics (digits keep their 0..16 pixel range) and its default augmentation."""
     from dataclasses import replace
 
-    from .image_pairs import load_tensors
-    from .registry import default_augment
+    from ..registry import default_augment
+    from .pairs import load_tensors
 
     own = Preprocess(image_size=preprocess.image_size, channels=preprocess.channels, origin=preprocess.origin)
     memo = ("builtin", *key, own.image_size, own.channels)

@@ -1,9 +1,9 @@
 """torchvision datasets by name (``tv:FashionMNIST``, ``tv:SVHN``, ...) into the image cache
-(:mod:`probe.data.image_cache`).
+(:mod:`probe.data.images.cache`).
 
 The dataset is built from ``data_dir`` with torchvision's own class (``download=`` passed on, a 10 s socket
 timeout), its train and test splits chosen by the dataset's own split argument (:data:`TORCHVISION_SPLITS`),
-and iterated once into the cache through :func:`probe.data.image_folder.load_dataset_pair`. Files missing offline
+and iterated once into the cache through :func:`probe.data.images.pairs.load_dataset_pair`. Files missing offline
 give one line: pass --download or put the files in DIR. The cache key is the dataset's name, the resolved
 ``data_dir`` and the path, size and mtime of every file in the dataset's own folder.
 """
@@ -18,11 +18,11 @@ import shutil
 import socket
 from typing import Any
 
-from ..errors import DataError
-from .image_cache import ImageData
-from .image_cache import cache_key as _cache_key
-from .image_pairs import load_dataset_pair
-from .image_rules import Progress, check_size
+from ...errors import DataError
+from .cache import ImageData
+from .cache import cache_key as _cache_key
+from .pairs import load_dataset_pair
+from .rules import Progress, check_size
 
 __all__ = ["TORCHVISION_SPLITS", "check_torchvision_name", "load_torchvision"]
 
