@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import StopForward, resolve_layer
+from ..core.surgery import require_head
 from ..engine.context import ProbeContext, fresh_target
 from ..errors import LayerError, ShapeMismatchError
 from ..models.checkpoint import source_info
@@ -136,7 +137,13 @@ class TransferRun:
 
 
 def _train(
-    context: ProbeContext, target: nn.Module, trainable: nn.Module, task_name: str, seed: int, on_epoch
+    context: ProbeContext,
+    target: nn.Module,
+    trainable: nn.Module,
+    task_name: str,
+    seed: int,
+    on_epoch,
+    evaluate_last: int | None = None,
 ) -> TransferRun:
     outcome = fit(
         forward=lambda x, idx, split: target(x),
@@ -147,6 +154,7 @@ def _train(
         seed=seed,
         device=context.device,
         on_epoch=on_epoch,
+        evaluate_last=evaluate_last,
     )
     top1 = (
         final_figures(outcome.history, context.settings.last_epochs).get("top1", math.nan)
@@ -194,7 +202,56 @@ def train_transfer(
     return _train(context, target, _KeepEval(target, copied if frozen else ()), task_name, seed, on_epoch)
 
 
-def train_alone(context: ProbeContext, task_name: str, seed: int, on_epoch: Callable | None = None) -> TransferRun:
-    """The target trained alone on ``task_name`` (Yosinski's baseB): no transfer, no gate, same seed."""
+def train_alone(
+    context: ProbeContext,
+    task_name: str,
+    seed: int,
+    on_epoch: Callable | None = None,
+    *,
+    evaluate_last: int | None = None,
+) -> TransferRun:
+    """The target trained alone on ``task_name`` (Yosinski's baseB): no transfer, no gate, same seed.
+
+    ``evaluate_last``: only the last that many epochs are evaluated (see :func:`~probe.training.trainer.fit`)."""
     target = fresh_target(context, task_name, seed)
-    return _train(context, target, target, task_name, seed, on_epoch)
+    return _train(context, target, target, task_name, seed, on_epoch, evaluate_last)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning with a cut: what to freeze
+
+
+def cut_target(
+    context: ProbeContext, task_name: str, seed: int, freeze_through: str | None
+) -> tuple[nn.Module, list[str]]:
+    """A target for ``task_name`` initialised from the context's source — every module before its head copied, the
+    head fresh (seeded like the QUANTA run) — and the names of the modules to freeze: those up to and including
+    ``freeze_through`` (:func:`modules_through`; None: none, full fine-tuning)."""
+    target = fresh_target(context, task_name, seed)
+    example = context.tasks[task_name].train.rows(0, 1)
+    transfer_layers(context.source, target, f"{require_head(target)}:input", example)
+    frozen = [] if freeze_through is None else modules_through(target, freeze_through, example)
+    return target, frozen
+
+
+def train_with_cut(
+    context: ProbeContext,
+    task_name: str,
+    seed: int,
+    freeze_through: str | None,
+    *,
+    on_epoch: Callable | None = None,
+    evaluate_last: int | None = None,
+) -> TransferRun:
+    """Fine-tune a copy of the source on ``task_name`` with its modules up to and including ``freeze_through``
+    frozen (their parameters do not train and they stay in eval mode) and the rest, head included, trained with the
+    context's settings: the run whose accuracy says how good that cut is (``freeze_through`` None: every layer
+    fine-tuned; the last probe point before the head: only the head trains)."""
+    target, names = cut_target(context, task_name, seed, freeze_through)
+    frozen = [target.get_submodule(name) for name in names]
+    for module in frozen:
+        for parameter in module.parameters(recurse=False):
+            parameter.requires_grad_(False)
+    if not any(p.requires_grad for p in target.parameters()):
+        raise LayerError(f"freezing through '{freeze_through}' leaves nothing to train; pick a layer before the head")
+    return _train(context, target, _KeepEval(target, frozen), task_name, seed, on_epoch, evaluate_last)

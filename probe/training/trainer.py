@@ -122,8 +122,10 @@ def fit(
     read_lambda: Callable[[], float] | None = None,
     on_epoch: Callable[[EpochEvent], None] | None = None,
     label: str = "",
+    evaluate_last: int | None = None,
 ) -> TrainOutcome:
-    """Train for ``settings.epochs`` epochs; evaluate on the test split after each one.
+    """Train for ``settings.epochs`` epochs; evaluate on the test split after each one (with ``evaluate_last``, only
+    after each of the last that many: the earlier epochs record their training loss alone).
 
     A non-finite training loss stops the run and is reported in ``failure``; the history keeps the
     epochs completed before it.
@@ -144,14 +146,16 @@ def fit(
         if not math.isfinite(train_loss):
             failure = f"training loss became {train_loss} in epoch {epoch}"
             return TrainOutcome(history, steps, failure, time.perf_counter() - started)
-        trainable.eval()
-        metrics = evaluate(forward, task.test, task.num_classes, amp=amp, memory_format=memory_format)
+        metrics: dict[str, float] = {}
+        if evaluate_last is None or epoch > settings.epochs - evaluate_last:
+            trainable.eval()
+            metrics = evaluate(forward, task.test, task.num_classes, amp=amp, memory_format=memory_format)
         metrics["train_loss"] = train_loss
         if read_lambda is not None:
             metrics["lambda_source"] = read_lambda()
         metrics["epoch"] = epoch
         history.append(metrics)
-        if not math.isfinite(metrics["loss"]):
+        if not math.isfinite(metrics.get("loss", 0.0)):
             failure = f"test loss became {metrics['loss']} in epoch {epoch}"
             return TrainOutcome(history, steps, failure, time.perf_counter() - started)
         if on_epoch is not None:

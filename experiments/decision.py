@@ -1,0 +1,229 @@
+"""Which layers to freeze before fine-tuning? The ground truth by brute force, and rules judged against it (issue 23).
+
+One resumable command runs every unit of work (one training run each) in worker processes of one thread and appends
+one JSON line per run to ``--out``. For each *case* (a source, a target task, a number of target training images
+per class):
+
+* ``truth``: a copy of the source with a new head fine-tuned on the target with its layers up to and including
+  probe point k frozen, for every k of the 7 paper-cnn probe points and k = none (full fine-tuning), plus the target
+  trained from scratch; seeds 0-2; the settings of the target's preset (what ``probe scan`` uses for that data);
+  the test split evaluated in the last 10 epochs (``EVALUATE_LAST``), enough for any averaging window.
+* ``lenses``: the linear probe, k-NN, LogME, H-score and TransRate of the source's features at every probe point,
+  on the target's training images of the case (cheap: no training).
+* ``scans``: the default scan of the case (``probe scan`` with one run, seed 0, ``--train-size`` of the case): λS
+  per layer. For Fashion-MNIST targets at 640 images per class these runs are the Fashion-MNIST experiment's own
+  seed-0 AnB runs (``experiments/fashion.jsonl``: same source, target, settings and seed), read, not repeated.
+
+Cases: six source → target pairs (digits halves and parity at digits' 8×8 with the default full-width sources;
+Fashion-MNIST halves and parity, digits → fashion and fashion → digits at 28×28 with the width-0.25 sources of
+``experiments/fashion.py``), each at three target sizes: 10, 50 and every image (~143 per class) for digits
+targets, 10, 100 and 640 per class for Fashion-MNIST targets: 18 cases.
+
+    python experiments/decision.py --stage truth --stage lenses   # the ground truth (resumable)
+    python experiments/decision.py --stage scans                  # λS of the default scan per case
+    python experiments/decision.py --summary [--markdown]         # docs/decision.md's tables, from the JSONL
+
+The Fashion-MNIST sources come from ``experiments/fashion.py`` (``--fashion-results``, default results/fashion);
+the digits sources are the ones ``probe scan`` trains by default (the same cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc")
+CUTS = ("none", *LAYERS)
+SEEDS = 3
+EVALUATE_LAST = 10
+FASHION_EPOCHS = 20  # as experiments/fashion.py: the default preset with 20 epochs instead of 60
+LENSES = ("linear", "knn", "logme", "hscore", "transrate")
+
+# pair -> (source, target, input size the target is fed at, target sizes per class; None = every image)
+PAIRS = {
+    "digits halves": ("digits:digits[0-4]", "digits[5-9]", None, (10, 50, None)),
+    "digits parity": ("digits:digits[0,2,4,6,8]", "digits[1,3,5,7,9]", None, (10, 50, None)),
+    "fashion halves": ("fashion:fashion-halves", "fashion[5-9]", None, (10, 100, 640)),
+    "fashion parity": ("fashion:fashion-parity", "fashion[1,3,5,7,9]", None, (10, 100, 640)),
+    "digits→fashion": ("fashion:digits-halves-28", "fashion[5-9]", None, (10, 100, 640)),
+    "fashion→digits": ("fashion:fashion-halves", "digits[5-9]", 28, (10, 50, None)),
+}
+# The Fashion-MNIST experiment's pair whose seed-0 AnB runs are this experiment's default scans at 640 per class.
+FASHION_SCANS = {"fashion halves": ("main", "halves"), "fashion parity": ("main", "parity"),
+                 "digits→fashion": ("cross", "digits→fashion")}  # fmt: skip
+
+
+def cases() -> list[tuple[str, int | None]]:
+    return [(pair, size) for pair, (*_, sizes) in PAIRS.items() for size in sizes]
+
+
+def case_name(pair: str, size: int | None) -> str:
+    return f"{pair} @{'all' if size is None else size}"
+
+
+def unit(stage: str, pair: str, size: int | None, kind: str, *, cut: str | None = None, layer: str | None = None,
+         seed: int = 0) -> dict:  # fmt: skip
+    return dict(stage=stage, pair=pair, size=size, kind=kind, cut=cut, layer=layer, seed=seed)
+
+
+def stage_units(stage: str) -> list[dict]:
+    units: list[dict] = []
+    for pair, size in cases():
+        if stage == "truth":
+            for seed in range(SEEDS):
+                units += [unit(stage, pair, size, "cut", cut=cut, seed=seed) for cut in CUTS]
+                units += [unit(stage, pair, size, "scratch", seed=seed)]
+        elif stage == "lenses":
+            units += [unit(stage, pair, size, "lenses")]
+        elif stage == "scans" and not (pair in FASHION_SCANS and size == 640):
+            units += [unit(stage, pair, size, "quanta", layer=layer) for layer in LAYERS]
+    return units
+
+
+STAGES = ("truth", "lenses", "scans")
+
+
+def unit_key(u: dict) -> str:
+    return json.dumps([u.get(name) for name in ("stage", "pair", "size", "kind", "cut", "layer", "seed")])
+
+
+# --------------------------------------------------------------------------------------------------
+# Work (in worker processes)
+
+_FASHION_RESULTS = Path("results/fashion")
+
+
+def source_of(pair: str):
+    """The pair's source: a digits source as ``probe scan`` trains it by default (cached), or a Fashion-MNIST
+    experiment checkpoint."""
+    from probe.api import source_training_settings
+    from probe.engine.sources import cached_source, load_source
+
+    kind, name = PAIRS[pair][0].split(":", 1)
+    if kind == "fashion":
+        return load_source(_FASHION_RESULTS / "sources" / f"{name}.pt")
+    settings = source_training_settings(name, device="cpu")
+    model, _ = cached_source("paper-cnn", name, settings=settings)
+    return model
+
+
+def settings_for(u: dict):
+    """The target's preset as ``probe scan`` chooses it (probe.api.scan_settings), with the case's size."""
+    from probe.api import scan_settings
+
+    target = PAIRS[u["pair"]][1]
+    given: dict = dict(device="cpu", jobs=1, runs=1, seed=u["seed"], train_size=u["size"])
+    if target.startswith("fashion"):
+        given["epochs"] = FASHION_EPOCHS
+    return scan_settings(target, **given)
+
+
+def context_for(u: dict):
+    from probe.data.images.tasks import Preprocess
+    from probe.engine.prepare import prepare
+
+    model = source_of(u["pair"])
+    size = (model.quanta_source.settings or {}).get("image_size") or PAIRS[u["pair"]][2]
+    preprocess = Preprocess(image_size=size, origin="--image-size") if size else None
+    return prepare(model, PAIRS[u["pair"]][1], settings=settings_for(u), preprocess=preprocess).context
+
+
+def run_unit(u: dict) -> list[dict]:
+    from probe.baselines.transfer import train_alone, train_with_cut
+
+    context = context_for(u)
+    settings = context.settings
+    base = dict(u, train_examples=len(context.tasks["AnB"].train),
+                settings={k: settings.to_dict()[k] for k in ("epochs", "lr", "train_size", "last_epochs")})  # fmt: skip
+    started = time.perf_counter()
+    if u["kind"] in ("cut", "scratch"):
+        if u["kind"] == "cut":
+            cut = None if u["cut"] == "none" else u["cut"]
+            outcome = train_with_cut(context, "AnB", u["seed"], cut, evaluate_last=EVALUATE_LAST)
+        else:
+            outcome = train_alone(context, "AnB", u["seed"], evaluate_last=EVALUATE_LAST)
+        return [
+            dict(base, status="failed" if outcome.failure else "ok", seconds=time.perf_counter() - started,
+                 top1_trajectory=[h.get("top1") for h in outcome.history])
+        ]  # fmt: skip
+    if u["kind"] == "quanta":
+        from probe.engine.run import run_one
+        from probe.results.schema import RunSpec
+
+        run = run_one(context, RunSpec(u["layer"], settings.init[0], "AnB", u["seed"]))
+        return [
+            dict(base, status=run.status, steps=run.steps, gate_lr=run.gate_lr, seconds=run.seconds,
+                 lambda_trajectory=[h["lambda_source"] for h in run.history],
+                 top1_trajectory=[h["top1"] for h in run.history])
+        ]  # fmt: skip
+    if u["kind"] == "lenses":
+        from probe.baselines.compare import _feature_lens
+        from probe.baselines.scores import layer_features
+
+        train, test = context.tasks["AnB"].train, context.tasks["AnB"].test
+        values: dict = {}
+        for layer in LAYERS:
+            f_train, f_test = layer_features(context.source, layer, train), layer_features(context.source, layer, test)
+            values[layer] = {name: _feature_lens(name, f_train, f_test, train.y, test.y, 0) for name in LENSES}
+        return [dict(base, values=values, seconds=time.perf_counter() - started)]
+    raise ValueError(f"unknown unit kind {u['kind']}")
+
+
+def _worker_init(fashion_results: str) -> None:
+    import torch
+
+    import probe
+
+    global _FASHION_RESULTS
+    _FASHION_RESULTS = Path(fashion_results)
+    torch.set_num_threads(1)
+    probe.retain_freed_memory()
+
+
+def load(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_units(units: list[dict], out: Path, fashion_results: Path, jobs: int) -> None:
+    done = {unit_key(r) for r in load(out)}
+    todo = [u for u in units if unit_key(u) not in done]
+    print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
+    if not todo:
+        return
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(jobs, initializer=_worker_init, initargs=(str(fashion_results),), maxtasksperchild=20) as pool:
+        for i, records in enumerate(pool.imap_unordered(run_unit, todo), 1):
+            with out.open("a") as handle:
+                handle.write("".join(json.dumps(r) + "\n" for r in records))
+                handle.flush()
+                os.fsync(handle.fileno())
+            r = records[0]
+            where = f"{r['stage']} {case_name(r['pair'], r['size'])} {r['kind']} {r.get('cut') or r.get('layer') or ''}"
+            elapsed = time.perf_counter() - started
+            print(f"[{i}/{len(todo)} {elapsed / 60:.0f} min, ~{elapsed / i * (len(todo) - i) / 60:.0f} min left] "
+                  f"{where} seed {r['seed']}", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=STAGES, action="append", help="stages to run (default: all, in order)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".jsonl"))
+    parser.add_argument("--fashion-results", type=Path, default=_FASHION_RESULTS)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    for pair in PAIRS:  # each source once, here, before the workers share it (a digits source may be trained now)
+        if PAIRS[pair][0].startswith("digits:"):
+            source_of(pair)
+    for stage in args.stage or list(STAGES):
+        run_units(stage_units(stage), args.out, args.fashion_results, args.jobs)
+
+
+if __name__ == "__main__":
+    main()
