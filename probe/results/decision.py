@@ -138,7 +138,7 @@ def mean_regret(cases: Sequence[Case], choose: Callable[[Case], str]) -> float:
 def best_threshold(cases: Sequence[Case], rule: ThresholdRule, grid: Sequence[float]) -> float:
     """The threshold of ``grid`` with the lowest mean regret over ``cases`` (ties: the median of the tied ones,
     so that a plateau is not left at its edge)."""
-    scores = [(mean_regret(cases, lambda case, tau=tau: rule(case, tau)), tau) for tau in grid]
+    scores = [(statistics.fmean(regret(case.table, rule(case, tau)) for case in cases), tau) for tau in grid]
     lowest = min(score for score, _ in scores)
     tied = sorted(tau for score, tau in scores if score <= lowest + 1e-9)
     return tied[(len(tied) - 1) // 2]
