@@ -217,12 +217,100 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".jsonl"))
     parser.add_argument("--fashion-results", type=Path, default=_FASHION_RESULTS)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--summary", action="store_true", help="print the tables from --out; train nothing")
+    parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
+    parser.add_argument("--fashion-jsonl", type=Path, default=Path(__file__).with_name("fashion.jsonl"))
     args = parser.parse_args()
+    if args.summary:
+        print_summary(load(args.out), load(args.fashion_jsonl), args.markdown)
+        return
     for pair in PAIRS:  # each source once, here, before the workers share it (a digits source may be trained now)
         if PAIRS[pair][0].startswith("digits:"):
             source_of(pair)
     for stage in args.stage or list(STAGES):
         run_units(stage_units(stage), args.out, args.fashion_results, args.jobs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis
+
+
+def final(trajectory: list, last: int) -> float:
+    """The mean of the last ``last`` values of a trajectory (epochs not evaluated are None and never averaged)."""
+    tail = [v for v in trajectory[-last:] if v is not None]
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+def build_cases(records: list[dict], fashion_records: list[dict]):
+    """The benchmark's cases from the JSONL: ground-truth table (final top-1 per cut and seed, averaged as the
+    target's preset averages), λS profile of the default scan (seed 0), lens profiles, images per class."""
+    from probe.results.decision import Case, cut_table
+
+    found = []
+    for pair, size in cases():
+        mine = [r for r in records if r["pair"] == pair and r["size"] == size]
+        truth = [r for r in mine if r["kind"] == "cut" and r["status"] == "ok"]
+        lenses = [r for r in mine if r["kind"] == "lenses"]
+        if pair in FASHION_SCANS and size == 640:
+            stage, fashion_pair = FASHION_SCANS[pair]
+            scans = [r for r in fashion_records if r.get("stage") == stage and r.get("pair") == fashion_pair
+                     and r.get("kind") == "quanta" and r.get("task") == "AnB" and r.get("seed") == 0
+                     and r.get("init") is None and r.get("variant") is None]  # fmt: skip
+        else:
+            scans = [r for r in mine if r["kind"] == "quanta"]
+        if not truth:
+            continue
+        last = truth[0]["settings"]["last_epochs"]
+        accuracies = {cut: [final(r["top1_trajectory"], last) for r in truth if r["cut"] == cut] for cut in CUTS}
+        profiles: dict[str, dict[str, float]] = {}
+        if len({r["layer"] for r in scans}) == len(LAYERS):
+            profiles["lambda"] = {
+                r["layer"]: final(r["lambda_trajectory"], r["settings"]["last_epochs"]) for r in scans
+            }
+        if lenses:
+            for lens in LENSES:
+                profiles[lens] = {layer: lenses[0]["values"][layer][lens] for layer in LAYERS}
+        per_class = size if size is not None else truth[0]["train_examples"] // 5
+        found.append(Case(case_name(pair, size), LAYERS, profiles, per_class, cut_table(accuracies)))
+    return found
+
+
+def scratch_of(records: list[dict], pair: str, size: int | None) -> list[float]:
+    runs = [r for r in records if r["pair"] == pair and r["size"] == size and r["kind"] == "scratch"]
+    return [final(r["top1_trajectory"], r["settings"]["last_epochs"]) for r in runs if r["status"] == "ok"]
+
+
+def print_summary(records: list[dict], fashion_records: list[dict], markdown: bool = False) -> dict:
+    """The per-case and per-predictor tables of docs/decision.md; returns the judged predictors."""
+    from probe.results.decision import best_cut, judge, noise_set, predictors
+
+    every = build_cases(records, fashion_records)
+    usable = [case for case in every if {"lambda", *LENSES} <= set(case.profiles)]
+    print(f"{len(every)} cases with ground truth, {len(usable)} with every measurement", flush=True)
+    judged = [judge(usable, predictor) for predictor in predictors(LENSES)] if usable else []
+
+    def row(cells) -> str:
+        return ("| " + " | ".join(map(str, cells)) + " |") if markdown else "  ".join(map(str, cells))
+
+    print(row(["case", "best cut", "within noise of it", "accuracy by cut (none … fc)", "scratch"]))
+    for case in every:
+        stats = case.table
+        accuracy = " ".join(f"{stats[c].mean:.3f}" if c in stats else "—" for c in CUTS)
+        scratch = scratch_of(records, *_pair_size(case.name))
+        alone = f"{sum(scratch) / len(scratch):.3f}" if scratch else "—"
+        noise = ", ".join(c for c in CUTS if c in noise_set(stats))
+        print(row([case.name, best_cut(stats), noise, accuracy, alone]))
+    print()
+    print(row(["predictor", "kind", "compute", "mean regret (points)", "worst", "within noise"]))
+    for entry in sorted(judged, key=lambda e: e["mean_regret"]):
+        print(row([entry["name"], entry["kind"], entry["cost"], f"{entry['mean_regret']:.2f}",
+                   f"{entry['worst_regret']:.2f}", f"{entry['within_noise']:.0%}"]))  # fmt: skip
+    return {"cases": [case.name for case in usable], "predictors": judged}
+
+
+def _pair_size(name: str) -> tuple[str, int | None]:
+    pair, _, size = name.rpartition(" @")
+    return pair, None if size == "all" else int(size)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from ..models.checkpoint import recorded_info
 from ..report.figures import write_figures
 from ..report.tables import correlations_table, quality_line, results_table
 from ..results.assessment import results_document
+from ..results.decision import recommend, recommendation_line
 from ..settings import DEFAULT_ARCH, DEFAULT_SOURCE_DATA
 from ..util.interrupt import graceful_interrupts, resume_hint
 from .app import (
@@ -291,10 +292,12 @@ def _interrupted(out: Path | None, argv: list[str], finished: int) -> None:
 
 
 def _print_tables(measurement) -> None:
-    """The results table, and the rank correlations with the baselines when there are any, on stdout."""
+    """The results table, its quality and the recommendation, and the rank correlations with the baselines when
+    there are any, on stdout."""
     console = stdout_console()
     console.print(results_table(measurement))
     console.print(escape(quality_line(measurement)))
+    console.print(escape(recommendation_line(recommend(measurement))))
     correlations = correlations_table(measurement)
     if correlations is not None:
         console.print(correlations)
@@ -432,3 +435,32 @@ def report(
         where = folder if folder.is_dir() else folder.parent  # report also takes a results.json itself
         figures = write_figures(measurement, where)
         err.print(escape(f"redrew {', '.join(path.name for path in figures)} in {where}"))
+
+
+@app.command("recommend")
+def recommend_command(
+    folder: Annotated[
+        Path,
+        typer.Argument(help="A results folder written by probe scan --out (or its results.json).", show_default=False),
+    ],
+    json_output: JsonOption = False,
+) -> None:
+    """Which layers to freeze before fine-tuning on the scan's target, from a saved results folder (no training).
+
+    The rule and how it did against brute force are in docs/decision.md. Example: [bold]probe recommend
+    results/digits[/bold]
+    """
+    measurement, status = folder_status(folder)
+    if measurement is None:
+        raise ResultsError(
+            f"'{folder}' holds no finished run yet ({status['description']}); run probe scan --out {folder}"
+        )
+    found = recommend(measurement)
+    if found["status"] == "unavailable":
+        raise ResultsError(f"no recommendation for '{folder}': {found['reason']}")
+    if json_output:
+        write_json(found)
+    else:
+        stdout_console().print(escape(recommendation_line(found)))
+    if status["missing"] or status["corrupt"]:
+        stderr_console().print(escape(f"partial results: {status['description']}"))

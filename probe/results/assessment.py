@@ -14,6 +14,7 @@ import math
 import statistics
 from typing import Any
 
+from .decision import recommend
 from .quality import SETTLED_DRIFT, impairment, repeatability, separation
 from .schema import Measurement
 
@@ -68,5 +69,6 @@ def assess(measurement: Measurement) -> dict[str, Any]:
 
 
 def results_document(measurement: Measurement) -> dict[str, Any]:
-    """``results.json``: the measurement's data and, derived from it, its ``quality``."""
-    return {**measurement.to_dict(), "quality": assess(measurement)}
+    """``results.json``: the measurement's data and, derived from it, its ``quality`` and the ``recommendation`` of
+    which layers to freeze (:func:`probe.results.decision.recommend`)."""
+    return {**measurement.to_dict(), "quality": assess(measurement), "recommendation": recommend(measurement)}
