@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -283,13 +285,272 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".jsonl"))
     parser.add_argument("--results", type=Path, default=_RESULTS, help="where the source checkpoints go")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--summary", action="store_true", help="print the tables from --out; train nothing")
+    parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
     args = parser.parse_args()
+    if args.summary:
+        print_summary(load(args.out), args.markdown)
+        return
     stages = args.stage or list(STAGES)
     recorded = {r["pair"] for r in load(args.out) if r["kind"] == "source"}
     missing = [name for name in sources_needed(stages) if name not in recorded]
     run_units([unit("sources", name, "source") for name in missing], args.out, args.results, args.jobs)
     for stage in stages:
         run_units(stage_units(stage), args.out, args.results, args.jobs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis (probe.results.quality does the arithmetic of the measures)
+
+ONE_TEST_IMAGE = {"fashion": 1 / 5000, "digits": 1 / 180}  # a half of Fashion-MNIST's test split has 5,000 images
+WINDOWS = ("preset", "quarter")
+
+
+def window_of(record: dict, window: str) -> int:
+    """Epochs averaged: the preset's ``last_epochs``, or the last quarter of the run (the digits preset's 3 of 12)."""
+    epochs = len(record["lambda_trajectory"] if "lambda_trajectory" in record else record["top1_trajectory"])
+    if window == "quarter":
+        return max(1, -(-epochs // 4))
+    return min(record["settings"]["last_epochs"], epochs)
+
+
+def tail(values: list, last: int) -> float:
+    kept = [v for v in values[-last:] if v is not None]
+    return statistics.fmean(kept) if kept else math.nan
+
+
+def pick(records: list[dict], **match) -> list[dict]:
+    return sorted(
+        (r for r in records if all(r.get(k) == v for k, v in match.items())),
+        key=lambda r: (r.get("seed"), r["layer"] or ""),
+    )
+
+
+def measures(records: list[dict], stage: str, pair: str, window: str, layers=LAYERS, **match) -> dict:
+    """The quality measures of one pair's QUANTA runs (per-layer λS of AnB and AnA, separation, drift, repeatability,
+    agreement with Yosinski's frozen transfer, impairment), as docs/protocol.md defines them."""
+    from probe.results.quality import impairment, repeatability, separation, settled_drift, spearman
+
+    runs = pick(records, stage=stage, pair=pair, kind="quanta", status="ok", **match)
+    lam = {task: {layer: [tail(r["lambda_trajectory"], window_of(r, window)) for r in runs
+                          if r["task"] == task and r["layer"] == layer] for layer in layers} for task in ("AnB", "AnA")}  # fmt: skip
+    lam = {task: {layer: v for layer, v in per.items() if v} for task, per in lam.items()}
+    drift = {layer: max(settled_drift(r["lambda_trajectory"], window_of(r, window)) for r in runs if r["layer"] == layer)
+             for layer in layers if any(r["layer"] == layer for r in runs)}  # fmt: skip
+    top1 = {layer: statistics.fmean(tail(r["top1_trajectory"], window_of(r, window)) for r in runs
+                                    if r["layer"] == layer and r["task"] == "AnB") for layer in lam["AnB"]}  # fmt: skip
+    frozen_runs = pick(records, stage=stage, pair=pair, kind="frozen", status="ok")
+    frozen = {layer: [tail(r["top1_trajectory"], window_of(r, window)) for r in frozen_runs if r["layer"] == layer]
+              for layer in layers}  # fmt: skip
+    frozen = {layer: v for layer, v in frozen.items() if v}
+    alone_runs = pick(records, stage="main" if pair in ("halves", "parity", "digits→fashion") else stage,
+                      pair=pair if pair != "digits→fashion" else "halves", kind="alone", status="ok")  # fmt: skip
+    alone = [tail(r["top1_trajectory"], window_of(r, window)) for r in alone_runs]
+    found: dict = dict(lam=lam, drift=drift, top1=top1, frozen=frozen, alone=alone)
+    if lam["AnA"]:
+        found["separation"] = separation(lam["AnA"], lam["AnB"])
+    found["repeatability"] = repeatability(lam["AnB"])
+    if len(frozen) >= 3:
+        shared = [layer for layer in lam["AnB"] if layer in frozen]
+        lam_mean = [statistics.fmean(lam["AnB"][layer]) for layer in shared]
+        ref = [statistics.fmean(frozen[layer]) for layer in shared]
+        data = "digits" if PAIRS[pair][1].startswith("digits") else "fashion"
+        found["agreement"] = spearman(lam_mean, ref)
+        found["agreement_ties"] = spearman(lam_mean, tied_below(ref, ONE_TEST_IMAGE[data]))
+        found["reference_repeatability"] = repeatability(frozen)
+    if alone and top1:
+        found["impairment"] = impairment(list(top1.values()), statistics.fmean(alone))
+    return found
+
+
+def tied_below(values: list[float], gap: float) -> list[float]:
+    """``values`` with every run of sorted neighbours closer than ``gap`` replaced by its mean (as agreement.py)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    groups = [[order[0]]]
+    for previous, i in zip(order, order[1:], strict=False):
+        if values[i] - values[previous] < gap:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    tied = list(values)
+    for group in groups:
+        mean = statistics.fmean(values[i] for i in group)
+        for i in group:
+            tied[i] = mean
+    return tied
+
+
+def criteria(found: dict) -> dict[str, bool]:
+    """Issue 22's bars: AnB conv1 λS ≥ 0.95, AnA λS ≥ 0.9 at every layer, AnA − AnB at fc ≥ 0.3, every layer
+    settled, repeatability ρ ≥ 0.8, impairment ≤ 0.02 (agreement with Yosinski is reported, not a bar)."""
+    from probe.results.quality import SETTLED_DRIFT
+
+    anb = {layer: statistics.fmean(v) for layer, v in found["lam"]["AnB"].items()}
+    ana = {layer: statistics.fmean(v) for layer, v in found["lam"]["AnA"].items()}
+    result = {"AnB conv1 ≥ 0.95": anb.get("conv1", math.nan) >= 0.95}
+    if ana:
+        result["AnA ≥ 0.9 everywhere"] = all(v >= 0.9 for v in ana.values())
+        result["fc AnA − AnB ≥ 0.3"] = found["separation"]["fc"]["difference"] >= 0.3
+    result["all settled"] = all(d <= SETTLED_DRIFT for d in found["drift"].values())
+    result["repeat ρ ≥ 0.8"] = found["repeatability"] >= 0.8
+    if "impairment" in found:
+        result["impairment ≤ 0.02"] = found["impairment"] <= 0.02
+    return result
+
+
+def _row(cells, markdown: bool) -> str:
+    return ("| " + " | ".join(map(str, cells)) + " |") if markdown else "  ".join(map(str, cells))
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def print_main(records: list[dict], markdown: bool) -> None:
+    for window in WINDOWS:
+        for pair in ("halves", "parity"):
+            found = measures(records, "main", pair, window)
+            if not found["lam"]["AnB"]:
+                continue
+            print(
+                f"\n{pair}, averaged over the {'preset' + chr(39) + 's last 10 epochs' if window == 'preset' else 'last quarter (5 of 20 epochs)'}"
+            )
+            print(
+                _row(
+                    ["layer", "AnB λS", "AnA λS", "AnA − AnB (in sd)", "Yosinski AnB frozen", "max drift", "AnB top-1"],
+                    markdown,
+                )
+            )
+            for layer in LAYERS:
+                sep = found.get("separation", {}).get(layer, {})
+                diff = f"{sep['difference']:+.3f} ({sep['in_spread']:.1f})" if sep else "—"
+                print(_row([layer, _ms(found["lam"]["AnB"].get(layer, [])), _ms(found["lam"]["AnA"].get(layer, [])), diff,
+                            _ms(found["frozen"].get(layer, [])), f"{found['drift'].get(layer, math.nan):.3f}",
+                            f"{found['top1'].get(layer, math.nan):.3f}"], markdown))  # fmt: skip
+            met = criteria(found)
+            print(f"repeatability ρ {found['repeatability']:.2f} · agreement ρ(λS, Yosinski) {found.get('agreement', math.nan):.2f}"
+                  f" (with sub-image ties {found.get('agreement_ties', math.nan):.2f}; Yosinski's own repeatability "
+                  f"{found.get('reference_repeatability', math.nan):.2f}) · impairment {found.get('impairment', math.nan):+.3f}"
+                  f" (alone {_ms(found['alone'])}) · criteria met {sum(met.values())}/{len(met)}"
+                  + (f" (not: {'; '.join(k for k, v in met.items() if not v)})" if not all(met.values()) else ""))  # fmt: skip
+
+
+def print_rule(records: list[dict], markdown: bool) -> None:
+    print("\nthe budget rule over 4x the steps (halves, fc, seeds 0-1; main's 20 epochs seeds 0-1 beside)")
+    print(
+        _row(
+            [
+                "epochs",
+                "steps",
+                "gate lr (peak)",
+                "budget",
+                "AnB fc λS",
+                "AnA fc λS",
+                "AnA − AnB",
+                "max drift",
+                "AnB top-1",
+            ],
+            markdown,
+        )
+    )
+    rows = [("main", 20, None)] + [("rule", e, v) for e, v in ((10, "rule"), (40, "rule"), (40, "same-lr"))]
+    for stage, epochs, variant in rows:
+        match = dict(stage=stage, pair="halves", layer="fc", kind="quanta")
+        runs = [r for r in pick(records, **match) if (variant is None or r.get("variant") == variant)
+                and (stage != "rule" or r.get("epochs") == epochs) and r["seed"] < 2]  # fmt: skip
+        if not runs:
+            continue
+        window = "preset"
+        anb = [tail(r["lambda_trajectory"], window_of(r, window)) for r in runs if r["task"] == "AnB"]
+        ana = [tail(r["lambda_trajectory"], window_of(r, window)) for r in runs if r["task"] == "AnA"]
+        from probe.results.quality import settled_drift
+        from probe.settings import lr_scale_sum
+
+        drift = max(settled_drift(r["lambda_trajectory"], window_of(r, window)) for r in runs)
+        top1 = statistics.fmean(tail(r["top1_trajectory"], window_of(r, window)) for r in runs if r["task"] == "AnB")
+        steps, gate = runs[0]["steps"], runs[0]["gate_lr"]
+        print(_row([f"{epochs} ({variant or 'rule'})", steps, f"{gate:.4g}", f"{gate * lr_scale_sum('cosine', steps):.2f}",
+                    _ms(anb), _ms(ana), f"{statistics.fmean(ana) - statistics.fmean(anb):+.3f}" if ana and anb else "—",
+                    f"{drift:.3f}", f"{top1:.3f}"], markdown))  # fmt: skip
+
+
+def print_small(records: list[dict], markdown: bool) -> None:
+    print("\nthe small end: --train-size 10 (50 images, 2 steps an epoch, 40 steps), halves, seeds 0-2")
+    print(
+        _row(["gate", "layer", "AnB λS (runs)", "AnA λS (runs)", "runs at λS < 0.02 or > 0.98", "AnB top-1"], markdown)
+    )
+    for variant in ("rule", "cap"):
+        for layer in ("conv1", "conv4", "fc"):
+            runs = pick(records, stage="small", pair="halves", kind="quanta", layer=layer, variant=variant)
+            if not runs:
+                continue
+            values = {task: [tail(r["lambda_trajectory"], window_of(r, "preset")) for r in runs if r["task"] == task]
+                      for task in ("AnB", "AnA")}  # fmt: skip
+            extreme = sum(v < 0.02 or v > 0.98 for vs in values.values() for v in vs)
+            top1 = statistics.fmean(
+                tail(r["top1_trajectory"], window_of(r, "preset")) for r in runs if r["task"] == "AnB"
+            )
+            gate = f"{variant} (peak {runs[0]['gate_lr']:.3g})"
+            print(_row([gate, layer, " ".join(f"{v:.3f}" for v in values["AnB"]), " ".join(f"{v:.3f}" for v in values["AnA"]),
+                        f"{extreme}/{sum(map(len, values.values()))}", f"{top1:.3f}"], markdown))  # fmt: skip
+
+
+def print_cross(records: list[dict], markdown: bool) -> None:
+    print("\nwhen, not only what: within- and cross-domain pairs at 28x28 (AnB, seeds 0-2)")
+    print(_row(["target", "pair", "mean λS over layers (sd over seeds)", "Yosinski frozen, mean over layers",
+                *[f"{lens}, mean" for lens in LENSES]], markdown))  # fmt: skip
+    for target, pairs in (("fashion[5-9]", (("main", "halves"), ("cross", "digits→fashion"))),
+                          ("digits[5-9]", (("cross", "digits→digits"), ("cross", "fashion→digits")))):  # fmt: skip
+        for stage, pair in pairs:
+            runs = pick(records, stage=stage, pair=pair, kind="quanta", task="AnB", status="ok")
+            runs = [r for r in runs if r.get("variant") is None and r.get("init") is None]
+            if not runs:
+                continue
+            per_seed = {}
+            for r in runs:
+                per_seed.setdefault(r["seed"], []).append(tail(r["lambda_trajectory"], window_of(r, "preset")))
+            means = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(LAYERS)]
+            frozen = [
+                tail(r["top1_trajectory"], window_of(r, "preset"))
+                for r in pick(records, stage=stage, pair=pair, kind="frozen")
+            ]
+            lens_record = pick(records, stage=stage, pair=pair, kind="lenses")
+            lens_means = [statistics.fmean(lens_record[0]["values"][layer][lens] for layer in LAYERS) if lens_record else math.nan
+                          for lens in LENSES]  # fmt: skip
+            print(_row([target, pair, _ms(means), _ms([statistics.fmean(frozen)]) if frozen else "—",
+                        *[f"{v:.3f}" for v in lens_means]], markdown))  # fmt: skip
+
+
+def print_inits(records: list[dict], markdown: bool) -> None:
+    print("\nquestion 3 on fashion halves: inits (seeds 0-1; 0.9 is main's seeds 0-1)")
+    print(_row(["task, init", "conv1", "conv4", "fc", "AnB top-1 (mean over the 3 layers)"], markdown))
+    for task in ("AnB", "AnA"):
+        for init in (0.9, 0.75, 0.5):
+            stage = "main" if init == 0.9 else "inits"
+            match = dict(stage=stage, pair="halves", kind="quanta", task=task)
+            if init != 0.9:
+                match["init"] = init
+            cells = []
+            top1 = []
+            for layer in ("conv1", "conv4", "fc"):
+                runs = [r for r in pick(records, layer=layer, **match) if r["seed"] < 2]
+                cells.append(_ms([tail(r["lambda_trajectory"], window_of(r, "preset")) for r in runs]))
+                top1 += [tail(r["top1_trajectory"], window_of(r, "preset")) for r in runs]
+            print(_row([f"{task} {init}", *cells, f"{statistics.fmean(top1):.3f}" if top1 else "—"], markdown))
+
+
+def print_summary(records: list[dict], markdown: bool = False) -> None:
+    for r in (r for r in records if r["kind"] == "source"):
+        print(f"source {r['name']}: {r['data']}, test top-1 {r['test_top1']:.4f}, {r['seconds'] / 60:.0f} min")
+    print_main(records, markdown)
+    print_rule(records, markdown)
+    print_small(records, markdown)
+    print_cross(records, markdown)
+    print_inits(records, markdown)
 
 
 if __name__ == "__main__":

@@ -173,3 +173,93 @@ def test_leave_one_case_out_never_sees_the_judged_case():
     decision.leave_one_case_out(cases, spy, [0.9])
     # per judged case: the rule runs once per other case (choosing tau), then once on the judged case
     assert seen == ["b", "odd", "a", "a", "odd", "b", "a", "b", "odd"]
+
+
+# ----------------------------------------------------------------------------- the recommendation
+
+
+RULE = decision.ShippedRule(
+    predictor="λS ≥ τ (longest prefix)", measurement="lambda", tau=0.95, mean_regret=0.4, worst_regret=2.0,
+    within_noise=0.8, anchors={"full fine-tuning": 1.0}, cases=18,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scanned_folder(tiny_source, tmp_path_factory):
+    import probe
+
+    out = tmp_path_factory.mktemp("recommend") / "scan"
+    probe.scan(tiny_source, ["conv1", "conv4", "fc"], "digits[5-9]", out=out, epochs=2, jobs=1, device="cpu")
+    return out
+
+
+def test_the_recommendation_reads_the_anb_lambda_profile(scanned_folder):
+    from probe.results.reading import load_folder
+
+    measurement, _ = load_folder(scanned_folder)
+    profile = decision.profile_of(measurement, "lambda")
+    assert list(profile) == ["conv1", "conv4", "fc"]
+    found = decision.recommend(measurement, RULE)
+    assert found["status"] == "recommended" and found["profile"] == profile
+    depth = decision.cut_depth(
+        decision.threshold_cut(profile, ["conv1", "conv4", "fc"], 0.95), ["conv1", "conv4", "fc"]
+    )
+    assert (
+        found["freeze"] == ["conv1", "conv4", "fc"][:depth] and found["fine_tune"] == ["conv1", "conv4", "fc"][depth:]
+    )
+    everything = decision.recommend(measurement, decision.ShippedRule(**{**RULE.__dict__, "tau": 0.0}))
+    assert everything["freeze"] == ["conv1", "conv4", "fc"] and everything["cut"] == "fc"
+    nothing = decision.recommend(measurement, decision.ShippedRule(**{**RULE.__dict__, "tau": 1.5}))
+    assert nothing["freeze"] == [] and nothing["cut"] == NO_FREEZE
+    assert "freeze nothing" in decision.recommendation_line(nothing)
+
+
+def test_the_recommendation_round_trips_through_results_json_and_probe_recommend(scanned_folder, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+    from probe.report.tables import to_json
+    from probe.results.assessment import results_document
+    from probe.results.reading import load_folder
+
+    monkeypatch.setattr(decision, "SHIPPED", RULE)
+    folder = tmp_path / "copy"
+    shutil.copytree(scanned_folder, folder)
+    measurement, _ = load_folder(folder)
+    document = results_document(measurement)
+    (folder / "results.json").write_text(to_json(document))
+    recorded = json.loads((folder / "results.json").read_text())["recommendation"]
+    assert recorded == json.loads(to_json(decision.recommend(measurement, RULE)))
+    result = CliRunner().invoke(app, ["recommend", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == recorded
+    text = CliRunner().invoke(app, ["recommend", str(folder)])
+    assert text.exit_code == 0 and text.stdout.strip() == decision.recommendation_line(recorded)
+
+
+def test_without_a_shipped_rule_the_tool_says_none_is_recommended(scanned_folder, monkeypatch):
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+
+    monkeypatch.setattr(decision, "SHIPPED", None)
+    result = CliRunner().invoke(app, ["recommend", str(scanned_folder)])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"recommendation: none ({decision.WITHHELD})"
+
+
+def test_a_folder_without_the_measurements_the_rule_reads_gets_one_line(scanned_folder, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+
+    monkeypatch.setattr(decision, "SHIPPED", decision.ShippedRule(**{**RULE.__dict__, "measurement": "logme"}))
+    result = CliRunner().invoke(app, ["recommend", str(scanned_folder)])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the logme lens (--baselines logme) at every probed layer" in lines[0]
+    empty = CliRunner().invoke(app, ["recommend", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and len(empty.stderr.strip().splitlines()) == 1

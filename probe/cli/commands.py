@@ -297,7 +297,7 @@ def _print_tables(measurement) -> None:
     console = stdout_console()
     console.print(results_table(measurement))
     console.print(escape(quality_line(measurement)))
-    console.print(escape(recommendation_line(recommend(measurement))))
+    console.print(escape(recommendation_line(recommend(measurement))), soft_wrap=True)
     correlations = correlations_table(measurement)
     if correlations is not None:
         console.print(correlations)
@@ -461,6 +461,6 @@ def recommend_command(
     if json_output:
         write_json(found)
     else:
-        stdout_console().print(escape(recommendation_line(found)))
+        stdout_console().print(escape(recommendation_line(found)), soft_wrap=True)
     if status["missing"] or status["corrupt"]:
         stderr_console().print(escape(f"partial results: {status['description']}"))
