@@ -30,7 +30,7 @@ import probe.engine.run
 import probe.engine.sources
 from probe.cli import LiveProgress, app
 from probe.report.tables import format_mean_std, results_table, to_json
-from probe.results import SCHEMA, Measurement, RunSpec
+from probe.results import SCHEMA, Measurement, RunResult, RunSpec
 from probe.settings import DIGITS_PRESET
 
 TINY = ["--width", "0.25", "--device", "cpu"]
@@ -347,6 +347,29 @@ def test_report_of_a_partial_folder_counts_missing_runs(scanned, tmp_path):
     assert (status["expected"], status["done"], status["missing"]) == (8, 7, 1)
     text = invoke(["report", partial, "--no-figures"])
     assert "partial results: 7 of 8 runs finished" in text.stderr and "1 to do" in text.stderr
+
+
+def test_figures_with_names_the_font_lacks_are_drawn_without_glyph_warnings(tmp_path, recwarn):
+    """A class folder or a layer named in Chinese: matplotlib warned 'Glyph … missing from font' on the terminal,
+    once per character and figure."""
+    history = [{"lambda_source": 0.9 - 0.01 * e, "top1": 0.8, "epoch": e + 1} for e in range(3)]
+    runs = [
+        RunResult(RunSpec(layer, 0.9, "AnB", 0), history, {"lambda_source": 0.88, "top1": 0.8}, steps=9, gate_lr=0.1)
+        for layer in ("层一", "fc")
+    ]
+    measurement = Measurement(
+        {"init": [0.9], "runs": 1, "last_epochs": 3}, {"arch": "paper-cnn", "dataset": "./狗[0-1]"}, "./猫[0-1]",
+        ["层一", "fc"], runs, extras={"tasks": {"AnB": "./猫[0-1]"}, "class_names": {"AnB": ["狗", "猫"]},
+                                      "baselines": {"per_layer": {"层一": {"logme": 0.1}, "fc": {"logme": 0.3}}}},
+    )  # fmt: skip
+    (tmp_path / "results.json").write_text(to_json(measurement.to_dict()))
+    result = invoke(["report", tmp_path])
+    assert result.exit_code == 0, explain(result)
+    assert "Glyph" not in result.output
+    glyphs = [str(w.message) for w in recwarn if "Glyph" in str(w.message)]
+    assert glyphs == []
+    for name in ("transferability.png", "dynamics.png", "comparison.png"):
+        assert png_size(tmp_path / name)[0] >= 400
 
 
 # ----------------------------------------------------------------------------------- layers
