@@ -29,9 +29,18 @@ import probe.baselines.transfer
 import probe.engine.run
 import probe.engine.sources
 from probe.cli import LiveProgress, app
+from probe.cli.options import SCAN_DEFAULTS, shown_default
 from probe.report.tables import format_mean_std, results_table, to_json
 from probe.results import SCHEMA, Measurement, RunResult, RunSpec
-from probe.settings import DIGITS_PRESET
+from probe.settings import (
+    DEFAULT_ARCH,
+    DEFAULT_PRESET,
+    DEFAULT_SOURCE_DATA,
+    DIGITS_PRESET,
+    DIGITS_SOURCE_PRESET,
+    GATE_BUDGET,
+    RunSettings,
+)
 
 TINY = ["--width", "0.25", "--device", "cpu"]
 PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
@@ -146,6 +155,47 @@ def test_scan_help_lists_every_option_of_the_issue():
         "gpus-per-run cpus-per-run width pretrained json quiet"
     )
     assert {f"--{name}" for name in wanted.split()} <= options
+
+
+def _help(command: str, flag: str) -> str:
+    params = get_command(app).commands[command].params
+    return next(param.help for param in params if flag in getattr(param, "opts", []))
+
+
+def test_help_defaults_are_the_settings_and_presets_values():
+    """Every default a help text shows is RunSettings' or a preset's (it said 'digits: off' for probe train's
+    --augment, whose digits source trains with augmentation)."""
+    base = RunSettings()
+    scan_default = {**RunSettings().to_dict(), **DEFAULT_PRESET}
+    digits, source_digits = {**scan_default, **DIGITS_PRESET}, {**base.to_dict(), **DIGITS_SOURCE_PRESET}
+    on = {True: "on", False: "off"}
+    expected = {
+        ("scan", "--epochs"): f"[default: {scan_default['epochs']}; digits: {digits['epochs']}]",
+        ("scan", "--lr"): f"[default: {scan_default['lr']:g}; digits: {digits['lr']:g}]",
+        ("scan", "--batch-size"): f"[default: {base.batch_size}]",
+        ("scan", "--seed"): f"[default: {base.seed}]",
+        ("scan", "--device"): f"[default: {base.device}]",
+        ("scan", "--runs"): f"[default: {base.runs}]",
+        ("scan", "--init"): f"[default: {','.join(f'{v:g}' for v in base.init)}]",
+        ("scan", "--augment"): f"[default: {on[scan_default['augment']]}; digits: {on[digits['augment']]}]",
+        ("scan", "--gate-budget"): f"[default: {GATE_BUDGET:g}; --preset paper: none]",
+        ("scan", "--gate-optimizer"): f"[default: {scan_default['gate_optimizer']}]",
+        ("scan", "--lr-schedule"): f"[default: {DEFAULT_PRESET['lr_schedule']}; --preset paper: {base.lr_schedule}]",
+        ("scan", "--source-data"): f"[default: the checkpoint's record, else {DEFAULT_SOURCE_DATA}]",
+        ("scan", "--arch"): f"[default: {DEFAULT_ARCH}, or the checkpoint's]",
+        ("train", "--epochs"): f"[default: {base.epochs}; digits: {source_digits['epochs']}]",
+        ("train", "--lr"): f"[default: {base.lr:g}; digits: {source_digits['lr']:g}]",
+        ("train", "--augment"): f"[default: {on[base.augment]}]",
+    }
+    for (command, flag), text in expected.items():
+        assert "\\" + text in _help(command, flag), (command, flag, _help(command, flag))
+    assert "probe layers" in _help("scan", "--layers") and "every probeable layer" not in _help("scan", "--layers")
+
+
+def test_a_changed_preset_changes_the_help_it_renders():
+    changed = {**SCAN_DEFAULTS, "digits": SCAN_DEFAULTS["digits"].with_(epochs=7, augment=True)}
+    assert shown_default("epochs", changed) == f"\\[default: {RunSettings().epochs}; digits: 7]"
+    assert shown_default("augment", changed) == "\\[default: on]"  # the same as the default: not repeated
 
 
 def test_python_m_probe_help():
