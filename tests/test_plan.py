@@ -11,7 +11,6 @@ import importlib
 import itertools
 import json
 import os
-import socket
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -302,35 +301,18 @@ def test_hugging_face_columns_apply_to_the_target_they_name(tmp_path):
 # ------------------------------------------------------------------------------------ probe layers (§1.6)
 
 
-@pytest.fixture
-def no_network(tmp_path, monkeypatch) -> list:
-    """Empty weight caches and every connection refused (and recorded)."""
-    for variable in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(variable, str(tmp_path / "cache" / variable.lower()))
-    attempts: list = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    for name in ("getaddrinfo", "create_connection"):
-        monkeypatch.setattr(socket, name, refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return attempts
-
-
-def test_layers_of_a_pretrained_architecture_at_its_own_input_without_network(no_network, tmp_path):
+def test_layers_of_a_pretrained_architecture_at_its_own_input_without_network(offline, tmp_path):
     result = invoke(["layers", "--arch", "vit_tiny_patch16_224", "--pretrained", "--json"])
     assert result.exit_code == 0, explain(result)
     listing = json.loads(result.stdout)
     assert listing["input_shape"] == [3, 224, 224]
     assert listing["layers"] and any(layer["default"] for layer in listing["layers"])
-    assert no_network == [] and not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))  # no weights read
+    assert offline == [] and not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))  # no weights read
 
     sized = invoke(["layers", "--arch", "vit_tiny_patch16_224", "--image-size", "64", "--json"])
     assert sized.exit_code == 0, explain(sized)
     assert json.loads(sized.stdout)["input_shape"] == [1, 64, 64]  # digits' one channel, at 64×64
-    assert no_network == []
+    assert offline == []
 
 
 def test_the_plan_keeps_what_it_read(folders_and_checkpoint):
