@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,20 @@ def repo_script():
         return module
 
     return load
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """Empty library caches and no network: any connection attempt is recorded and refused."""
+    for variable in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(variable, str(tmp_path / "cache" / variable.lower()))
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts

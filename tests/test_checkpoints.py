@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -127,23 +126,6 @@ def test_a_truncated_checkpoint_is_a_checkpoint_error(tmp_path, suffix):
 
 
 # ------------------------------------------------------------------------------------------ pretrained
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """Empty library caches and no network: any connection attempt is recorded and refused."""
-    for variable in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(variable, str(tmp_path / "cache" / variable.lower()))
-    attempts: list = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return attempts
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "timm:vit_tiny_patch16_224", "tv:resnet18"])

@@ -29,9 +29,18 @@ import probe.baselines.transfer
 import probe.engine.run
 import probe.engine.sources
 from probe.cli import LiveProgress, app
+from probe.cli.options import SCAN_DEFAULTS, shown_default
 from probe.report.tables import format_mean_std, results_table, to_json
-from probe.results import SCHEMA, Measurement, RunSpec
-from probe.settings import DIGITS_PRESET
+from probe.results import SCHEMA, Measurement, RunResult, RunSpec
+from probe.settings import (
+    DEFAULT_ARCH,
+    DEFAULT_PRESET,
+    DEFAULT_SOURCE_DATA,
+    DIGITS_PRESET,
+    DIGITS_SOURCE_PRESET,
+    GATE_BUDGET,
+    RunSettings,
+)
 
 TINY = ["--width", "0.25", "--device", "cpu"]
 PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
@@ -146,6 +155,47 @@ def test_scan_help_lists_every_option_of_the_issue():
         "gpus-per-run cpus-per-run width pretrained json quiet"
     )
     assert {f"--{name}" for name in wanted.split()} <= options
+
+
+def _help(command: str, flag: str) -> str:
+    params = get_command(app).commands[command].params
+    return next(param.help for param in params if flag in getattr(param, "opts", []))
+
+
+def test_help_defaults_are_the_settings_and_presets_values():
+    """Every default a help text shows is RunSettings' or a preset's (it said 'digits: off' for probe train's
+    --augment, whose digits source trains with augmentation)."""
+    base = RunSettings()
+    scan_default = {**RunSettings().to_dict(), **DEFAULT_PRESET}
+    digits, source_digits = {**scan_default, **DIGITS_PRESET}, {**base.to_dict(), **DIGITS_SOURCE_PRESET}
+    on = {True: "on", False: "off"}
+    expected = {
+        ("scan", "--epochs"): f"[default: {scan_default['epochs']}; digits: {digits['epochs']}]",
+        ("scan", "--lr"): f"[default: {scan_default['lr']:g}; digits: {digits['lr']:g}]",
+        ("scan", "--batch-size"): f"[default: {base.batch_size}]",
+        ("scan", "--seed"): f"[default: {base.seed}]",
+        ("scan", "--device"): f"[default: {base.device}]",
+        ("scan", "--runs"): f"[default: {base.runs}]",
+        ("scan", "--init"): f"[default: {','.join(f'{v:g}' for v in base.init)}]",
+        ("scan", "--augment"): f"[default: {on[scan_default['augment']]}; digits: {on[digits['augment']]}]",
+        ("scan", "--gate-budget"): f"[default: {GATE_BUDGET:g}; --preset paper: none]",
+        ("scan", "--gate-optimizer"): f"[default: {scan_default['gate_optimizer']}]",
+        ("scan", "--lr-schedule"): f"[default: {DEFAULT_PRESET['lr_schedule']}; --preset paper: {base.lr_schedule}]",
+        ("scan", "--source-data"): f"[default: the checkpoint's record, else {DEFAULT_SOURCE_DATA}]",
+        ("scan", "--arch"): f"[default: {DEFAULT_ARCH}, or the checkpoint's]",
+        ("train", "--epochs"): f"[default: {base.epochs}; digits: {source_digits['epochs']}]",
+        ("train", "--lr"): f"[default: {base.lr:g}; digits: {source_digits['lr']:g}]",
+        ("train", "--augment"): f"[default: {on[base.augment]}]",
+    }
+    for (command, flag), text in expected.items():
+        assert "\\" + text in _help(command, flag), (command, flag, _help(command, flag))
+    assert "probe layers" in _help("scan", "--layers") and "every probeable layer" not in _help("scan", "--layers")
+
+
+def test_a_changed_preset_changes_the_help_it_renders():
+    changed = {**SCAN_DEFAULTS, "digits": SCAN_DEFAULTS["digits"].with_(epochs=7, augment=True)}
+    assert shown_default("epochs", changed) == f"\\[default: {RunSettings().epochs}; digits: 7]"
+    assert shown_default("augment", changed) == "\\[default: on]"  # the same as the default: not repeated
 
 
 def test_python_m_probe_help():
@@ -347,6 +397,29 @@ def test_report_of_a_partial_folder_counts_missing_runs(scanned, tmp_path):
     assert (status["expected"], status["done"], status["missing"]) == (8, 7, 1)
     text = invoke(["report", partial, "--no-figures"])
     assert "partial results: 7 of 8 runs finished" in text.stderr and "1 to do" in text.stderr
+
+
+def test_figures_with_names_the_font_lacks_are_drawn_without_glyph_warnings(tmp_path, recwarn):
+    """A class folder or a layer named in Chinese: matplotlib warned 'Glyph … missing from font' on the terminal,
+    once per character and figure."""
+    history = [{"lambda_source": 0.9 - 0.01 * e, "top1": 0.8, "epoch": e + 1} for e in range(3)]
+    runs = [
+        RunResult(RunSpec(layer, 0.9, "AnB", 0), history, {"lambda_source": 0.88, "top1": 0.8}, steps=9, gate_lr=0.1)
+        for layer in ("层一", "fc")
+    ]
+    measurement = Measurement(
+        {"init": [0.9], "runs": 1, "last_epochs": 3}, {"arch": "paper-cnn", "dataset": "./狗[0-1]"}, "./猫[0-1]",
+        ["层一", "fc"], runs, extras={"tasks": {"AnB": "./猫[0-1]"}, "class_names": {"AnB": ["狗", "猫"]},
+                                      "baselines": {"per_layer": {"层一": {"logme": 0.1}, "fc": {"logme": 0.3}}}},
+    )  # fmt: skip
+    (tmp_path / "results.json").write_text(to_json(measurement.to_dict()))
+    result = invoke(["report", tmp_path])
+    assert result.exit_code == 0, explain(result)
+    assert "Glyph" not in result.output
+    glyphs = [str(w.message) for w in recwarn if "Glyph" in str(w.message)]
+    assert glyphs == []
+    for name in ("transferability.png", "dynamics.png", "comparison.png"):
+        assert png_size(tmp_path / name)[0] >= 400
 
 
 # ----------------------------------------------------------------------------------- layers

@@ -21,6 +21,7 @@ from probe.errors import SettingsError
 from probe.report.tables import caption, quality_line, results_table
 from probe.results import Measurement, RunResult, RunSpec
 from probe.results.assessment import assess, results_document
+from probe.results.schema import strict_json
 from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, GATE_BUDGET, RunSettings, lr_scale, lr_scale_sum
 from probe.training.trainer import JointOptimizer, make_optimizer
 
@@ -231,6 +232,74 @@ def test_a_drifting_layer_is_marked_in_the_table_the_csv_and_results_json():
     fc_row = next(line for line in text.splitlines() if line.startswith("│ fc"))
     assert "*" in fc_row and "not a result yet" in text
     assert "unsettled: fc (AnB)" in quality_line(measurement)
+
+
+def _short(epochs: int, last_epochs: int, runs: int = 1) -> Measurement:
+    """A scan whose runs trained ``epochs`` epochs and average the last ``last_epochs``; λS falls 0.2 an epoch."""
+    falling = [0.9 - 0.2 * i for i in range(epochs)]
+    settings = RunSettings(runs=runs, epochs=epochs, last_epochs=last_epochs).to_dict()
+    return Measurement(settings, {}, "digits[5-9]", ["fc"], [_run("fc", "AnB", seed, falling) for seed in range(runs)])
+
+
+def _table_text(measurement: Measurement) -> str:
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(results_table(measurement))
+    return console.export_text()
+
+
+@pytest.mark.parametrize("epochs, last_epochs", [(1, 3), (2, 3), (12, 1)])
+def test_a_run_shorter_than_its_window_is_not_judged_settled(epochs, last_epochs):
+    """One or two epochs against a window of three (or a window of one epoch) cannot show a drift: 'every λS
+    settled' was said after one epoch."""
+    measurement = _short(epochs, last_epochs)
+    fc = measurement.summary("fc")
+    assert fc.settled is None and math.isnan(fc.lambda_drift)
+    assert "every λS settled" not in quality_line(measurement)
+    assert "settling not judged" in quality_line(measurement)
+    text = _table_text(measurement)
+    fc_row = next(line for line in text.splitlines() if line.startswith("│ fc"))
+    assert "*" not in fc_row and "not a result yet" not in text and "whether λS settled is not judged" in text
+    (row,) = csv.DictReader(io.StringIO(measurement.to_csv()))
+    assert row["settled"] == "" and row["lambda_drift"] == "nan"
+    document = json.loads(json.dumps(strict_json(results_document(measurement))))
+    assert document["summaries"][0]["settled"] is None
+    assert document["quality"]["unsettled"] == []
+    assert document["quality"]["not_judged"] == [{"layer": "fc", "task": "AnB", "init": 0.9, "epochs": epochs}]
+
+
+def test_the_caption_says_how_many_epochs_were_averaged():
+    two = caption(_short(2, 10))
+    assert "each the mean of its last 2 epochs" in two and "last 10" not in two
+    assert "runs of 2 epochs, shorter than the averaging window of 10" in two
+    assert "each its last epoch" in caption(_short(1, 3))
+    assert "one averaged epoch shows no drift" in caption(_short(12, 1))
+    judged = caption(_short(3, 3, runs=2))
+    assert "mean ± std over 2 runs, each the mean of its last 3 epochs" in judged and "not judged" not in judged
+
+
+def test_a_run_as_long_as_its_window_is_judged():
+    falling = _short(3, 3)
+    assert falling.summary("fc").settled is False  # 0.4 over the 3 averaged epochs
+    assert quality_line(falling) == "quality: unsettled: fc (AnB)"
+    flat = Measurement(
+        RunSettings(epochs=3, last_epochs=3).to_dict(), {}, "t", ["fc"], [_run("fc", "AnB", 0, [0.9] * 3)]
+    )
+    assert flat.summary("fc").settled is True and quality_line(flat) == "quality: every λS settled"
+
+
+def test_old_results_without_the_not_judged_record_still_read(tmp_path):
+    """results.json files written before 'not judged' (settled true/false in every summary) load as before; their
+    summaries are recomputed from the runs."""
+    document = results_document(_short(2, 3))
+    for summary in document["summaries"]:
+        summary["settled"] = False
+    del document["quality"]["not_judged"]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(strict_json(document)))
+    measurement = Measurement.from_dict(json.loads(path.read_text()))
+    assert measurement.summary("fc").settled is None
 
 
 def test_assess_gives_separation_in_spread_units():

@@ -151,7 +151,7 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
         given = {**r.overrides, "train_size": None}
         source_settings = source_training_settings(source_data, preset=r.preset, **given)  # type: ignore[arg-type]
         path = source_cache_path(arch, source_task, settings=source_settings, arch_options=options or None,
-                                 preprocess=preprocess)  # fmt: skip
+                                 preprocess=_for_task(preprocess, source_data))  # fmt: skip
         source_cached = path.is_file()
     probe_model = model if model is not None else _untrained(arch, options, source_task)  # type: ignore[arg-type]
     task = tasks["AnB"]
@@ -347,5 +347,5 @@ def source_model(plan: ScanPlan, progress: Progress | None = None) -> tuple[nn.M
         arch_options=plan.arch_options or None,
         data_dir=plan.request.data_dir,
         progress=progress,
-        preprocess=plan.preprocess,
+        preprocess=_for_task(plan.preprocess, plan.source_data),  # as its task was read: without a target's columns
     )

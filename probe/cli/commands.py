@@ -68,7 +68,10 @@ from .options import (
     QuietOption,
     RunsOption,
     SeedOption,
+    SourceAugmentOption,
     SourceDataOption,
+    SourceEpochsOption,
+    SourceLrOption,
     SourceOption,
     TargetOption,
     TrainSizeOption,
@@ -86,9 +89,9 @@ def train(
     data: Annotated[
         str, typer.Option("--data", help="The source task, e.g. digits[0-4], cifar10, fashion[0-4].")
     ] = DEFAULT_SOURCE_DATA,
-    epochs: EpochsOption = None,
+    epochs: SourceEpochsOption = None,
     batch_size: BatchOption = None,
-    lr: LrOption = None,
+    lr: SourceLrOption = None,
     train_size: TrainSizeOption = None,
     seed: SeedOption = None,
     device: DeviceOption = None,
@@ -98,7 +101,7 @@ def train(
     image_column: ImageColumnOption = None,
     label_column: LabelColumnOption = None,
     width: WidthOption = None,
-    augment: AugmentOption = None,
+    augment: SourceAugmentOption = None,
     preset: PresetOption = None,
     quiet: QuietOption = False,
 ) -> None:

@@ -1,16 +1,63 @@
-"""The command-line options shared by the commands, each with its help text (defaults shown come from below)."""
+"""The command-line options shared by the commands, each with its help text. Every default a help text shows is
+read from where it is decided (``RunSettings`` and the presets of :mod:`probe.settings`, the back-ends), never
+retyped here: :func:`shown_default` renders it.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ..backends import default_jobs, execute_ray
 from ..baselines import BASELINES
-from ..settings import DIGITS_PRESET, GATE_BUDGET
+from ..data.spec import default_target
+from ..settings import (
+    DEFAULT_ARCH,
+    DEFAULT_SOURCE_DATA,
+    GATE_OPTIMIZERS,
+    LR_SCHEDULES,
+    PRESETS,
+    SOURCE_PRESETS,
+    RunSettings,
+)
 from ..util.cache import DEFAULT_DATA_DIR
+
+# The settings each preset gives (probe scan's runs; probe train's and the scan's own source), by preset name.
+SCAN_DEFAULTS = {name: RunSettings().with_(**values) for name, values in PRESETS.items()}
+SOURCE_DEFAULTS = {name: RunSettings().with_(**values) for name, values in SOURCE_PRESETS.items()}
+_PAPER = SCAN_DEFAULTS["paper"]
+
+
+def shown(value: Any) -> str:
+    """A setting as a help text shows it: on/off, 0.0001, 0.9,0.75, none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(shown(v) for v in value)
+    return str(value)
+
+
+def shown_default(
+    name: str, presets: Mapping[str, RunSettings] = SCAN_DEFAULTS, others: tuple[str, ...] = ("digits",)
+) -> str:
+    """``[default: V; digits: W]``: setting ``name`` under the default preset, then under each preset of
+    ``others`` where it differs (``paper`` is named as ``--preset paper``; ``digits`` is the digits data's own)."""
+    value = getattr(presets["default"], name)
+    parts = [shown(value)]
+    for other in others:
+        if getattr(presets[other], name) != value:
+            label = "--preset paper" if other == "paper" else other
+            parts.append(f"{label}: {shown(getattr(presets[other], name))}")
+    return "\\[default: " + "; ".join(parts) + "]"
 
 
 class Backend(str, Enum):
@@ -22,18 +69,25 @@ ArchOption = Annotated[
     str | None,
     typer.Option(
         "--arch",
-        help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. \\[default: paper-cnn, or "
-        "the checkpoint's]",
+        help="Architecture: paper-cnn, a timm name (resnet18) or tv:NAME for torchvision. "
+        f"\\[default: {DEFAULT_ARCH}, or the checkpoint's]",
     ),
 ]
 EpochsOption = Annotated[
-    int | None,
-    typer.Option("--epochs", help=f"Training epochs. \\[default: 60; digits: {DIGITS_PRESET['epochs']}]"),
+    int | None, typer.Option("--epochs", help=f"Training epochs. {shown_default('epochs', others=('digits', 'paper'))}")
 ]
-BatchOption = Annotated[int | None, typer.Option("--batch-size", help="Mini-batch size. \\[default: 32]")]
+BatchOption = Annotated[
+    int | None, typer.Option("--batch-size", help=f"Mini-batch size. {shown_default('batch_size')}")
+]
 LrOption = Annotated[
-    float | None,
-    typer.Option("--lr", help=f"Adam learning rate. \\[default: 1e-4; digits: {DIGITS_PRESET['lr']:g}]"),
+    float | None, typer.Option("--lr", help=f"Adam learning rate. {shown_default('lr', others=('digits', 'paper'))}")
+]
+# probe train: the same options, with the defaults a source is trained with
+SourceEpochsOption = Annotated[
+    int | None, typer.Option("--epochs", help=f"Training epochs. {shown_default('epochs', SOURCE_DEFAULTS)}")
+]
+SourceLrOption = Annotated[
+    float | None, typer.Option("--lr", help=f"Adam learning rate. {shown_default('lr', SOURCE_DEFAULTS)}")
 ]
 TrainSizeOption = Annotated[
     int | None,
@@ -46,9 +100,11 @@ TrainSizeOption = Annotated[
     ),
 ]
 SeedOption = Annotated[
-    int | None, typer.Option("--seed", help="Seed of the first run (run k uses seed+k). \\[default: 0]")
+    int | None, typer.Option("--seed", help=f"Seed of the first run (run k uses seed+k). {shown_default('seed')}")
 ]
-DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N. \\[default: auto]")]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help=f"auto, cpu, cuda or cuda:N. {shown_default('device')}")
+]
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
@@ -97,8 +153,14 @@ AugmentOption = Annotated[
     bool | None,
     typer.Option(
         "--augment/--no-augment",
-        help="Train with data augmentation (random crops and flips). \\[default: on; digits: "
-        f"{'on' if DIGITS_PRESET.get('augment', True) else 'off'}]",
+        help=f"Train with data augmentation (random crops and flips). {shown_default('augment')}",
+    ),
+]
+SourceAugmentOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--augment/--no-augment",
+        help=f"Train with data augmentation (random crops and flips). {shown_default('augment', SOURCE_DEFAULTS)}",
     ),
 ]
 PresetOption = Annotated[
@@ -106,7 +168,8 @@ PresetOption = Annotated[
     typer.Option(
         "--preset",
         help="Start from a preset: default (the paper's protocol, the gate lr from the gate budget), paper (the "
-        "paper exactly: lr 1e-4, gate lr = lr, 60 epochs, augmentation) or digits (docs/protocol.md). Options "
+        f"paper exactly: lr {shown(_PAPER.lr)}, gate lr = lr, {_PAPER.epochs} epochs, "
+        f"{'augmentation' if _PAPER.augment else 'no augmentation'}) or digits (docs/protocol.md). Options "
         "given beside it win. \\[default: digits for digits, else default]",
     ),
 ]
@@ -125,7 +188,9 @@ TargetOption = Annotated[
     typer.Option(
         "--target",
         help="Target task, e.g. digits[5-9], cifar100, an image folder ./flowers, tv:SVHN, hf:beans, each with an "
-        "optional class subset [0-4]. \\[default: the source's pairing: digits[0-4] → digits[5-9], cifar10 → cifar100]",
+        "optional class subset [0-4]. \\[default: the source's pairing: "
+        + ", ".join(f"{source} → {default_target(source)}" for source in (DEFAULT_SOURCE_DATA, "cifar10"))
+        + "]",
     ),
 ]
 SourceDataOption = Annotated[
@@ -133,7 +198,7 @@ SourceDataOption = Annotated[
     typer.Option(
         "--source-data",
         help="The source's own task (for AnA and plain state_dicts). \\[default: the checkpoint's record, else "
-        "digits[0-4]]",
+        f"{DEFAULT_SOURCE_DATA}]",
     ),
 ]
 LayersOption = Annotated[
@@ -141,7 +206,7 @@ LayersOption = Annotated[
     typer.Option(
         "--layers",
         help="Layers to probe: names or glob patterns, repeatable or comma-separated (conv1,fc or 'conv*'). "
-        "\\[default: every probeable layer]",
+        "\\[default: the architecture's default probe set, marked ✓ by probe layers]",
     ),
 ]
 InitOption = Annotated[
@@ -149,12 +214,14 @@ InitOption = Annotated[
     typer.Option(
         "--init",
         help="Initial λS, repeatable or comma-separated; each value is a separate series (the paper: "
-        "0.9,0.75,0.5). \\[default: 0.9]",
+        f"0.9,0.75,0.5). {shown_default('init')}",
     ),
 ]
 RunsOption = Annotated[
     int | None,
-    typer.Option("--runs", help="Runs (seeds) per layer and init; the table shows mean ± std. \\[default: 1]"),
+    typer.Option(
+        "--runs", help=f"Runs (seeds) per layer and init; the table shows mean ± std. {shown_default('runs')}"
+    ),
 ]
 GateLrOption = Annotated[
     float | None,
@@ -170,19 +237,23 @@ GateBudgetOption = Annotated[
         "--gate-budget",
         help="The gate's travel, its learning rate summed over the run's steps: the gate lr becomes BUDGET / steps "
         "(its peak: BUDGET / ((steps + 1) / 2) under cosine) for any run length (ignored with --gate-lr). "
-        f"\\[default: {GATE_BUDGET}; --preset paper: none (gate lr = --lr)]",
+        f"{shown_default('gate_budget', others=('digits', 'paper'))}",
     ),
 ]
 GateOptimizerOption = Annotated[
     str | None,
-    typer.Option("--gate-optimizer", help="adam (as the paper) or sgd, for the gate's vS, vT. \\[default: adam]"),
+    typer.Option(
+        "--gate-optimizer",
+        help=f"{' or '.join(GATE_OPTIMIZERS)}, for the gate's vS, vT (the paper: {_PAPER.gate_optimizer}). "
+        f"{shown_default('gate_optimizer', others=('digits', 'paper'))}",
+    ),
 ]
 LrScheduleOption = Annotated[
     str | None,
     typer.Option(
         "--lr-schedule",
-        help="constant (as the paper) or cosine (both learning rates decay to ~0 by the last step; the gate lr "
-        "from --gate-budget is then its peak). \\[default: cosine; --preset paper: constant]",
+        help=f"{' or '.join(LR_SCHEDULES)} (cosine: both learning rates decay to ~0 by the last step; the gate lr "
+        f"from --gate-budget is then its peak). {shown_default('lr_schedule', others=('digits', 'paper'))}",
     ),
 ]
 ControlOption = Annotated[
@@ -201,8 +272,8 @@ JobsOption = Annotated[
     int | None,
     typer.Option(
         "--jobs",
-        help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; 1 "
-        "on a GPU]",
+        help="Runs trained in parallel by the local backend (worker processes). \\[default: one per CPU core; "
+        f"{default_jobs(device='cuda')} on a GPU]",
     ),
 ]
 BaselinesOption = Annotated[
@@ -227,7 +298,11 @@ GpusPerRunOption = Annotated[
 ]
 CpusPerRunOption = Annotated[
     int | None,
-    typer.Option("--cpus-per-run", help="ray: CPUs reserved by each run (also its torch threads). \\[default: 1]"),
+    typer.Option(
+        "--cpus-per-run",
+        help="ray: CPUs reserved by each run (also its torch threads). "
+        f"\\[default: {inspect.signature(execute_ray).parameters['cpus_per_run'].default}]",
+    ),
 ]
 PretrainedOption = Annotated[
     bool,

@@ -6,15 +6,21 @@ written atomically, so an interrupted write never leaves half a PNG.
 * :func:`dynamics_figure` — the paper's fig. 5, bottom row: λS against epoch, a line per layer
   (mean, band ± std over runs); a panel per task and λS init.
 * :func:`comparison_figure` — λS, QUANTA top-1 and every baseline over layers, each min-max normalised.
+
+Names the font cannot draw (a class folder or layer named in Chinese) show as empty boxes; matplotlib's
+"Glyph … missing from font" warnings are kept off the terminal while the figures are drawn.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +28,20 @@ from ..results.labels import BASELINE_LABELS
 from ..results.schema import Measurement, entry_value, lambda_per_layer
 from ..util.files import save_png
 from .views import TASK_TITLES, describe, finite, inits_of, layer_order, summary_index, tasks_of
+
+Drawn = TypeVar("Drawn", bound=Callable[..., object])
+
+
+def _without_glyph_warnings(draw: Drawn) -> Drawn:
+    """``draw`` with matplotlib's warnings about characters its font lacks silenced (the figure is still drawn)."""
+
+    @functools.wraps(draw)
+    def drawing(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+            return draw(*args, **kwargs)
+
+    return drawing  # type: ignore[return-value]
 
 
 def _new_figure(panels: tuple[int, int], panel_size: tuple[float, float] = (6.4, 4.4)):
@@ -40,6 +60,7 @@ def _series_colors(count: int, cmap: str = "viridis") -> list:
     return [palette(0.85 * i / max(1, count - 1)) for i in range(count)]
 
 
+@_without_glyph_warnings
 def transferability_figure(measurement: Measurement, path: str | os.PathLike) -> Path:
     """The paper's fig. 4: λS per layer (points, error bars = std over runs) and top-1 per layer on a
     second axis, with the source's test accuracy as a dashed line; one panel per task, a series per init."""
@@ -115,6 +136,7 @@ def _epoch_band(histories: list[list[dict]], metric: str) -> tuple[list[int], li
     return epochs, means, stds
 
 
+@_without_glyph_warnings
 def dynamics_figure(measurement: Measurement, path: str | os.PathLike) -> Path:
     """The paper's fig. 5, bottom row: λS during training, a line per layer (mean over runs, band ±
     std); a panel per (task, init)."""
@@ -190,6 +212,7 @@ def _normalised(values: Sequence[float]) -> np.ndarray:
     return np.full_like(v, 0.5) if high == low else (v - low) / (high - low)
 
 
+@_without_glyph_warnings
 def comparison_figure(measurement: Measurement, path: str | Path) -> Path:
     """Write ``path`` (PNG): λS, QUANTA top-1 and every baseline over layers, each min-max normalised.
 

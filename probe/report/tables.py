@@ -43,7 +43,7 @@ def _cell(summary: Summary | None, metric: str) -> str:
     if summary is None:
         return "—"
     text = format_mean_std(summary.mean.get(metric, math.nan), summary.std.get(metric, math.nan), summary.ok_runs)
-    if metric == "lambda_source" and summary.ok_runs and not summary.settled:
+    if metric == "lambda_source" and summary.ok_runs and summary.settled is False:
         text += f" {UNSETTLED_MARK}"  # still moving over the averaged epochs: see the caption
     return text
 
@@ -70,8 +70,18 @@ def _budgets(measurement: Measurement) -> str:
     return ", ".join(f"{value:.3g} ({task})" for task, value in by_task.items())
 
 
+def _epochs_run(measurement: Measurement) -> int:
+    """The most epochs a successful run trained (0 without one)."""
+    return max((s.epochs for s in measurement.summaries), default=0)
+
+
+def _last_epochs(measurement: Measurement) -> int:
+    return int((measurement.settings or {}).get("last_epochs", 10))
+
+
 def caption(measurement: Measurement) -> str:
-    """The line under the table: source accuracy, gate budget, runs and what a cell is."""
+    """The line under the table: source accuracy, gate budget, runs, what a cell is (the mean of the epochs it
+    averages) and, when some are, that λS was still moving or that the runs were too short to tell."""
     source = measurement.source or {}
     settings = measurement.settings or {}
     parts = []
@@ -87,22 +97,35 @@ def caption(measurement: Measurement) -> str:
         gate_lr = f"gate_lr {gate_lrs[0]:.3g} × steps" if len(gate_lrs) == 1 else "gate_lr × steps"
     parts.append(f"gate budget ({gate_lr}) {_budgets(measurement)}")
     runs = settings.get("runs", 1)
-    last = settings.get("last_epochs")
+    averaged = min(_last_epochs(measurement), _epochs_run(measurement) or _last_epochs(measurement))
     cell = f"mean ± std over {runs} runs" if runs and runs > 1 else "1 run"
-    if last:
-        cell += f", each the mean of its last {last} epochs"
+    cell += f", each the mean of its last {averaged} epochs" if averaged > 1 else ", each its last epoch"
     parts.append(cell)
-    if any(s.ok_runs and not s.settled for s in measurement.summaries):
+    summaries = [s for s in measurement.summaries if s.ok_runs]
+    if any(s.settled is False for s in summaries):
         parts.append(
             f"{UNSETTLED_MARK} λS still moving over those epochs (drift > {SETTLED_DRIFT:g}): not a result yet, "
             "train longer (see dynamics.png)"
         )
+    if any(s.settled is None for s in summaries):
+        parts.append(f"whether λS settled is not judged: {_too_short(measurement)}")
     return " · ".join(parts)
+
+
+def _too_short(measurement: Measurement) -> str:
+    """Why the runs could not be judged settled or not."""
+    last = _last_epochs(measurement)
+    if last < 2:
+        return "one averaged epoch shows no drift"
+    ran = _epochs_run(measurement)
+    runs = f"runs of {ran} epoch{'' if ran == 1 else 's'}"
+    return f"{runs}, shorter than the averaging window of {last} (train {last} or more)"
 
 
 def quality_line(measurement: Measurement) -> str:
     """One line on how far the table can be trusted (probe.results.assessment): separation, repeatability,
-    agreement with Yosinski, impairment and the unsettled layers, as far as the measurement has them."""
+    agreement with Yosinski, impairment, and the unsettled layers or those whose runs were too short to judge, as
+    far as the measurement has them."""
     quality = assess(measurement)
     parts = []
     separation = quality.get("separation") or {}
@@ -123,12 +146,15 @@ def quality_line(measurement: Measurement) -> str:
         )
     if finite(quality.get("impairment")):
         parts.append(f"top-1 lost to the gate vs the target alone {quality['impairment']:+.3f}")
-    unsettled = quality["unsettled"]
-    parts.append(
-        "every λS settled"
-        if not unsettled
-        else "unsettled: " + ", ".join(f"{u['layer']} ({u['task']})" for u in unsettled)
-    )
+    unsettled, not_judged = quality["unsettled"], quality["not_judged"]
+    if unsettled:
+        parts.append("unsettled: " + ", ".join(f"{u['layer']} ({u['task']})" for u in unsettled))
+    if not_judged:
+        judged = len(unsettled) + sum(1 for s in measurement.summaries if s.ok_runs and s.settled)
+        which = "" if not judged else ", ".join(f"{u['layer']} ({u['task']})" for u in not_judged) + ": "
+        parts.append(f"settling not judged: {which}{_too_short(measurement)}")
+    elif not unsettled:
+        parts.append("every λS settled")
     return "quality: " + " · ".join(parts)
 
 

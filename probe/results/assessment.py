@@ -1,7 +1,8 @@
 """How far a measurement can be trusted: the quality measures of :mod:`probe.results.quality` applied to it.
 
 :func:`assess` is what ``results.json`` records under ``quality`` and what the report prints under the table:
-the layers whose λS was still moving over the averaged epochs, AnA − AnB λS per layer (with the control),
+the layers whose λS was still moving over the averaged epochs and those whose runs were too short to tell
+(``not_judged``), AnA − AnB λS per layer (with the control),
 the repeatability of the layer profile over disjoint seeds (with 2+ runs and 3+ layers), and, with the
 Yosinski baselines, the agreement of λS with frozen transfer accuracy, the repeatability of that reference's
 own layer profile (an agreement cannot be read more finely than the reference repeats), and the QUANTA target's
@@ -33,12 +34,18 @@ def assess(measurement: Measurement) -> dict[str, Any]:
     """The quality of ``measurement`` as plain data (see the module docstring); absent parts are left out."""
     inits = measurement.settings.get("init") or sorted({r.spec.init for r in measurement.runs}, reverse=True)
     init = float(inits[0]) if inits else 0.9
+    summaries = measurement.summaries
     quality: dict[str, Any] = {
         "settled_threshold": SETTLED_DRIFT,
         "unsettled": [
             {"layer": s.layer, "task": s.task, "init": s.init, "drift": s.lambda_drift}
-            for s in measurement.summaries
-            if s.ok_runs and not s.settled
+            for s in summaries
+            if s.ok_runs and s.settled is False
+        ],
+        "not_judged": [
+            {"layer": s.layer, "task": s.task, "init": s.init, "epochs": s.epochs}
+            for s in summaries
+            if s.ok_runs and s.settled is None
         ],
     }
     transfer = _finals(measurement, "AnB", init, "lambda_source")

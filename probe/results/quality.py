@@ -5,7 +5,8 @@
 * :func:`spearman` -- rank agreement across layers (λS against Yosinski's frozen transfer accuracy, or two
   sets of seeds against each other: :func:`repeatability`).
 * :func:`settled_drift` -- how far λS still moved during the epochs that are averaged: a drifting λS is not a
-  result yet (:data:`SETTLED_DRIFT` is the threshold).
+  result yet (:data:`SETTLED_DRIFT` is the threshold); a run shorter than its averaging window, or one that
+  averages fewer than two epochs, cannot show it and is not judged (:func:`can_judge`).
 * :func:`impairment` -- how much top-1 the QUANTA target lost against the target trained alone.
 
 Nothing here imports the rest of the package: the measures work on lists, so the experiment that chose the
@@ -101,6 +102,12 @@ def repeatability(per_layer_runs: Mapping[str, Sequence[float]]) -> float:
     first = [statistics.fmean(per_layer_runs[layer][0::2]) for layer in layers]
     second = [statistics.fmean(per_layer_runs[layer][1::2]) for layer in layers]
     return spearman(first, second)
+
+
+def can_judge(epochs_run: int, last_epochs: int) -> bool:
+    """Whether a run of ``epochs_run`` epochs that averages its last ``last_epochs`` can be judged settled or not:
+    it ran the whole averaging window, and that window has at least two epochs (one epoch has no slope)."""
+    return last_epochs >= 2 and epochs_run >= last_epochs
 
 
 def settled_drift(trajectory: Sequence[float], last_epochs: int) -> float:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..settings import lr_scale_sum
-from .quality import SETTLED_DRIFT, settled_drift
+from .quality import SETTLED_DRIFT, can_judge, settled_drift
 
 SCHEMA = "quanta-probe/results/1"
 TEST_METRICS = ("top1", "top3", "loss", "precision", "recall")  # what the trainer's evaluate measures
@@ -113,7 +113,9 @@ class Summary:
 
     ``lambda_drift`` is the largest :func:`~probe.results.quality.settled_drift` of the runs' λS over the
     averaged epochs; ``settled`` says it is at most :data:`~probe.results.quality.SETTLED_DRIFT` (a λS still
-    moving there is not a result yet).
+    moving there is not a result yet). Only runs that :func:`~probe.results.quality.can_judge` are judged: when
+    none can (runs of 2 epochs against a window of 3, or a window of one epoch), ``settled`` is None (not judged)
+    and ``lambda_drift`` NaN.
     """
 
     layer: str
@@ -125,7 +127,8 @@ class Summary:
     std: dict[str, float]
     gate_budget: float
     lambda_drift: float = math.nan
-    settled: bool = False
+    settled: bool | None = None  # None: not judged (no run as long as its averaging window)
+    epochs: int = 0  # the most epochs a successful run trained
 
     @classmethod
     def of(cls, runs: list[RunResult], last_epochs: int = 10) -> Summary:
@@ -135,10 +138,12 @@ class Summary:
         for m in METRICS:
             mean[m], std[m] = _mean_std([r.final[m] for r in good if m in r.final])
         budget = max((r.gate_budget for r in runs), default=0.0)
-        drifts = [settled_drift([h["lambda_source"] for h in r.history], last_epochs) for r in good if r.history]
+        judged = [r for r in good if can_judge(len(r.history), last_epochs)]
+        drifts = [settled_drift([h["lambda_source"] for h in r.history], last_epochs) for r in judged]
         drift = max(drifts, default=math.nan)
-        settled = bool(drifts) and drift <= SETTLED_DRIFT
-        return cls(spec.layer, spec.init, spec.task, len(runs), len(good), mean, std, budget, drift, settled)
+        settled = drift <= SETTLED_DRIFT if drifts else None
+        epochs = max((len(r.history) for r in good), default=0)
+        return cls(spec.layer, spec.init, spec.task, len(runs), len(good), mean, std, budget, drift, settled, epochs)
 
 
 def entry_value(entry) -> float:
@@ -208,7 +213,7 @@ class Measurement:
         )
 
     def to_csv(self) -> str:
-        """One row per (layer, init, task): mean and std of every metric."""
+        """One row per (layer, init, task): mean and std of every metric (``settled`` empty: not judged)."""
         buffer = io.StringIO()
         header = ["layer", "init", "task", "runs", "ok_runs", "gate_budget", "lambda_drift", "settled"]
         header += [f"{m}_{kind}" for m in METRICS for kind in ("mean", "std")]
@@ -225,7 +230,7 @@ class Measurement:
                 s.ok_runs,
                 f"{s.gate_budget:.6g}",
                 f"{s.lambda_drift:.6g}",
-                s.settled,
+                "" if s.settled is None else s.settled,  # empty: not judged
             ]
             row += [f"{v:.6g}" for m in METRICS for v in (s.mean[m], s.std[m])]
             row += extra_cells(s.layer)
