@@ -86,18 +86,36 @@ def stage_units(stage: str) -> list[dict]:
             for seed in range(2):
                 for task in ("AnB", "AnA"):
                     units += [
-                        unit(stage, "halves", "quanta", task=task, layer="fc", seed=seed, variant=variant,
-                             epochs=epochs, gate_lr=gate_lr)
-                    ]  # fmt: skip
+                        unit(
+                            stage,
+                            "halves",
+                            "quanta",
+                            task=task,
+                            layer="fc",
+                            seed=seed,
+                            variant=variant,
+                            epochs=epochs,
+                            gate_lr=gate_lr,
+                        )
+                    ]
     elif stage == "small":
         for variant, gate_lr in (("rule", None), ("cap", SMALL_CAP)):
             for seed in range(SEEDS):
                 for layer in ("conv1", "conv4", "fc"):
                     units += [
-                        unit(stage, "halves", "quanta", task=task, layer=layer, seed=seed, variant=variant,
-                             train_size=10, gate_lr=gate_lr)
+                        unit(
+                            stage,
+                            "halves",
+                            "quanta",
+                            task=task,
+                            layer=layer,
+                            seed=seed,
+                            variant=variant,
+                            train_size=10,
+                            gate_lr=gate_lr,
+                        )
                         for task in ("AnB", "AnA")
-                    ]  # fmt: skip
+                    ]
     elif stage == "cross":
         for pair in ("digits→fashion", "fashion→digits", "digits→digits"):
             for seed in range(SEEDS):
@@ -152,8 +170,15 @@ def train_source(name: str) -> dict:
         "paper-cnn", spec["data"], settings=settings, out=path, arch_options={"width": WIDTH}, preprocess=preprocess
     )
     info = model.quanta_source
-    return dict(kind="source", name=name, data=spec["data"], test_top1=info.test_top1, sha256=info.sha256,
-                settings=settings.to_dict(), seconds=time.perf_counter() - started)  # fmt: skip
+    return dict(
+        kind="source",
+        name=name,
+        data=spec["data"],
+        test_top1=info.test_top1,
+        sha256=info.sha256,
+        settings=settings.to_dict(),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def settings_for(u: dict):
@@ -202,19 +227,29 @@ def run_unit(u: dict) -> list[dict]:
 
         run = run_one(context, RunSpec(u["layer"], settings.init[0], u["task"], u["seed"]))
         return [
-            dict(base, status=run.status, steps=run.steps, gate_lr=run.gate_lr, seconds=run.seconds,
-                 lambda_trajectory=[h["lambda_source"] for h in run.history],
-                 top1_trajectory=[h["top1"] for h in run.history])
-        ]  # fmt: skip
+            dict(
+                base,
+                status=run.status,
+                steps=run.steps,
+                gate_lr=run.gate_lr,
+                seconds=run.seconds,
+                lambda_trajectory=[h["lambda_source"] for h in run.history],
+                top1_trajectory=[h["top1"] for h in run.history],
+            )
+        ]
     if u["kind"] in ("frozen", "alone"):
         if u["kind"] == "frozen":
             outcome = train_transfer(context, u["layer"], u["task"], u["seed"], frozen=True)
         else:
             outcome = train_alone(context, u["task"], u["seed"])
         return [
-            dict(base, status="failed" if outcome.failure else "ok", seconds=time.perf_counter() - started,
-                 top1_trajectory=[h["top1"] for h in outcome.history])
-        ]  # fmt: skip
+            dict(
+                base,
+                status="failed" if outcome.failure else "ok",
+                seconds=time.perf_counter() - started,
+                top1_trajectory=[h["top1"] for h in outcome.history],
+            )
+        ]
     if u["kind"] == "lenses":
         return [dict(base, values=lens_values(context), seconds=time.perf_counter() - started)]
     raise ValueError(f"unknown unit kind {u['kind']}")
@@ -304,6 +339,7 @@ def main() -> None:
 
 ONE_TEST_IMAGE = {"fashion": 1 / 5000, "digits": 1 / 180}  # a half of Fashion-MNIST's test split has 5,000 images
 WINDOWS = ("preset", "quarter")
+WINDOW_NAMES = {"preset": "the preset's last 10 epochs", "quarter": "the last quarter (5 of 20 epochs)"}
 
 
 def window_of(record: dict, window: str) -> int:
@@ -332,19 +368,42 @@ def measures(records: list[dict], stage: str, pair: str, window: str, layers=LAY
     from probe.results.quality import impairment, repeatability, separation, settled_drift, spearman
 
     runs = pick(records, stage=stage, pair=pair, kind="quanta", status="ok", **match)
-    lam = {task: {layer: [tail(r["lambda_trajectory"], window_of(r, window)) for r in runs
-                          if r["task"] == task and r["layer"] == layer] for layer in layers} for task in ("AnB", "AnA")}  # fmt: skip
+    lam = {
+        task: {
+            layer: [
+                tail(r["lambda_trajectory"], window_of(r, window))
+                for r in runs
+                if r["task"] == task and r["layer"] == layer
+            ]
+            for layer in layers
+        }
+        for task in ("AnB", "AnA")
+    }
     lam = {task: {layer: v for layer, v in per.items() if v} for task, per in lam.items()}
-    drift = {layer: max(settled_drift(r["lambda_trajectory"], window_of(r, window)) for r in runs if r["layer"] == layer)
-             for layer in layers if any(r["layer"] == layer for r in runs)}  # fmt: skip
-    top1 = {layer: statistics.fmean(tail(r["top1_trajectory"], window_of(r, window)) for r in runs
-                                    if r["layer"] == layer and r["task"] == "AnB") for layer in lam["AnB"]}  # fmt: skip
+    drift = {
+        layer: max(settled_drift(r["lambda_trajectory"], window_of(r, window)) for r in runs if r["layer"] == layer)
+        for layer in layers
+        if any(r["layer"] == layer for r in runs)
+    }
+    top1 = {
+        layer: statistics.fmean(
+            tail(r["top1_trajectory"], window_of(r, window)) for r in runs if r["layer"] == layer and r["task"] == "AnB"
+        )
+        for layer in lam["AnB"]
+    }
     frozen_runs = pick(records, stage=stage, pair=pair, kind="frozen", status="ok")
-    frozen = {layer: [tail(r["top1_trajectory"], window_of(r, window)) for r in frozen_runs if r["layer"] == layer]
-              for layer in layers}  # fmt: skip
+    frozen = {
+        layer: [tail(r["top1_trajectory"], window_of(r, window)) for r in frozen_runs if r["layer"] == layer]
+        for layer in layers
+    }
     frozen = {layer: v for layer, v in frozen.items() if v}
-    alone_runs = pick(records, stage="main" if pair in ("halves", "parity", "digits→fashion") else stage,
-                      pair=pair if pair != "digits→fashion" else "halves", kind="alone", status="ok")  # fmt: skip
+    alone_runs = pick(
+        records,
+        stage="main" if pair in ("halves", "parity", "digits→fashion") else stage,
+        pair=pair if pair != "digits→fashion" else "halves",
+        kind="alone",
+        status="ok",
+    )
     alone = [tail(r["top1_trajectory"], window_of(r, window)) for r in alone_runs]
     found: dict = dict(lam=lam, drift=drift, top1=top1, frozen=frozen, alone=alone)
     if lam["AnA"]:
@@ -416,9 +475,7 @@ def print_main(records: list[dict], markdown: bool) -> None:
             found = measures(records, "main", pair, window)
             if not found["lam"]["AnB"]:
                 continue
-            print(
-                f"\n{pair}, averaged over the {'preset' + chr(39) + 's last 10 epochs' if window == 'preset' else 'last quarter (5 of 20 epochs)'}"
-            )
+            print(f"\n{pair}, averaged over {WINDOW_NAMES[window]}")
             print(
                 _row(
                     ["layer", "AnB λS", "AnA λS", "AnA − AnB (in sd)", "Yosinski AnB frozen", "max drift", "AnB top-1"],
@@ -428,15 +485,31 @@ def print_main(records: list[dict], markdown: bool) -> None:
             for layer in LAYERS:
                 sep = found.get("separation", {}).get(layer, {})
                 diff = f"{sep['difference']:+.3f} ({sep['in_spread']:.1f})" if sep else "—"
-                print(_row([layer, _ms(found["lam"]["AnB"].get(layer, [])), _ms(found["lam"]["AnA"].get(layer, [])), diff,
-                            _ms(found["frozen"].get(layer, [])), f"{found['drift'].get(layer, math.nan):.3f}",
-                            f"{found['top1'].get(layer, math.nan):.3f}"], markdown))  # fmt: skip
+                print(
+                    _row(
+                        [
+                            layer,
+                            _ms(found["lam"]["AnB"].get(layer, [])),
+                            _ms(found["lam"]["AnA"].get(layer, [])),
+                            diff,
+                            _ms(found["frozen"].get(layer, [])),
+                            f"{found['drift'].get(layer, math.nan):.3f}",
+                            f"{found['top1'].get(layer, math.nan):.3f}",
+                        ],
+                        markdown,
+                    )
+                )
             met = criteria(found)
-            print(f"repeatability ρ {found['repeatability']:.2f} · agreement ρ(λS, Yosinski) {found.get('agreement', math.nan):.2f}"
-                  f" (with sub-image ties {found.get('agreement_ties', math.nan):.2f}; Yosinski's own repeatability "
-                  f"{found.get('reference_repeatability', math.nan):.2f}) · impairment {found.get('impairment', math.nan):+.3f}"
-                  f" (alone {_ms(found['alone'])}) · criteria met {sum(met.values())}/{len(met)}"
-                  + (f" (not: {'; '.join(k for k, v in met.items() if not v)})" if not all(met.values()) else ""))  # fmt: skip
+            failed = "; ".join(k for k, v in met.items() if not v)
+            parts = [
+                f"repeatability ρ {found['repeatability']:.2f}",
+                f"agreement ρ(λS, Yosinski) {found.get('agreement', math.nan):.2f}",
+                f"with sub-image ties {found.get('agreement_ties', math.nan):.2f}",
+                f"Yosinski's own repeatability {found.get('reference_repeatability', math.nan):.2f}",
+                f"impairment {found.get('impairment', math.nan):+.3f} (alone {_ms(found['alone'])})",
+                f"criteria met {sum(met.values())}/{len(met)}" + (f" (not: {failed})" if failed else ""),
+            ]
+            print(" · ".join(parts))
 
 
 def print_rule(records: list[dict], markdown: bool) -> None:
@@ -460,8 +533,13 @@ def print_rule(records: list[dict], markdown: bool) -> None:
     rows = [("main", 20, None)] + [("rule", e, v) for e, v in ((10, "rule"), (40, "rule"), (40, "same-lr"))]
     for stage, epochs, variant in rows:
         match = dict(stage=stage, pair="halves", layer="fc", kind="quanta")
-        runs = [r for r in pick(records, **match) if (variant is None or r.get("variant") == variant)
-                and (stage != "rule" or r.get("epochs") == epochs) and r["seed"] < 2]  # fmt: skip
+        runs = [
+            r
+            for r in pick(records, **match)
+            if (variant is None or r.get("variant") == variant)
+            and (stage != "rule" or r.get("epochs") == epochs)
+            and r["seed"] < 2
+        ]
         if not runs:
             continue
         window = "preset"
@@ -473,9 +551,22 @@ def print_rule(records: list[dict], markdown: bool) -> None:
         drift = max(settled_drift(r["lambda_trajectory"], window_of(r, window)) for r in runs)
         top1 = statistics.fmean(tail(r["top1_trajectory"], window_of(r, window)) for r in runs if r["task"] == "AnB")
         steps, gate = runs[0]["steps"], runs[0]["gate_lr"]
-        print(_row([f"{epochs} ({variant or 'rule'})", steps, f"{gate:.4g}", f"{gate * lr_scale_sum('cosine', steps):.2f}",
-                    _ms(anb), _ms(ana), f"{statistics.fmean(ana) - statistics.fmean(anb):+.3f}" if ana and anb else "—",
-                    f"{drift:.3f}", f"{top1:.3f}"], markdown))  # fmt: skip
+        print(
+            _row(
+                [
+                    f"{epochs} ({variant or 'rule'})",
+                    steps,
+                    f"{gate:.4g}",
+                    f"{gate * lr_scale_sum('cosine', steps):.2f}",
+                    _ms(anb),
+                    _ms(ana),
+                    f"{statistics.fmean(ana) - statistics.fmean(anb):+.3f}" if ana and anb else "—",
+                    f"{drift:.3f}",
+                    f"{top1:.3f}",
+                ],
+                markdown,
+            )
+        )
 
 
 def print_small(records: list[dict], markdown: bool) -> None:
@@ -488,23 +579,48 @@ def print_small(records: list[dict], markdown: bool) -> None:
             runs = pick(records, stage="small", pair="halves", kind="quanta", layer=layer, variant=variant)
             if not runs:
                 continue
-            values = {task: [tail(r["lambda_trajectory"], window_of(r, "preset")) for r in runs if r["task"] == task]
-                      for task in ("AnB", "AnA")}  # fmt: skip
+            values = {
+                task: [tail(r["lambda_trajectory"], window_of(r, "preset")) for r in runs if r["task"] == task]
+                for task in ("AnB", "AnA")
+            }
             extreme = sum(v < 0.02 or v > 0.98 for vs in values.values() for v in vs)
             top1 = statistics.fmean(
                 tail(r["top1_trajectory"], window_of(r, "preset")) for r in runs if r["task"] == "AnB"
             )
             gate = f"{variant} (peak {runs[0]['gate_lr']:.3g})"
-            print(_row([gate, layer, " ".join(f"{v:.3f}" for v in values["AnB"]), " ".join(f"{v:.3f}" for v in values["AnA"]),
-                        f"{extreme}/{sum(map(len, values.values()))}", f"{top1:.3f}"], markdown))  # fmt: skip
+            print(
+                _row(
+                    [
+                        gate,
+                        layer,
+                        " ".join(f"{v:.3f}" for v in values["AnB"]),
+                        " ".join(f"{v:.3f}" for v in values["AnA"]),
+                        f"{extreme}/{sum(map(len, values.values()))}",
+                        f"{top1:.3f}",
+                    ],
+                    markdown,
+                )
+            )
 
 
 def print_cross(records: list[dict], markdown: bool) -> None:
     print("\nwhen, not only what: within- and cross-domain pairs at 28x28 (AnB, seeds 0-2)")
-    print(_row(["target", "pair", "mean λS over layers (sd over seeds)", "Yosinski frozen, mean over layers",
-                *[f"{lens}, mean" for lens in LENSES]], markdown))  # fmt: skip
-    for target, pairs in (("fashion[5-9]", (("main", "halves"), ("cross", "digits→fashion"))),
-                          ("digits[5-9]", (("cross", "digits→digits"), ("cross", "fashion→digits")))):  # fmt: skip
+    print(
+        _row(
+            [
+                "target",
+                "pair",
+                "mean λS over layers (sd over seeds)",
+                "Yosinski frozen, mean over layers",
+                *[f"{lens}, mean" for lens in LENSES],
+            ],
+            markdown,
+        )
+    )
+    for target, pairs in (
+        ("fashion[5-9]", (("main", "halves"), ("cross", "digits→fashion"))),
+        ("digits[5-9]", (("cross", "digits→digits"), ("cross", "fashion→digits"))),
+    ):
         for stage, pair in pairs:
             runs = pick(records, stage=stage, pair=pair, kind="quanta", task="AnB", status="ok")
             runs = [r for r in runs if r.get("variant") is None and r.get("init") is None]
@@ -519,10 +635,22 @@ def print_cross(records: list[dict], markdown: bool) -> None:
                 for r in pick(records, stage=stage, pair=pair, kind="frozen")
             ]
             lens_record = pick(records, stage=stage, pair=pair, kind="lenses")
-            lens_means = [statistics.fmean(lens_record[0]["values"][layer][lens] for layer in LAYERS) if lens_record else math.nan
-                          for lens in LENSES]  # fmt: skip
-            print(_row([target, pair, _ms(means), _ms([statistics.fmean(frozen)]) if frozen else "—",
-                        *[f"{v:.3f}" for v in lens_means]], markdown))  # fmt: skip
+            lens_means = [
+                statistics.fmean(lens_record[0]["values"][layer][lens] for layer in LAYERS) if lens_record else math.nan
+                for lens in LENSES
+            ]
+            print(
+                _row(
+                    [
+                        target,
+                        pair,
+                        _ms(means),
+                        _ms([statistics.fmean(frozen)]) if frozen else "—",
+                        *[f"{v:.3f}" for v in lens_means],
+                    ],
+                    markdown,
+                )
+            )
 
 
 def print_inits(records: list[dict], markdown: bool) -> None:

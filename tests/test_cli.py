@@ -134,7 +134,7 @@ def test_version():
 
 def test_every_option_of_every_command_has_help():
     group = get_command(app)
-    assert sorted(group.commands) == ["layers", "report", "scan", "train"]
+    assert sorted(group.commands) == ["layers", "recommend", "report", "scan", "train"]
     for name, command in group.commands.items():
         assert command.help, name
         for param in command.params:
