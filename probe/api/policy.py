@@ -1,6 +1,6 @@
 """The request policy, below the CLI so that ``probe.scan(...)`` and ``probe scan`` agree: the dataset presets,
-the default number of jobs, how images are prepared for a model, and every check that needs only the request
-(data present, output writable, device, layers and baselines known, settings valid), run before any work.
+the default number of jobs, how images are prepared for a model, and the checks ``probe train`` makes before any
+work (a scan's are made once by :func:`probe.api.plan.plan_scan`).
 """
 
 from __future__ import annotations
@@ -165,13 +165,6 @@ def check_request(
     if settings is not None:
         resolve_device(settings.device)
     return names
-
-
-def columns_only(pre: Preprocess | None) -> Preprocess | None:
-    """Only the Hugging Face columns of ``pre`` (None without them)."""
-    if pre is None or not pre.columns():
-        return None
-    return Preprocess(image_column=pre.image_column, label_column=pre.label_column)
 
 
 def resized(pre: Preprocess | None, size: int, origin: str) -> Preprocess:
