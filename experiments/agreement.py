@@ -31,6 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _common import load, tied_below
+
 SPLITS = {
     "halves": (),
     "parity": ("--source-data", "digits[0,2,4,6,8]", "--target", "digits[1,3,5,7,9]"),
@@ -98,10 +100,6 @@ def record_of(document: dict, split: str, seed: int) -> dict:
     )
 
 
-def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def sources(records: list[dict]) -> list[dict]:
     """The per-source scan records (the longer-reference check's records have a ``kind``)."""
     return [r for r in records if "kind" not in r]
@@ -155,23 +153,6 @@ def longer_reference(results: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Analysis
-
-
-def tied_below(values: list[float], gap: float) -> list[float]:
-    """``values`` with every run of sorted neighbours closer than ``gap`` replaced by its mean (one tie group)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    groups = [[order[0]]]
-    for previous, i in itertools.pairwise(order):
-        if values[i] - values[previous] < gap:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    tied = list(values)
-    for group in groups:
-        mean = statistics.fmean(values[i] for i in group)
-        for i in group:
-            tied[i] = mean
-    return tied
 
 
 def analyse(record: dict) -> dict:

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import time
 from pathlib import Path
+
+from _common import load
+from _common import run_units as run_units_in_workers
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc")
 CUTS = ("none", *LAYERS)
@@ -184,31 +185,19 @@ def _worker_init(fashion_results: str) -> None:
     probe.retain_freed_memory()
 
 
-def load(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_units(units: list[dict], out: Path, fashion_results: Path, jobs: int) -> None:
     done = {unit_key(r) for r in load(out)}
     todo = [u for u in units if unit_key(u) not in done]
     print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
-    if not todo:
-        return
-    started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(jobs, initializer=_worker_init, initargs=(str(fashion_results),), maxtasksperchild=20) as pool:
-        for i, records in enumerate(pool.imap_unordered(run_unit, todo), 1):
-            with out.open("a") as handle:
-                handle.write("".join(json.dumps(r) + "\n" for r in records))
-                handle.flush()
-                os.fsync(handle.fileno())
-            r = records[0]
-            where = f"{r['stage']} {case_name(r['pair'], r['size'])} {r['kind']} {r.get('cut') or r.get('layer') or ''}"
-            elapsed = time.perf_counter() - started
-            print(f"[{i}/{len(todo)} {elapsed / 60:.0f} min, ~{elapsed / i * (len(todo) - i) / 60:.0f} min left] "
-                  f"{where} seed {r['seed']}", flush=True)  # fmt: skip
+    run_units_in_workers(todo, out, run_unit, jobs=jobs, describe=describe, initializer=_worker_init,
+                         initargs=(str(fashion_results),), maxtasksperchild=20)  # fmt: skip
+
+
+def describe(record: dict) -> str:
+    what = record.get("cut") or record.get("layer") or ""
+    return (
+        f"{record['stage']} {case_name(record['pair'], record['size'])} {record['kind']} {what} seed {record['seed']}"
+    )
 
 
 def main() -> None:

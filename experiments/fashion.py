@@ -32,11 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
-import os
 import statistics
 import time
 from pathlib import Path
+
+from _common import load, tied_below
+from _common import run_units as run_units_in_workers
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc")
 WIDTH = 0.25  # a step of the full-width CNN on 28×28 takes ~1 s on these cores; 0.25 takes ~0.05 s
@@ -282,31 +283,16 @@ def _worker_init(results: str) -> None:
     probe.retain_freed_memory()
 
 
-def load(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_units(units: list[dict], out: Path, results: Path, jobs: int) -> None:
     done = {unit_key(r) for r in load(out)}
     todo = [u for u in units if unit_key(u) not in done]
     print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
-    if not todo:
-        return
-    started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(jobs, initializer=_worker_init, initargs=(str(results),), maxtasksperchild=8) as pool:
-        for i, records in enumerate(pool.imap_unordered(run_unit, todo), 1):
-            with out.open("a") as handle:
-                handle.write("".join(json.dumps(r) + "\n" for r in records))
-                handle.flush()
-                os.fsync(handle.fileno())
-            r = records[0]
-            where = " ".join(str(r.get(k)) for k in ("stage", "pair", "kind", "task", "layer", "seed") if r.get(k))
-            elapsed = time.perf_counter() - started
-            eta = elapsed / i * (len(todo) - i)
-            print(f"[{i}/{len(todo)} {elapsed / 60:.0f} min, ~{eta / 60:.0f} min left] {where}", flush=True)
+    run_units_in_workers(todo, out, run_unit, jobs=jobs, describe=describe, initializer=_worker_init,
+                         initargs=(str(results),), maxtasksperchild=8)  # fmt: skip
+
+
+def describe(record: dict) -> str:
+    return " ".join(str(record.get(k)) for k in ("stage", "pair", "kind", "task", "layer", "seed") if record.get(k))
 
 
 def sources_needed(stages: list[str]) -> list[str]:
@@ -420,23 +406,6 @@ def measures(records: list[dict], stage: str, pair: str, window: str, layers=LAY
     if alone and top1:
         found["impairment"] = impairment(list(top1.values()), statistics.fmean(alone))
     return found
-
-
-def tied_below(values: list[float], gap: float) -> list[float]:
-    """``values`` with every run of sorted neighbours closer than ``gap`` replaced by its mean (as agreement.py)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    groups = [[order[0]]]
-    for previous, i in zip(order, order[1:], strict=False):
-        if values[i] - values[previous] < gap:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    tied = list(values)
-    for group in groups:
-        mean = statistics.fmean(values[i] for i in group)
-        for i in group:
-            tied[i] = mean
-    return tied
 
 
 def criteria(found: dict) -> dict[str, bool]:

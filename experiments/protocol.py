@@ -25,14 +25,13 @@ A re-run skips every unit already in the JSONL. docs/protocol.md reports the res
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import multiprocessing
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
+
+from _common import load
+from _common import run_units as run_units_in_workers
 
 SPLITS = {
     "halves": ("digits[0-4]", "digits[5-9]"),
@@ -214,28 +213,15 @@ def trained_alike(records: list[dict], p: dict, stage: str, split: str, kind: st
     return [r for r in found if training_key(r) == training_key(p)]
 
 
-def load(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_units(units: list[dict], out: Path, jobs: int) -> None:
     done = {record_key(r) for r in load(out)}
     todo = [u for u in units if unit_key(u) not in done]
     print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
-    if not todo:
-        return
-    started = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
-        for i, records in enumerate(pool.imap_unordered(run_unit, todo), 1):
-            with out.open("a") as handle:
-                handle.write("".join(json.dumps(r) + "\n" for r in records))
-                handle.flush()
-                os.fsync(handle.fileno())
-            r = records[0]
-            where = f"{r['stage']} {r['protocol']} {r['split']} {r['kind']} {r['layer']}"
-            print(f"[{i}/{len(todo)} {time.perf_counter() - started:.0f}s] {where}", flush=True)
+    run_units_in_workers(todo, out, run_unit, jobs=jobs, describe=describe, initializer=_worker_init)
+
+
+def describe(record: dict) -> str:
+    return f"{record['stage']} {record['protocol']} {record['split']} {record['kind']} {record['layer']}"
 
 
 # --------------------------------------------------------------------------------------------------

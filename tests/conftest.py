@@ -2,6 +2,7 @@ import importlib.util
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ def repo_script():
 
     def load(relative: str):
         path = Path(__file__).resolve().parent.parent / relative
+        if str(path.parent) not in sys.path:  # its siblings (e.g. experiments/_common.py), as when it is run
+            sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
