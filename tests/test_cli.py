@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_user_error, explain, invoke
 from rich.console import Console
 from rich.text import Text
 from typer.main import get_command
-from typer.testing import CliRunner
 
 import probe
 import probe.baselines.transfer
@@ -46,39 +46,12 @@ TINY = ["--width", "0.25", "--device", "cpu"]
 PAPER_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc"]
 
 
-def invoke(args, env=None):
-    runner = CliRunner(env={"OMP_NUM_THREADS": "1", **(env or {})})
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def explain(result) -> str:
-    """Output and, for an unexpected exception, its traceback: assertion messages that say what broke."""
-    import traceback
-
-    trace = (
-        "".join(traceback.format_exception(*result.exc_info))
-        if result.exc_info and result.exit_code not in (0, 2, 130)
-        else ""
-    )
-    return f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{trace}"
-
-
 def png_size(path: Path) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk (after checking the signature)."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     assert data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------------------------ fixtures

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_user_error, invoke
 
 import probe
 from probe import api
-from probe.cli import app
 from probe.data import DatasetInfo, default_target, get_dataset, load_task, parse_spec, register_dataset
 from probe.data import fashion as fashion_module
 from probe.data import registry as registry_module
@@ -41,23 +40,6 @@ FILES = {  # Fashion-MNIST's four files (without .gz)
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-def invoke(args, env=None):
-    runner = CliRunner(env={"OMP_NUM_THREADS": "1", **(env or {})})
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit 2, nothing on stdout, one ``error: …`` line on stderr holding every fragment; the line."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # ------------------------------------------------------------------ tiny IDX files

@@ -16,29 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import explain, invoke
 from PIL import Image
-from typer.testing import CliRunner
 
 import probe
 from probe import api
 from probe.api import estimate
-from probe.cli import app
 from probe.data import parse_spec
 from probe.engine.sources import load_source
 from probe.models.checkpoint import recorded_info
 
 TINY = ["--device", "cpu", "--epochs", "1", "--runs", "1", "--jobs", "1", "--layers", "conv1", "--init", "0.5"]
-
-
-def invoke(args, env=None):
-    return CliRunner(env={"OMP_NUM_THREADS": "1", **(env or {})}).invoke(app, [str(a) for a in args])
-
-
-def explain(result) -> str:
-    import traceback
-
-    trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info and result.exit_code != 0 else ""
-    return f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{trace}"
 
 
 def image_folder(root: Path, classes=("ant", "bee"), per_class=6, size=(12, 10)) -> Path:

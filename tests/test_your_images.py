@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_user_error, invoke
 from PIL import Image
-from typer.testing import CliRunner
 
 import probe
 from probe import api
-from probe.cli import app
 from probe.core.gate import QuantaGate
 from probe.core.hooks import quanta_hooks, source_forward
 from probe.data import load_task, parse_spec
@@ -32,20 +31,6 @@ from probe.settings import RunSettings
 
 TINY_TIMM = "test_resnet"  # timm's own test model (470k parameters), pretrained tag r160_in1k on the hub
 TINY_TIMM_REPO = "timm/test_resnet.r160_in1k"
-
-
-def invoke(args, env=None):
-    runner = CliRunner(env={"OMP_NUM_THREADS": "1", **(env or {})})
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def image_folder(root: Path, classes=("ant", "bee", "cat", "dog"), per_class=6, size=(20, 16)) -> Path:
