@@ -167,7 +167,7 @@ def test_other_data_get_the_paper_protocol_with_the_budget_rule():
     assert (settings.lr, settings.epochs, settings.augment, settings.gate_lr) == (1e-4, 60, True, None)
     steps = settings.steps_per_run(50_000)
     assert steps == 60 * 1563
-    assert settings.lr_schedule == "cosine" and settings.last_epochs == 10  # the paper's window, of 60 epochs
+    assert settings.lr_schedule == "cosine" and settings.last_epochs == 15  # the last quarter of 60 epochs
     assert settings.gate_lr_for(steps) * (steps + 1) / 2 == pytest.approx(GATE_BUDGET)  # Σ of the cosine rates
 
 
@@ -178,6 +178,27 @@ def test_the_digits_preset_averages_the_settled_end_of_a_cosine_run():
     assert settings.gate_lr_for(steps) == pytest.approx(0.1, rel=1e-3)  # the peak the experiment chose
     averaged_from = (settings.epochs - settings.last_epochs) * steps // settings.epochs
     assert lr_scale("cosine", averaged_from, steps) < 0.15  # every averaged epoch runs below 15 % of the peak
+
+
+@pytest.mark.parametrize(
+    ("target", "given", "averaged"),
+    [
+        ("fashion[5-9]", dict(epochs=20), 5),  # the Fashion-MNIST experiment's runs
+        ("fashion[5-9]", dict(epochs=60), 15),
+        ("digits[5-9]", dict(epochs=40), 10),
+        ("digits[5-9]", dict(epochs=3), 2),  # at least 2 epochs, so that settling can be judged
+        ("digits[5-9]", dict(epochs=40, last_epochs=4), 4),  # a window asked for wins
+        ("fashion[5-9]", dict(epochs=20, lr_schedule="constant"), 10),  # no schedule: the paper's 10
+    ],
+)
+def test_a_cosine_preset_averages_the_last_quarter_of_the_epochs_asked_for(target, given, averaged):
+    settings = api.scan_settings(target, jobs=1, **given)
+    assert settings.last_epochs == averaged
+    if settings.lr_schedule == "cosine":
+        steps = settings.steps_per_run(100)
+        averaged_from = (settings.epochs - settings.last_epochs) * steps // settings.epochs
+        assert lr_scale("cosine", averaged_from, steps) < 0.15 or settings.epochs < 4
+    assert api.scan_settings(target, preset="paper", jobs=1, **given).last_epochs == given.get("last_epochs", 10)
 
 
 def test_an_unknown_preset_is_one_line_and_exit_2(tmp_path):

@@ -20,7 +20,7 @@ from ..engine.selection import check_layer_list
 from ..engine.sources import source_settings
 from ..errors import SettingsError
 from ..models.pretrained import pretrained_input_config
-from ..settings import RunSettings, check_preset, preset_settings, source_preset_settings
+from ..settings import RunSettings, averaged_epochs, check_preset, preset_settings, source_preset_settings
 from ..util.device import resolve_device
 from ..util.files import check_writable
 
@@ -125,6 +125,8 @@ def scan_settings(
         return settings.with_(**given)
     base = preset_settings(preset_name_for(target, preset))
     chosen = RunSettings().with_(**{**base, **given})
+    if chosen.lr_schedule == "cosine" and "last_epochs" not in base and "last_epochs" not in given:
+        chosen = chosen.with_(last_epochs=averaged_epochs(chosen.epochs))
     return chosen if "jobs" in given else chosen.with_(jobs=default_jobs(device=chosen.device))
 
 
