@@ -118,17 +118,17 @@ def stage_units(stage: str) -> list[dict]:
                         for task in ("AnB", "AnA")
                     ]
     elif stage == "cross":
-        for pair in ("digits→fashion", "fashion→digits", "digits→digits"):
-            for seed in range(SEEDS):
+        for seed in range(SEEDS):  # seed-major: a run stopped early leaves whole seeds
+            for pair in ("digits→fashion", "fashion→digits", "digits→digits"):
                 if pair != "digits→fashion":  # the fashion target alone is main's (same task, settings, seeds)
                     units += [unit(stage, pair, "alone", seed=seed)]
                 for layer in LAYERS:
                     units += [unit(stage, pair, "quanta", layer=layer, seed=seed)]
                     units += [unit(stage, pair, "frozen", layer=layer, seed=seed)]
-            units += [unit(stage, pair, "lenses")]
+        units += [unit(stage, pair, "lenses") for pair in ("digits→fashion", "fashion→digits", "digits→digits")]
     elif stage == "inits":
-        for init in (0.75, 0.5):
-            for seed in range(2):
+        for seed in range(2):
+            for init in (0.75, 0.5):
                 for layer in ("conv1", "conv4", "fc"):
                     units += [
                         unit(stage, "halves", "quanta", task=task, layer=layer, seed=seed, init=init)
@@ -141,7 +141,8 @@ STAGES = ("main", "rule", "small", "cross", "inits")
 
 
 def unit_key(u: dict) -> str:
-    fields = ("stage", "pair", "kind", "task", "layer", "seed", "variant", "epochs", "gate_lr", "train_size", "init")
+    # Not gate_lr: a record's gate_lr is the rate its run used; the units that set one differ by their variant.
+    fields = ("stage", "pair", "kind", "task", "layer", "seed", "variant", "epochs", "train_size", "init")
     return json.dumps([u.get(name) for name in fields])
 
 
