@@ -49,8 +49,9 @@ PAIRS = {
     "digits halves": ("digits:digits[0-4]", "digits[5-9]", None, (10, 50, None)),
     "digits parity": ("digits:digits[0,2,4,6,8]", "digits[1,3,5,7,9]", None, (10, 50, None)),
     "fashion halves": ("fashion:fashion-halves", "fashion[5-9]", None, (10, 100, 640)),
-    "fashion parity": ("fashion:fashion-parity", "fashion[1,3,5,7,9]", None, (10, 100, 640)),
-    "digits→fashion": ("fashion:digits-halves-28", "fashion[5-9]", None, (10, 100, 640)),
+    # parity and digits→fashion at 640 per class were cut for CPU time (about 2 h of the 8): docs/decision.md
+    "fashion parity": ("fashion:fashion-parity", "fashion[1,3,5,7,9]", None, (10, 100)),
+    "digits→fashion": ("fashion:digits-halves-28", "fashion[5-9]", None, (10, 100)),
     "fashion→digits": ("fashion:fashion-halves", "digits[5-9]", 28, (10, 50, None)),
 }
 # The Fashion-MNIST experiment's pair whose seed-0 AnB runs are this experiment's default scans at 640 per class.
