@@ -277,9 +277,13 @@ def test_measure_end_to_end_final_is_the_mean_of_the_last_ten_epochs(tiny_source
     assert summary.std["lambda_source"] == pytest.approx(abs(finals[0] - finals[1]) / math.sqrt(2))
 
 
-def test_fewer_epochs_than_ten_average_all_of_them(tiny_source):
-    run = probe.measure(tiny_source, "fc", epochs=3, lr=1e-3).runs[0]
+def test_fewer_epochs_than_the_window_average_all_of_them_and_the_preset_averages_its_last_quarter(tiny_source):
+    run = probe.measure(tiny_source, "fc", epochs=3, lr=1e-3, last_epochs=10).runs[0]
     assert run.final["top1"] == pytest.approx(sum(h["top1"] for h in run.history) / 3)
+    quarter = probe.measure(tiny_source, "fc", epochs=3, lr=1e-3)  # the digits preset: the last quarter, ≥ 2
+    assert quarter.settings["last_epochs"] == 2
+    history = quarter.runs[0].history
+    assert quarter.runs[0].final["top1"] == pytest.approx(sum(h["top1"] for h in history[-2:]) / 2)
 
 
 # --------------------------------------------------------------------------------- api & checkpoints

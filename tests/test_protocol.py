@@ -22,7 +22,15 @@ from probe.report.tables import caption, quality_line, results_table
 from probe.results import Measurement, RunResult, RunSpec
 from probe.results.assessment import assess, results_document
 from probe.results.schema import strict_json
-from probe.settings import DIGITS_PRESET, DIGITS_SOURCE_PRESET, GATE_BUDGET, RunSettings, lr_scale, lr_scale_sum
+from probe.settings import (
+    DIGITS_PRESET,
+    DIGITS_SOURCE_PRESET,
+    GATE_BUDGET,
+    GATE_LR_MAX,
+    RunSettings,
+    lr_scale,
+    lr_scale_sum,
+)
 from probe.training.trainer import JointOptimizer, make_optimizer
 
 
@@ -52,11 +60,11 @@ def test_gate_lr_wins_over_the_budget_and_lr_is_the_paper_fallback():
 
 
 def test_a_run_records_the_gate_lr_of_the_budget_rule(tiny_source):
-    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=5.0, lr_schedule="constant", device="cpu", jobs=1)
+    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=4.0, lr_schedule="constant", device="cpu", jobs=1)
     run = result.runs[0]
     assert run.steps == 2 * math.ceil(len(load_task("digits[5-9]").train) / 32)
-    assert run.gate_lr == pytest.approx(5.0 / run.steps)
-    assert run.gate_budget == pytest.approx(5.0)
+    assert run.gate_lr == pytest.approx(4.0 / run.steps)
+    assert run.gate_budget == pytest.approx(4.0)
 
 
 def test_an_sgd_gate_steps_by_exactly_lr_times_its_gradient():
@@ -124,12 +132,12 @@ def test_a_cosine_schedule_scales_the_target_and_the_gate_alike_and_constant_lea
 
 
 def test_a_cosine_run_records_its_budget_as_the_sum_of_its_rates(tiny_source):
-    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=5.0, lr_schedule="cosine", device="cpu", jobs=1)
+    result = probe.measure(tiny_source, "fc", epochs=2, gate_budget=2.0, lr_schedule="cosine", device="cpu", jobs=1)
     run = result.runs[0]
-    assert run.gate_lr == pytest.approx(5.0 / ((run.steps + 1) / 2))
-    assert run.gate_budget == pytest.approx(5.0)
-    assert RunResult.from_dict(json.loads(json.dumps(run.to_dict()))).gate_budget == pytest.approx(5.0)
-    assert f"gate budget (gate lr peak {run.gate_lr:.3g}, cosine, summed over the steps) 5 " in caption(result)
+    assert run.gate_lr == pytest.approx(2.0 / ((run.steps + 1) / 2))
+    assert run.gate_budget == pytest.approx(2.0)
+    assert RunResult.from_dict(json.loads(json.dumps(run.to_dict()))).gate_budget == pytest.approx(2.0)
+    assert f"gate budget (gate lr peak {run.gate_lr:.3g}, cosine, summed over the steps) 2 " in caption(result)
     constant = probe.measure(tiny_source, "fc", epochs=1, gate_lr=0.1, lr_schedule="constant", device="cpu", jobs=1)
     assert f"gate budget (gate_lr 0.1 × steps) {0.1 * constant.runs[0].steps:.3g} " in caption(constant)
 
@@ -178,6 +186,28 @@ def test_the_digits_preset_averages_the_settled_end_of_a_cosine_run():
     assert settings.gate_lr_for(steps) == pytest.approx(0.1, rel=1e-3)  # the peak the experiment chose
     averaged_from = (settings.epochs - settings.last_epochs) * steps // settings.epochs
     assert lr_scale("cosine", averaged_from, steps) < 0.15  # every averaged epoch runs below 15 % of the peak
+
+
+def test_the_gate_lr_of_a_short_run_is_capped_and_its_travel_is_recorded_as_smaller():
+    settings = api.scan_settings("fashion[5-9]", jobs=1, epochs=20, train_size=10)
+    steps = settings.steps_per_run(50)  # 10 images per class, 5 classes: 2 steps an epoch
+    assert steps == 40 and settings.gate_lr_max == GATE_LR_MAX == 0.1
+    assert GATE_BUDGET / lr_scale_sum("cosine", steps) > 0.6  # what the budget alone would set
+    assert settings.gate_lr_for(steps) == GATE_LR_MAX
+    long = settings.steps_per_run(3200)
+    assert settings.gate_lr_for(long) * lr_scale_sum("cosine", long) == pytest.approx(GATE_BUDGET)  # cap not reached
+    assert settings.with_(gate_lr=0.5).gate_lr_for(steps) == 0.5  # a gate lr asked for is taken as given
+    assert settings.with_(gate_lr_max=None).gate_lr_for(steps) == pytest.approx(GATE_BUDGET / 20.5)
+    assert api.scan_settings("fashion[5-9]", preset="paper", jobs=1).gate_lr_max is None
+    with pytest.raises(SettingsError, match="gate_lr_max must be a positive number"):
+        settings.with_(gate_lr_max=0.0)
+
+
+def test_a_capped_run_records_the_gate_budget_it_had(tiny_source):
+    m = probe.measure(tiny_source, "conv1", epochs=2, runs=1, gate_budget=GATE_BUDGET, gate_lr_max=0.01, jobs=1)
+    run = m.runs[0]
+    assert run.gate_lr == 0.01
+    assert run.gate_budget == pytest.approx(0.01 * lr_scale_sum(m.settings["lr_schedule"], run.steps))
 
 
 @pytest.mark.parametrize(

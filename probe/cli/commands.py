@@ -50,6 +50,7 @@ from .options import (
     EpochsOption,
     FreshOption,
     GateBudgetOption,
+    GateLrMaxOption,
     GateLrOption,
     GateOptimizerOption,
     GpusPerRunOption,
@@ -147,6 +148,7 @@ def scan(
     lr: LrOption = None,
     gate_lr: GateLrOption = None,
     gate_budget: GateBudgetOption = None,
+    gate_lr_max: GateLrMaxOption = None,
     gate_optimizer: GateOptimizerOption = None,
     lr_schedule: LrScheduleOption = None,
     preset: PresetOption = None,
@@ -191,7 +193,8 @@ def scan(
     """
     given = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, gate_budget=gate_budget,
-        gate_optimizer=gate_optimizer, lr_schedule=lr_schedule, runs=runs, seed=seed, device=device, jobs=jobs,
+        gate_lr_max=gate_lr_max, gate_optimizer=gate_optimizer, lr_schedule=lr_schedule, runs=runs, seed=seed,
+        device=device, jobs=jobs,
         init=tuple(inits) if (inits := parse_floats(init, "--init")) else None, augment=augment,
         train_size=train_size,
     )  # fmt: skip

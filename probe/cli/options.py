@@ -240,6 +240,14 @@ GateBudgetOption = Annotated[
         f"{shown_default('gate_budget', others=('digits', 'paper'))}",
     ),
 ]
+GateLrMaxOption = Annotated[
+    float | None,
+    typer.Option(
+        "--gate-lr-max",
+        help="The most --gate-budget may set the gate's (peak) lr to: a run too short for the budget travels less "
+        f"instead of jumping λS to 0 or 1 in a few steps. {shown_default('gate_lr_max', others=('digits', 'paper'))}",
+    ),
+]
 GateOptimizerOption = Annotated[
     str | None,
     typer.Option(
