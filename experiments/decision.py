@@ -17,11 +17,13 @@ per class):
 Cases: six source → target pairs (digits halves and parity at digits' 8×8 with the default full-width sources;
 Fashion-MNIST halves and parity, digits → fashion and fashion → digits at 28×28 with the width-0.25 sources of
 ``experiments/fashion.py``), each at three target sizes: 10, 50 and every image (~143 per class) for digits
-targets, 10, 100 and 640 per class for Fashion-MNIST targets: 18 cases.
+targets, 10, 100 and 640 per class for Fashion-MNIST targets (parity and digits → fashion at 10 and 100 only:
+the two 640 cases were cut for CPU time): 16 cases.
 
     python experiments/decision.py --stage truth --stage lenses   # the ground truth (resumable)
     python experiments/decision.py --stage scans                  # λS of the default scan per case
     python experiments/decision.py --summary [--markdown]         # docs/decision.md's tables, from the JSONL
+    python experiments/decision.py --summary --figure docs/images/decision-regret.png   # and its figure
 
 The Fashion-MNIST sources come from ``experiments/fashion.py`` (``--fashion-results``, default results/fashion);
 the digits sources are the ones ``probe scan`` trains by default (the same cache).
@@ -209,10 +211,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--summary", action="store_true", help="print the tables from --out; train nothing")
     parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
+    parser.add_argument("--figure", type=Path, help="with --summary: write the regret-against-compute figure here")
     parser.add_argument("--fashion-jsonl", type=Path, default=Path(__file__).with_name("fashion.jsonl"))
     args = parser.parse_args()
     if args.summary:
-        print_summary(load(args.out), load(args.fashion_jsonl), args.markdown)
+        judged = print_summary(load(args.out), load(args.fashion_jsonl), args.markdown)
+        if args.figure and judged["predictors"]:
+            plot_regret(judged["predictors"], args.figure)
         return
     for pair in PAIRS:  # each source once, here, before the workers share it (a digits source may be trained now)
         if PAIRS[pair][0].startswith("digits:"):
@@ -225,9 +230,12 @@ def main() -> None:
 # Analysis
 
 
-def final(trajectory: list, last: int) -> float:
-    """The mean of the last ``last`` values of a trajectory (epochs not evaluated are None and never averaged)."""
-    tail = [v for v in trajectory[-last:] if v is not None]
+def final(trajectory: list) -> float:
+    """The mean of a run's last quarter of epochs, as the presets average (probe.settings.averaged_epochs; the
+    fashion runs recorded before that rule averaged 10 of 20); epochs not evaluated are None and never averaged."""
+    from probe.settings import averaged_epochs
+
+    tail = [v for v in trajectory[-averaged_epochs(len(trajectory)) :] if v is not None]
     return sum(tail) / len(tail) if tail else float("nan")
 
 
@@ -250,13 +258,10 @@ def build_cases(records: list[dict], fashion_records: list[dict]):
             scans = [r for r in mine if r["kind"] == "quanta"]
         if not truth:
             continue
-        last = truth[0]["settings"]["last_epochs"]
-        accuracies = {cut: [final(r["top1_trajectory"], last) for r in truth if r["cut"] == cut] for cut in CUTS}
+        accuracies = {cut: [final(r["top1_trajectory"]) for r in truth if r["cut"] == cut] for cut in CUTS}
         profiles: dict[str, dict[str, float]] = {}
         if len({r["layer"] for r in scans}) == len(LAYERS):
-            profiles["lambda"] = {
-                r["layer"]: final(r["lambda_trajectory"], r["settings"]["last_epochs"]) for r in scans
-            }
+            profiles["lambda"] = {r["layer"]: final(r["lambda_trajectory"]) for r in scans}
         if lenses:
             for lens in LENSES:
                 profiles[lens] = {layer: lenses[0]["values"][layer][lens] for layer in LAYERS}
@@ -267,7 +272,7 @@ def build_cases(records: list[dict], fashion_records: list[dict]):
 
 def scratch_of(records: list[dict], pair: str, size: int | None) -> list[float]:
     runs = [r for r in records if r["pair"] == pair and r["size"] == size and r["kind"] == "scratch"]
-    return [final(r["top1_trajectory"], r["settings"]["last_epochs"]) for r in runs if r["status"] == "ok"]
+    return [final(r["top1_trajectory"]) for r in runs if r["status"] == "ok"]
 
 
 def print_summary(records: list[dict], fashion_records: list[dict], markdown: bool = False) -> dict:
@@ -282,7 +287,10 @@ def print_summary(records: list[dict], fashion_records: list[dict], markdown: bo
     def row(cells) -> str:
         return ("| " + " | ".join(map(str, cells)) + " |") if markdown else "  ".join(map(str, cells))
 
-    print(row(["case", "best cut", "within noise of it", "accuracy by cut (none … fc)", "scratch"]))
+    def head(cells) -> str:
+        return row(cells) + ("\n|" + "---|" * len(cells) if markdown else "")
+
+    print(head(["case", "best cut", "within noise of it", "accuracy by cut (none … fc)", "scratch"]))
     for case in every:
         stats = case.table
         accuracy = " ".join(f"{stats[c].mean:.3f}" if c in stats else "—" for c in CUTS)
@@ -291,11 +299,74 @@ def print_summary(records: list[dict], fashion_records: list[dict], markdown: bo
         noise = ", ".join(c for c in CUTS if c in noise_set(stats))
         print(row([case.name, best_cut(stats), noise, accuracy, alone]))
     print()
-    print(row(["predictor", "kind", "compute", "mean regret (points)", "worst", "within noise"]))
+    print(head(["predictor", "kind", "compute", "mean regret (points)", "worst", "within noise"]))
     for entry in sorted(judged, key=lambda e: e["mean_regret"]):
         print(row([entry["name"], entry["kind"], entry["cost"], f"{entry['mean_regret']:.2f}",
                    f"{entry['worst_regret']:.2f}", f"{entry['within_noise']:.0%}"]))  # fmt: skip
+    groups = {
+        "@10": lambda name: name.endswith("@10"),
+        "@50/@100": lambda name: name.endswith(("@50", "@100")),
+        "@all/@640": lambda name: name.endswith(("@all", "@640")),
+        "within domain": lambda name: "→" not in name,
+        "cross domain": lambda name: "→" in name,
+    }
+    print()
+    print(head(["predictor", *[f"mean regret {group}" for group in groups]]))
+    for entry in sorted(judged, key=lambda e: e["mean_regret"]):
+        cells = []
+        for match in groups.values():
+            values = [found["regret"] for name, found in entry["cases"].items() if match(name)]
+            cells.append(f"{sum(values) / len(values):.2f} ({len(values)})" if values else "—")
+        print(row([entry["name"], *cells]))
+    print()
+    shown = [e for e in judged if e["kind"] in ("λS", "anchor")] + [
+        min((e for e in judged if e["kind"] == "lens"), key=lambda e: e["mean_regret"], default=None)
+    ]
+    shown = [e for e in shown if e is not None]
+    print(head(["case", *[e["name"] for e in shown]]))
+    for case in usable:
+        cells = []
+        for entry in shown:
+            found = entry["cases"][case.name]
+            tau = f", τ {found['tau']:g}" if "tau" in found else ""
+            cells.append(f"{found['cut']} ({found['regret']:.1f}{tau})")
+        print(row([case.name, *cells]))
     return {"cases": [case.name for case in usable], "predictors": judged}
+
+
+# Compute per decision in target training runs (issue 23): brute force trains every cut with every seed, a λS scan
+# one run per probed layer, a lens or an anchor no training.
+COMPUTE = {"oracle": len(CUTS) * SEEDS, "λS": len(LAYERS), "lens": 0, "anchor": 0}
+
+
+def plot_regret(judged: list[dict], path: Path) -> None:
+    """Mean regret against compute per decision, one point per predictor (compute 0 drawn at 0.5 on the log axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"oracle": "black", "λS": "tab:red", "lens": "tab:blue", "anchor": "tab:grey"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for entry in judged:
+        runs = COMPUTE[entry["kind"]]
+        x = runs if runs else 0.5
+        ax.scatter(x, entry["mean_regret"], color=colours[entry["kind"]], s=28, zorder=3)
+        ax.annotate(entry["name"], (x, entry["mean_regret"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.axvline(COMPUTE["oracle"] / 3, color="tab:green", linestyle=":", linewidth=1)
+    ax.axhline(0.5, color="tab:green", linestyle=":", linewidth=1)
+    ax.text(COMPUTE["oracle"] / 3, ax.get_ylim()[1], " goal: ≤ 1/3 of brute force, ≤ 0.5 points", fontsize=7,
+            va="top", color="tab:green")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks([0.5, 1, COMPUTE["λS"], COMPUTE["oracle"]], ["0", "1", f"{COMPUTE['λS']}", f"{COMPUTE['oracle']}"])
+    ax.set_xlabel("compute per decision (target training runs; 0: no training)")
+    ax.set_ylabel("mean regret over cases (points of top-1)")
+    ax.set_title("Which layers to freeze: regret against compute (experiments/decision.py)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def _pair_size(name: str) -> tuple[str, int | None]:

@@ -9,15 +9,19 @@ averaging window is recomputed without training). Stages:
   lr 1e-4, weight decay 1e-6, batch 32, augmentation, cosine schedule, gate budget 13.85), sized by
   ``--epochs 20 --train-size 640`` (640 images per class, 100 steps per epoch, 2,000 steps per run); all 7
   layers, AnB and AnA, seeds 0-2; Yosinski's frozen AnB transfer per layer; the target alone; the lenses.
-* ``rule``: the budget rule over a 4× range of steps (1,000 to 4,000: 10 and 40 epochs), halves, fc, AnB and
-  AnA, seeds 0-1: the gate budget kept (the rule) and, at 40 epochs, the 20-epoch run's gate lr kept instead.
-* ``small``: the small end, ``--train-size 10`` (50 images, 2 steps per epoch, 40 steps), halves, conv1, conv4,
-  fc, AnB and AnA, seeds 0-2: the budget rule as it is (peak gate lr 0.68) against the gate lr capped at 0.1.
+* ``rule``: the budget rule over a 4× range of steps (500 and 1,000: 5 and 10 epochs, beside main's 2,000),
+  halves, fc, AnB and AnA, seeds 0-1: the gate budget kept (the rule) and, at 5 epochs, the 20-epoch run's gate
+  lr kept instead ("same-lr", a quarter of the budget).
+* ``small``: the small end, ``--train-size 10`` (50 images, 2 steps per epoch, 40 steps), halves, conv1 and fc,
+  AnB and AnA, seeds 0-1: the budget rule as it is (peak gate lr 0.68) against the gate lr capped at 0.1.
 * ``cross``: when, not only what: every pair of {digits[0-4], fashion[0-4]} sources and {digits[5-9],
   fashion[5-9]} targets at one input, 28×28 grey (digits resized), AnB, all 7 layers, seeds 0-2, with Yosinski's
   frozen transfer, the target alone and the lenses; each target with its own preset (digits: ``digits``).
 * ``inits``: the paper's question 3 on fashion halves: inits 0.75 and 0.5, conv1, conv4, fc, AnB and AnA,
   seeds 0-1.
+
+Cross and inits run seed-major, so a run stopped for time leaves whole seeds (docs/protocol.md says what ran).
+Summaries average each run's last quarter of epochs, the rule the presets ship (main also shows the fixed last 10).
 
     python experiments/fashion.py                     # everything missing, 2 workers (resumable)
     python experiments/fashion.py --stage main        # one stage (sources first, always)
@@ -294,9 +298,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--summary", action="store_true", help="print the tables from --out; train nothing")
     parser.add_argument("--markdown", action="store_true", help="with --summary: markdown tables")
+    parser.add_argument("--figure", type=Path, help="with --summary: write the λS dynamics figure (main stage) here")
     args = parser.parse_args()
     if args.summary:
         print_summary(load(args.out), args.markdown)
+        if args.figure:
+            plot_dynamics(load(args.out), args.figure)
         return
     stages = args.stage or list(STAGES)
     recorded = {r["pair"] for r in load(args.out) if r["kind"] == "source"}
@@ -310,16 +317,21 @@ def main() -> None:
 # Analysis (probe.results.quality does the arithmetic of the measures)
 
 ONE_TEST_IMAGE = {"fashion": 1 / 5000, "digits": 1 / 180}  # a half of Fashion-MNIST's test split has 5,000 images
-WINDOWS = ("preset", "quarter")
-WINDOW_NAMES = {"preset": "the preset's last 10 epochs", "quarter": "the last quarter (5 of 20 epochs)"}
+WINDOWS = ("quarter", "fixed")
+WINDOW_NAMES = {
+    "quarter": "the last quarter (5 of 20 epochs: the shipped rule, probe.settings.averaged_epochs)",
+    "fixed": "the last 10 epochs (the preset's window before this experiment)",
+}
 
 
 def window_of(record: dict, window: str) -> int:
-    """Epochs averaged: the preset's ``last_epochs``, or the last quarter of the run (the digits preset's 3 of 12)."""
+    """Epochs averaged: the last quarter of the run (the rule the presets ship), or the fixed last 10 epochs."""
+    from probe.settings import averaged_epochs
+
     epochs = len(record["lambda_trajectory"] if "lambda_trajectory" in record else record["top1_trajectory"])
     if window == "quarter":
-        return max(1, -(-epochs // 4))
-    return min(record["settings"]["last_epochs"], epochs)
+        return min(averaged_epochs(epochs), epochs)
+    return min(10, epochs)
 
 
 def tail(values: list, last: int) -> float:
@@ -412,6 +424,11 @@ def criteria(found: dict) -> dict[str, bool]:
     return result
 
 
+def _head(cells, markdown: bool) -> str:
+    """A table's header row; in markdown with its separator line."""
+    return _row(cells, markdown) + ("\n|" + "---|" * len(cells) if markdown else "")
+
+
 def _row(cells, markdown: bool) -> str:
     return ("| " + " | ".join(map(str, cells)) + " |") if markdown else "  ".join(map(str, cells))
 
@@ -424,6 +441,39 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def plot_dynamics(records: list[dict], path: Path) -> None:
+    """λS after every epoch, mean over seeds, per layer: AnB solid, AnA dashed, one panel per split; the averaged
+    last quarter shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colours = plt.get_cmap("viridis")
+    for ax, pair in zip(axes, ("halves", "parity"), strict=True):
+        for index, layer in enumerate(LAYERS):
+            for task, style in (("AnB", "-"), ("AnA", "--")):
+                runs = pick(records, stage="main", pair=pair, kind="quanta", task=task, layer=layer, status="ok")
+                if not runs:
+                    continue
+                curves = [r["lambda_trajectory"] for r in runs]
+                mean = [statistics.fmean(values) for values in zip(*curves, strict=True)]
+                label = f"{layer}" if task == "AnB" else None
+                ax.plot(range(1, len(mean) + 1), mean, style, color=colours(index / (len(LAYERS) - 1)), label=label)
+        epochs = EPOCHS
+        ax.axvspan(epochs - -(-epochs // 4) + 0.5, epochs + 0.5, color="grey", alpha=0.15)
+        ax.set_title(f"Fashion-MNIST {pair}: λS per epoch (AnB solid, AnA dashed; mean of 3 seeds)", fontsize=9)
+        ax.set_xlabel("epoch (shaded: the averaged last quarter)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("λS")
+    axes[0].legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def print_main(records: list[dict], markdown: bool) -> None:
     for window in WINDOWS:
         for pair in ("halves", "parity"):
@@ -432,7 +482,7 @@ def print_main(records: list[dict], markdown: bool) -> None:
                 continue
             print(f"\n{pair}, averaged over {WINDOW_NAMES[window]}")
             print(
-                _row(
+                _head(
                     ["layer", "AnB λS", "AnA λS", "AnA − AnB (in sd)", "Yosinski AnB frozen", "max drift", "AnB top-1"],
                     markdown,
                 )
@@ -468,9 +518,9 @@ def print_main(records: list[dict], markdown: bool) -> None:
 
 
 def print_rule(records: list[dict], markdown: bool) -> None:
-    print("\nthe budget rule over 4x the steps (halves, fc, seeds 0-1; main's 20 epochs seeds 0-1 beside)")
+    print("\nthe budget rule over 4x the steps (halves, fc, seeds 0-1; main's 20 epochs, seeds 0-1, beside)")
     print(
-        _row(
+        _head(
             [
                 "epochs",
                 "steps",
@@ -485,7 +535,7 @@ def print_rule(records: list[dict], markdown: bool) -> None:
             markdown,
         )
     )
-    rows = [("main", 20, None)] + [("rule", e, v) for e, v in ((10, "rule"), (40, "rule"), (40, "same-lr"))]
+    rows = [("rule", 5, "same-lr"), ("rule", 5, "rule"), ("rule", 10, "rule"), ("main", 20, None)]
     for stage, epochs, variant in rows:
         match = dict(stage=stage, pair="halves", layer="fc", kind="quanta")
         runs = [
@@ -497,7 +547,7 @@ def print_rule(records: list[dict], markdown: bool) -> None:
         ]
         if not runs:
             continue
-        window = "preset"
+        window = "quarter"
         anb = [tail(r["lambda_trajectory"], window_of(r, window)) for r in runs if r["task"] == "AnB"]
         ana = [tail(r["lambda_trajectory"], window_of(r, window)) for r in runs if r["task"] == "AnA"]
         from probe.results.quality import settled_drift
@@ -525,22 +575,22 @@ def print_rule(records: list[dict], markdown: bool) -> None:
 
 
 def print_small(records: list[dict], markdown: bool) -> None:
-    print("\nthe small end: --train-size 10 (50 images, 2 steps an epoch, 40 steps), halves, seeds 0-2")
+    print("\nthe small end: --train-size 10 (50 images, 2 steps an epoch, 40 steps), halves, seeds 0-1")
     print(
-        _row(["gate", "layer", "AnB λS (runs)", "AnA λS (runs)", "runs at λS < 0.02 or > 0.98", "AnB top-1"], markdown)
+        _head(["gate", "layer", "AnB λS (runs)", "AnA λS (runs)", "runs at λS < 0.02 or > 0.98", "AnB top-1"], markdown)
     )
     for variant in ("rule", "cap"):
-        for layer in ("conv1", "conv4", "fc"):
+        for layer in ("conv1", "fc"):
             runs = pick(records, stage="small", pair="halves", kind="quanta", layer=layer, variant=variant)
             if not runs:
                 continue
             values = {
-                task: [tail(r["lambda_trajectory"], window_of(r, "preset")) for r in runs if r["task"] == task]
+                task: [tail(r["lambda_trajectory"], window_of(r, "quarter")) for r in runs if r["task"] == task]
                 for task in ("AnB", "AnA")
             }
             extreme = sum(v < 0.02 or v > 0.98 for vs in values.values() for v in vs)
             top1 = statistics.fmean(
-                tail(r["top1_trajectory"], window_of(r, "preset")) for r in runs if r["task"] == "AnB"
+                tail(r["top1_trajectory"], window_of(r, "quarter")) for r in runs if r["task"] == "AnB"
             )
             gate = f"{variant} (peak {runs[0]['gate_lr']:.3g})"
             print(
@@ -561,7 +611,7 @@ def print_small(records: list[dict], markdown: bool) -> None:
 def print_cross(records: list[dict], markdown: bool) -> None:
     print("\nwhen, not only what: within- and cross-domain pairs at 28x28 (AnB, seeds 0-2)")
     print(
-        _row(
+        _head(
             [
                 "target",
                 "pair",
@@ -583,10 +633,10 @@ def print_cross(records: list[dict], markdown: bool) -> None:
                 continue
             per_seed = {}
             for r in runs:
-                per_seed.setdefault(r["seed"], []).append(tail(r["lambda_trajectory"], window_of(r, "preset")))
+                per_seed.setdefault(r["seed"], []).append(tail(r["lambda_trajectory"], window_of(r, "quarter")))
             means = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(LAYERS)]
             frozen = [
-                tail(r["top1_trajectory"], window_of(r, "preset"))
+                tail(r["top1_trajectory"], window_of(r, "quarter"))
                 for r in pick(records, stage=stage, pair=pair, kind="frozen")
             ]
             lens_record = pick(records, stage=stage, pair=pair, kind="lenses")
@@ -610,7 +660,7 @@ def print_cross(records: list[dict], markdown: bool) -> None:
 
 def print_inits(records: list[dict], markdown: bool) -> None:
     print("\nquestion 3 on fashion halves: inits (seeds 0-1; 0.9 is main's seeds 0-1)")
-    print(_row(["task, init", "conv1", "conv4", "fc", "AnB top-1 (mean over the 3 layers)"], markdown))
+    print(_head(["task, init", "conv1", "conv4", "fc", "AnB top-1 (mean over the 3 layers)"], markdown))
     for task in ("AnB", "AnA"):
         for init in (0.9, 0.75, 0.5):
             stage = "main" if init == 0.9 else "inits"
@@ -621,8 +671,8 @@ def print_inits(records: list[dict], markdown: bool) -> None:
             top1 = []
             for layer in ("conv1", "conv4", "fc"):
                 runs = [r for r in pick(records, layer=layer, **match) if r["seed"] < 2]
-                cells.append(_ms([tail(r["lambda_trajectory"], window_of(r, "preset")) for r in runs]))
-                top1 += [tail(r["top1_trajectory"], window_of(r, "preset")) for r in runs]
+                cells.append(_ms([tail(r["lambda_trajectory"], window_of(r, "quarter")) for r in runs]))
+                top1 += [tail(r["top1_trajectory"], window_of(r, "quarter")) for r in runs]
             print(_row([f"{task} {init}", *cells, f"{statistics.fmean(top1):.3f}" if top1 else "—"], markdown))
 
 
