@@ -331,7 +331,36 @@ def print_summary(records: list[dict], fashion_records: list[dict], markdown: bo
             tau = f", τ {found['tau']:g}" if "tau" in found else ""
             cells.append(f"{found['cut']} ({found['regret']:.1f}{tau})")
         print(row([case.name, *cells]))
-    return {"cases": [case.name for case in usable], "predictors": judged}
+    shipped = shipped_rule(usable, judged)
+    print()
+    print(f"shipped: {shipped!r}" if shipped else "shipped: none (no rule beat every anchor on mean regret)")
+    return {"cases": [case.name for case in usable], "predictors": judged, "shipped": shipped}
+
+
+def shipped_rule(usable: list, judged: list[dict]):
+    """The rule ``probe scan`` may recommend with: the threshold predictor with the lowest leave-one-case-out mean
+    regret, if it is below every anchor's; its τ then fitted on every case. None when no such predictor exists."""
+    from probe.results.decision import TAU_GRID, ShippedRule, best_threshold, predictors
+
+    anchors = {e["name"]: e["mean_regret"] for e in judged if e["kind"] == "anchor"}
+    rules = {p.name: p for p in predictors(LENSES) if p.rule is not None}
+    eligible = [e for e in judged if e["name"] in rules and all(e["mean_regret"] < a for a in anchors.values())]
+    if not eligible:
+        return None
+    best = min(eligible, key=lambda e: e["mean_regret"])
+    predictor = rules[best["name"]]
+    assert predictor.rule is not None
+    measurement = "lambda" if predictor.kind == "λS" else best["name"].split(":")[0]
+    return ShippedRule(
+        predictor=best["name"],
+        measurement=measurement,
+        tau=best_threshold(usable, predictor.rule, TAU_GRID),
+        mean_regret=round(best["mean_regret"], 4),
+        worst_regret=round(best["worst_regret"], 4),
+        within_noise=round(best["within_noise"], 4),
+        anchors={name: round(value, 4) for name, value in anchors.items()},
+        cases=len(usable),
+    )
 
 
 # Compute per decision in target training runs (issue 23): brute force trains every cut with every seed, a λS scan

@@ -117,7 +117,7 @@ def stage_units(stage: str) -> list[dict]:
         units += [unit(stage, pair, "lenses") for pair in ("digits→fashion", "fashion→digits", "digits→digits")]
     elif stage == "inits":
         for seed in range(2):
-            for init in (0.75, 0.5):
+            for init in (0.5, 0.75):  # 0.5 first: the init furthest from the default
                 for layer in ("conv1", "conv4", "fc"):
                     units += [
                         unit(stage, "halves", "quanta", task=task, layer=layer, seed=seed, init=init)
