@@ -282,7 +282,7 @@ def print_summary(records: list[dict], fashion_records: list[dict], markdown: bo
     every = build_cases(records, fashion_records)
     usable = [case for case in every if {"lambda", *LENSES} <= set(case.profiles)]
     print(f"{len(every)} cases with ground truth, {len(usable)} with every measurement", flush=True)
-    judged = [judge(usable, predictor) for predictor in predictors(LENSES)] if usable else []
+    judged = [judge(usable, predictor) for predictor in predictors(LENSES)] if len(usable) >= 2 else []
 
     def row(cells) -> str:
         return ("| " + " | ".join(map(str, cells)) + " |") if markdown else "  ".join(map(str, cells))

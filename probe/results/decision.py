@@ -150,6 +150,8 @@ def leave_one_case_out(
     cases: Sequence[Case], rule: ThresholdRule, grid: Sequence[float]
 ) -> dict[str, tuple[float, str]]:
     """For each case, the threshold chosen on the *other* cases and the cut it gives on this one."""
+    if len(cases) < 2:
+        raise ValueError(f"leave-one-case-out needs at least 2 cases, got {len(cases)}")
     chosen = {}
     for index, case in enumerate(cases):
         others = [other for position, other in enumerate(cases) if position != index]
