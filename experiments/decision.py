@@ -377,11 +377,19 @@ def plot_regret(judged: list[dict], path: Path) -> None:
 
     colours = {"oracle": "black", "λS": "tab:red", "lens": "tab:blue", "anchor": "tab:grey"}
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    points: dict[tuple[float, float], list[dict]] = {}  # predictors that tie share one point and one label
     for entry in judged:
         runs = COMPUTE[entry["kind"]]
-        x = runs if runs else 0.5
-        ax.scatter(x, entry["mean_regret"], color=colours[entry["kind"]], s=28, zorder=3)
-        ax.annotate(entry["name"], (x, entry["mean_regret"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        points.setdefault((runs if runs else 0.5, round(entry["mean_regret"], 2)), []).append(entry)
+    column: dict[float, int] = {}  # how many points already sit at each compute, to stagger their labels
+    for (x, y), entries in sorted(points.items()):
+        index = column[x] = column.get(x, -1) + 1
+        ax.scatter(x, y, color=colours[entries[0]["kind"]], s=28, zorder=3)
+        names = [e["name"] for e in entries]
+        label = "\n".join(", ".join(names[i : i + 3]) for i in range(0, len(names), 3))
+        shift = 4 + 95 * (index % 2) if len(names) == 1 else 4  # neighbours' labels side by side, not on top
+        ax.annotate(label, (x, y), fontsize=6.5, xytext=(shift, 2), textcoords="offset points")
+    ax.set_yscale("symlog", linthresh=1.0)
     ax.axvline(COMPUTE["oracle"] / 3, color="tab:green", linestyle=":", linewidth=1)
     ax.axhline(0.5, color="tab:green", linestyle=":", linewidth=1)
     ax.text(COMPUTE["oracle"] / 3, ax.get_ylim()[1], " goal: ≤ 1/3 of brute force, ≤ 0.5 points", fontsize=7,
