@@ -616,14 +616,17 @@ def print_small(records: list[dict], markdown: bool) -> None:
 
 
 def print_cross(records: list[dict], markdown: bool) -> None:
-    print("\nwhen, not only what: within- and cross-domain pairs at 28x28 (AnB, seeds 0-2)")
+    print("\nwhen, not only what: within- and cross-domain pairs at 28x28 (AnB; the seeds each pair has)")
     print(
         _head(
             [
                 "target",
                 "pair",
+                "seeds",
                 "mean λS over layers (sd over seeds)",
+                "seed 0: mean λS (fc)",
                 "Yosinski frozen, mean over layers",
+                "seed 0: Yosinski frozen (fc)",
                 *[f"{lens}, mean" for lens in LENSES],
             ],
             markdown,
@@ -646,6 +649,11 @@ def print_cross(records: list[dict], markdown: bool) -> None:
                 tail(r["top1_trajectory"], window_of(r, "quarter"))
                 for r in pick(records, stage=stage, pair=pair, kind="frozen")
             ]
+            seed0 = {r["layer"]: tail(r["lambda_trajectory"], window_of(r, "quarter")) for r in runs if r["seed"] == 0}
+            frozen0 = {
+                r["layer"]: tail(r["top1_trajectory"], window_of(r, "quarter"))
+                for r in pick(records, stage=stage, pair=pair, kind="frozen", seed=0)
+            }
             lens_record = pick(records, stage=stage, pair=pair, kind="lenses")
             lens_means = [
                 statistics.fmean(lens_record[0]["values"][layer][lens] for layer in LAYERS) if lens_record else math.nan
@@ -656,8 +664,13 @@ def print_cross(records: list[dict], markdown: bool) -> None:
                     [
                         target,
                         pair,
+                        len(means),
                         _ms(means),
+                        f"{statistics.fmean(seed0.values()):.3f} ({seed0.get('fc', math.nan):.3f})" if seed0 else "—",
                         _ms([statistics.fmean(frozen)]) if frozen else "—",
+                        f"{statistics.fmean(frozen0.values()):.3f} ({frozen0.get('fc', math.nan):.3f})"
+                        if frozen0
+                        else "—",
                         *[f"{v:.3f}" for v in lens_means],
                     ],
                     markdown,
