@@ -73,6 +73,18 @@ def test_truncation_stops_at_the_layer_and_survives_an_inplace_relu_right_after_
     assert truncated.grad_fn is None and not truncated.requires_grad  # the source runs without autograd
 
 
+def assert_cache_changes_nothing(source, settings: RunSettings):
+    """A scan of conv2 and fc with the source tensors cached and one without: the same runs, bit for bit."""
+    layers = ["conv2", "fc"]
+    cached = probe.scan(source, layers, "digits[5-9]", settings=settings.with_(cache_source=True))
+    recomputed = probe.scan(source, layers, "digits[5-9]", settings=settings.with_(cache_source=False))
+    for with_cache, without in zip(cached.runs, recomputed.runs, strict=True):
+        assert with_cache.spec == without.spec
+        assert with_cache.history == without.history  # every metric of every epoch, bit for bit
+        assert with_cache.steps == without.steps
+    return cached
+
+
 def test_caching_the_source_tensors_changes_no_number(tiny_source):
     settings = RunSettings(epochs=2, lr=1e-3, gate_lr=0.03, augment=False)
     context = api.prepare(tiny_source, "digits[5-9]", settings=settings).context
@@ -80,13 +92,7 @@ def test_caching_the_source_tensors_changes_no_number(tiny_source):
     assert cache is not None, "the cache must actually be used for this comparison to mean anything"
     assert cache["train"].shape[0] == len(context.tasks["AnB"].train)
 
-    layers = ["conv2", "fc"]
-    cached = probe.scan(tiny_source, layers, "digits[5-9]", settings=settings.with_(cache_source=True))
-    recomputed = probe.scan(tiny_source, layers, "digits[5-9]", settings=settings.with_(cache_source=False))
-    for with_cache, without in zip(cached.runs, recomputed.runs, strict=True):
-        assert with_cache.spec == without.spec
-        assert with_cache.history == without.history  # every metric of every epoch, bit for bit
-        assert with_cache.steps == without.steps
+    assert_cache_changes_nothing(tiny_source, settings)
 
 
 def test_caching_the_test_split_under_augmentation_changes_no_number(tiny_source):
@@ -100,13 +106,7 @@ def test_caching_the_test_split_under_augmentation_changes_no_number(tiny_source
     assert torch.equal(cache["test"][:7], source_forward(context.source, "conv2", test.rows(0, 7)))
     assert context.source_tensors("conv2", "AnB") is cache  # kept for the next run of the layer
 
-    layers = ["conv2", "fc"]
-    cached = probe.scan(tiny_source, layers, "digits[5-9]", settings=settings.with_(cache_source=True))
-    recomputed = probe.scan(tiny_source, layers, "digits[5-9]", settings=settings.with_(cache_source=False))
-    for with_cache, without in zip(cached.runs, recomputed.runs, strict=True):
-        assert with_cache.spec == without.spec
-        assert with_cache.history == without.history  # every metric of every epoch, bit for bit
-        assert with_cache.steps == without.steps
+    cached = assert_cache_changes_nothing(tiny_source, settings)
     assert len(cached.runs[0].history) == settings.epochs
 
 
