@@ -616,17 +616,19 @@ def print_small(records: list[dict], markdown: bool) -> None:
 
 
 def print_cross(records: list[dict], markdown: bool) -> None:
-    print("\nwhen, not only what: within- and cross-domain pairs at 28x28 (AnB; the seeds each pair has)")
+    """Per pair, each figure's mean ± sd over the seeds (a seed counts where all 7 layers ran)."""
+    print("\nwhen, not only what: within- and cross-domain pairs at 28x28 (AnB; mean ± sd over seeds)")
     print(
         _head(
             [
                 "target",
                 "pair",
                 "seeds",
-                "mean λS over layers (sd over seeds)",
-                "seed 0: mean λS (fc)",
+                "λS, mean over layers",
+                "λS, mean over conv1-conv6",
+                "λS fc",
                 "Yosinski frozen, mean over layers",
-                "seed 0: Yosinski frozen (fc)",
+                "Yosinski frozen fc",
                 *[f"{lens}, mean" for lens in LENSES],
             ],
             markdown,
@@ -641,19 +643,8 @@ def print_cross(records: list[dict], markdown: bool) -> None:
             runs = [r for r in runs if r.get("variant") is None and r.get("init") is None]
             if not runs:
                 continue
-            per_seed = {}
-            for r in runs:
-                per_seed.setdefault(r["seed"], []).append(tail(r["lambda_trajectory"], window_of(r, "quarter")))
-            means = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(LAYERS)]
-            frozen = [
-                tail(r["top1_trajectory"], window_of(r, "quarter"))
-                for r in pick(records, stage=stage, pair=pair, kind="frozen")
-            ]
-            seed0 = {r["layer"]: tail(r["lambda_trajectory"], window_of(r, "quarter")) for r in runs if r["seed"] == 0}
-            frozen0 = {
-                r["layer"]: tail(r["top1_trajectory"], window_of(r, "quarter"))
-                for r in pick(records, stage=stage, pair=pair, kind="frozen", seed=0)
-            }
+            lam = _profiles(runs, "lambda_trajectory")
+            frozen = _profiles(pick(records, stage=stage, pair=pair, kind="frozen"), "top1_trajectory")
             lens_record = pick(records, stage=stage, pair=pair, kind="lenses")
             lens_means = [
                 statistics.fmean(lens_record[0]["values"][layer][lens] for layer in LAYERS) if lens_record else math.nan
@@ -664,18 +655,25 @@ def print_cross(records: list[dict], markdown: bool) -> None:
                     [
                         target,
                         pair,
-                        len(means),
-                        _ms(means),
-                        f"{statistics.fmean(seed0.values()):.3f} ({seed0.get('fc', math.nan):.3f})" if seed0 else "—",
-                        _ms([statistics.fmean(frozen)]) if frozen else "—",
-                        f"{statistics.fmean(frozen0.values()):.3f} ({frozen0.get('fc', math.nan):.3f})"
-                        if frozen0
-                        else "—",
+                        len(lam),
+                        _ms([statistics.fmean(p.values()) for p in lam]),
+                        _ms([statistics.fmean(p[layer] for layer in LAYERS[:-1]) for p in lam]),
+                        _ms([p["fc"] for p in lam]),
+                        _ms([statistics.fmean(p.values()) for p in frozen]),
+                        _ms([p["fc"] for p in frozen]),
                         *[f"{v:.3f}" for v in lens_means],
                     ],
                     markdown,
                 )
             )
+
+
+def _profiles(runs: list[dict], trajectory: str) -> list[dict[str, float]]:
+    """One {layer: value averaged over the last quarter} per seed that has every layer."""
+    per_seed: dict[int, dict[str, float]] = {}
+    for r in runs:
+        per_seed.setdefault(r["seed"], {})[r["layer"]] = tail(r[trajectory], window_of(r, "quarter"))
+    return [profile for _, profile in sorted(per_seed.items()) if len(profile) == len(LAYERS)]
 
 
 def print_inits(records: list[dict], markdown: bool) -> None:
