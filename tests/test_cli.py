@@ -28,6 +28,7 @@ import probe
 import probe.baselines.transfer
 import probe.engine.run
 import probe.engine.sources
+from probe.api.listing import DEFAULT_DATA as LISTING_DEFAULT_DATA
 from probe.cli import LiveProgress, app
 from probe.cli.options import SCAN_DEFAULTS, shown_default
 from probe.report.tables import format_mean_std, results_table, to_json
@@ -159,6 +160,7 @@ def test_help_defaults_are_the_settings_and_presets_values():
         ("train", "--epochs"): f"[default: {base.epochs}; digits: {source_digits['epochs']}]",
         ("train", "--lr"): f"[default: {base.lr:g}; digits: {source_digits['lr']:g}]",
         ("train", "--augment"): f"[default: {on[base.augment]}]",
+        ("layers", "--data"): f"[default: {LISTING_DEFAULT_DATA}]",
     }
     for (command, flag), text in expected.items():
         assert "\\" + text in _help(command, flag), (command, flag, _help(command, flag))

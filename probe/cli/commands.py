@@ -15,6 +15,7 @@ from rich.table import Table
 from typer.exceptions import Exit
 
 from .. import api
+from ..api.listing import DEFAULT_DATA as LISTING_DEFAULT_DATA
 from ..errors import ProbeError, ResultsError
 from ..models.checkpoint import recorded_info
 from ..report.figures import write_figures
@@ -338,7 +339,7 @@ def layers(
         typer.Option(
             "--data",
             help="Dataset whose input size the shapes are for, e.g. digits (1×8×8), cifar10 (3×32×32); a "
-            "checkpoint's own record wins. \\[default: digits]",
+            f"checkpoint's own record wins. \\[default: {LISTING_DEFAULT_DATA}]",
         ),
     ] = None,
     width: WidthOption = None,
