@@ -55,6 +55,39 @@ def run_units(
             )
 
 
+def run_missing(
+    units: Sequence[dict],
+    out: Path,
+    work: Callable[[dict], list[dict]],
+    *,
+    key: Callable[[dict], object],
+    jobs: int,
+    describe: Callable[[dict], str],
+    record_key: Callable[[dict], object] | None = None,
+    setup: Callable[..., None] | None = None,
+    setup_args: tuple = (),
+    maxtasksperchild: int | None = None,
+) -> None:
+    """Run the units whose ``key`` no record of ``out`` has (``record_key`` reads a record's, default ``key``), as
+    :func:`run_units` does, in workers of one thread each that call ``setup(*setup_args)`` first."""
+    done = {(record_key or key)(r) for r in load(out)}
+    todo = [u for u in units if key(u) not in done]
+    print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
+    run_units(todo, out, work, jobs=jobs, describe=describe, initializer=_one_thread_worker,
+              initargs=(setup, setup_args), maxtasksperchild=maxtasksperchild)  # fmt: skip
+
+
+def _one_thread_worker(setup: Callable[..., None] | None, setup_args: tuple) -> None:
+    import torch
+
+    import probe
+
+    torch.set_num_threads(1)  # the workers share the cores: one thread each, no oversubscription
+    probe.retain_freed_memory()
+    if setup is not None:
+        setup(*setup_args)
+
+
 def tied_below(values: list[float], gap: float) -> list[float]:
     """``values`` with every run of sorted neighbours closer than ``gap`` replaced by its mean (one tie group)."""
     order = sorted(range(len(values)), key=lambda i: values[i])

@@ -36,8 +36,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import load
-from _common import run_units as run_units_in_workers
+from _common import load, run_missing
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc")
 CUTS = ("none", *LAYERS)
@@ -177,23 +176,14 @@ def run_unit(u: dict) -> list[dict]:
     raise ValueError(f"unknown unit kind {u['kind']}")
 
 
-def _worker_init(fashion_results: str) -> None:
-    import torch
-
-    import probe
-
+def _use_fashion_results(fashion_results: str) -> None:
     global _FASHION_RESULTS
     _FASHION_RESULTS = Path(fashion_results)
-    torch.set_num_threads(1)
-    probe.retain_freed_memory()
 
 
 def run_units(units: list[dict], out: Path, fashion_results: Path, jobs: int) -> None:
-    done = {unit_key(r) for r in load(out)}
-    todo = [u for u in units if unit_key(u) not in done]
-    print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
-    run_units_in_workers(todo, out, run_unit, jobs=jobs, describe=describe, initializer=_worker_init,
-                         initargs=(str(fashion_results),), maxtasksperchild=20)  # fmt: skip
+    run_missing(units, out, run_unit, key=unit_key, jobs=jobs, describe=describe, setup=_use_fashion_results,
+                setup_args=(str(fashion_results),), maxtasksperchild=20)  # fmt: skip
 
 
 def describe(record: dict) -> str:

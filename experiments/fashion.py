@@ -41,8 +41,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import load, tied_below
-from _common import run_units as run_units_in_workers
+from _common import load, run_missing, tied_below
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc")
 WIDTH = 0.25  # a step of the full-width CNN on 28×28 takes ~1 s on these cores; 0.25 takes ~0.05 s
@@ -277,23 +276,14 @@ def lens_values(context) -> dict:
     return values
 
 
-def _worker_init(results: str) -> None:
-    import torch
-
-    import probe
-
+def _use_results(results: str) -> None:
     global _RESULTS
     _RESULTS = Path(results)
-    torch.set_num_threads(1)
-    probe.retain_freed_memory()
 
 
 def run_units(units: list[dict], out: Path, results: Path, jobs: int) -> None:
-    done = {unit_key(r) for r in load(out)}
-    todo = [u for u in units if unit_key(u) not in done]
-    print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
-    run_units_in_workers(todo, out, run_unit, jobs=jobs, describe=describe, initializer=_worker_init,
-                         initargs=(str(results),), maxtasksperchild=8)  # fmt: skip
+    run_missing(units, out, run_unit, key=unit_key, jobs=jobs, describe=describe, setup=_use_results,
+                setup_args=(str(results),), maxtasksperchild=8)  # fmt: skip
 
 
 def describe(record: dict) -> str:

@@ -30,8 +30,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import load
-from _common import run_units as run_units_in_workers
+from _common import load, run_missing
 
 SPLITS = {
     "halves": ("digits[0-4]", "digits[5-9]"),
@@ -159,15 +158,6 @@ def run_unit(unit: dict) -> list[dict]:
     return records
 
 
-def _worker_init() -> None:
-    import torch
-
-    import probe
-
-    torch.set_num_threads(1)
-    probe.retain_freed_memory()
-
-
 # --------------------------------------------------------------------------------------------------
 # Stages
 
@@ -214,10 +204,7 @@ def trained_alike(records: list[dict], p: dict, stage: str, split: str, kind: st
 
 
 def run_units(units: list[dict], out: Path, jobs: int) -> None:
-    done = {record_key(r) for r in load(out)}
-    todo = [u for u in units if unit_key(u) not in done]
-    print(f"{len(units) - len(todo)} of {len(units)} units already done; running {len(todo)}", flush=True)
-    run_units_in_workers(todo, out, run_unit, jobs=jobs, describe=describe, initializer=_worker_init)
+    run_missing(units, out, run_unit, key=unit_key, record_key=record_key, jobs=jobs, describe=describe)
 
 
 def describe(record: dict) -> str:
