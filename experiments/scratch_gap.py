@@ -4,15 +4,16 @@ The decision benchmark (``experiments/decision.py``) found every cut of the digi
 from scratch at 10 and 50 images per class (halves at 10: 0.59 against 0.88). Two explanations, each tested here on
 the same cases, seeds and settings (the digits preset, the case's ``--train-size``):
 
-* **the new head's scale**: the source's fc features are ~60× a fresh network's in norm, so a new head initialised
-  as the architecture does (Xavier) starts with large logits. Test: full fine-tuning with the new head zeroed.
+* **the new head's scale**: the source's fc features are 36-53× a fresh network's in norm, so a new head
+  initialised as the architecture does (Xavier) starts with large logits. Test: full fine-tuning with the new
+  head zeroed.
 * **the source's deep layers are specific to its classes** and a few dozen steps do not undo them. Test: copy the
   source's layers up to conv1 / conv3 / conv6 into a fresh network (Yosinski's transfer, everything fine-tuned)
   so that the layers above start fresh, as they do from scratch.
 
-One command, resumable, one JSON line per run in ``--out``:
+One command, resumable, one JSON line per run in ``--out`` (worker processes of one thread each):
 
-    python experiments/scratch_gap.py             # 72 short runs, ~10 min on one core
+    python experiments/scratch_gap.py             # 72 short runs, ~10 core-minutes
     python experiments/scratch_gap.py --summary   # the table in docs/decision.md
 """
 
@@ -23,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import append, load
+from _common import load, run_missing
 
 PAIRS = ("digits halves", "digits parity")
 SIZES = (10, 50)
@@ -44,7 +45,7 @@ def run(pair: str, size: int, seed: int, variant: str) -> dict:
         outcome = transfer.train_alone(context, "AnB", seed, evaluate_last=EVALUATE_LAST)
     elif variant.startswith("copy "):  # Yosinski's transfer, fine-tuned: the layers above start fresh
         outcome = transfer.train_transfer(context, variant.split()[1], "AnB", seed, frozen=False)
-    else:
+    elif variant.endswith("zero head"):
         original = transfer.cut_target
 
         def zero_head(*args, **kwargs):
@@ -53,12 +54,13 @@ def run(pair: str, size: int, seed: int, variant: str) -> dict:
             torch.nn.init.zeros_(target.head.bias)
             return target, frozen
 
-        if variant.endswith("zero head"):
-            transfer.cut_target = zero_head  # train_with_cut builds its target through it
+        transfer.cut_target = zero_head  # train_with_cut builds its target through it
         try:
             outcome = transfer.train_with_cut(context, "AnB", seed, None, evaluate_last=EVALUATE_LAST)
         finally:
             transfer.cut_target = original
+    else:
+        outcome = transfer.train_with_cut(context, "AnB", seed, None, evaluate_last=EVALUATE_LAST)
     top1 = final_figures(outcome.history, context.settings.last_epochs).get("top1")
     return dict(pair=pair, size=size, seed=seed, variant=variant, top1=top1, seconds=time.perf_counter() - started)
 
@@ -85,6 +87,10 @@ def features(pair: str) -> dict:
             norm=float(active.norm(dim=1).mean()), dead=float((active.max(0).values <= 0).float().mean())
         )
     return dict(pair=pair, variant="features", **found)
+
+
+def run_unit(unit: dict) -> list[dict]:
+    return [features(unit["pair"]) if unit["variant"] == "features" else run(**unit)]
 
 
 def key(record: dict) -> tuple:
@@ -115,21 +121,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".jsonl"))
     parser.add_argument("--summary", action="store_true", help="print the table from --out; train nothing")
+    parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     if not args.summary:
-        import torch
-
-        torch.set_num_threads(1)
-        done = {key(r) for r in load(args.out)}
-        units = [(p, n, s, v) for p in PAIRS for n in SIZES for s in range(SEEDS) for v in VARIANTS]
-        todo = [u for u in units if u not in done]
-        for pair in PAIRS:
-            if (pair, None, None, "features") not in done:
-                append(args.out, [features(pair)])
-        print(f"{len(units) - len(todo)} of {len(units)} runs already done; running {len(todo)}", flush=True)
-        for i, unit in enumerate(todo, 1):
-            append(args.out, [run(*unit)])
-            print(f"[{i}/{len(todo)}] {' '.join(map(str, unit))}", flush=True)
+        units = [dict(pair=pair, variant="features") for pair in PAIRS]
+        units += [
+            dict(pair=pair, size=size, seed=seed, variant=variant)
+            for pair in PAIRS for size in SIZES for seed in range(SEEDS) for variant in VARIANTS
+        ]  # fmt: skip
+        run_missing(units, args.out, run_unit, key=key, jobs=args.jobs, describe=lambda r: " ".join(map(str, key(r))))
     summary(load(args.out))
 
 
